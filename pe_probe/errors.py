@@ -1,0 +1,22 @@
+"""Exceptions for bad user input. The CLI turns each into one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+
+class PEProbeError(Exception):
+    """Base class of pe_probe's input errors (bad files, names, sizes, configurations)."""
+
+
+class DataError(PEProbeError, ValueError):
+    """A data set or data directory is missing, empty, unknown or of the wrong shape."""
+
+
+class CheckpointError(PEProbeError, ValueError):
+    """A run directory or checkpoint is missing, corrupt, or does not fit the model."""
+
+
+class UnknownNameError(PEProbeError, KeyError):
+    """An unknown model, data set, preset or metric name."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; keep it readable
+        return str(self.args[0]) if self.args else ""

@@ -1,0 +1,33 @@
+"""Shared fixtures: fixed seeds, closed figures, tiny models."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+import pe_probe  # noqa: F401  (registers the timm variants)
+
+TINY = dict(img_size=16, patch_size=4, embed_dim=32, depth=4, num_heads=2, num_classes=5, mlp_ratio=2.0)
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_close():
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+    yield
+    try:
+        import matplotlib.pyplot as plt
+
+        plt.close("all")
+    except ImportError:  # pragma: no cover
+        pass
+
+
+@pytest.fixture
+def tiny_kwargs() -> dict:
+    """Architecture kwargs of a tiny model (16 px, 4x4 patches -> 16 tokens, 4 blocks, 32 dims)."""
+    return dict(TINY)
