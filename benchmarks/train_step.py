@@ -1,0 +1,75 @@
+"""Training step time (forward + backward + AdamW step) of the layer-wise schemes vs the default ViT.
+
+Usage: python benchmarks/train_step.py [--model pe_deit_tiny_patch16_224] [--batch-size 16] [--repeats 5]
+
+Every model is built at the same size and pooling as its baseline and timed interleaved in one process;
+the printed ratios are scheme / baseline medians. Goal (issue 6): <= 1.03 for pvg and mpvg.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import timm
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import interleaved, machine, median  # noqa: E402
+
+import pe_probe  # noqa: E402,F401  (registers the models)
+
+PAIRS = [
+    # (label, kwargs, baseline label)
+    ("default/avg", dict(pe_mode="default", global_pool="avg"), None),
+    ("pvg/avg", dict(pe_mode="pvg", global_pool="avg"), "default/avg"),
+    ("mpvg/avg", dict(pe_mode="mpvg", global_pool="avg"), "default/avg"),
+    ("default/token", dict(pe_mode="default", global_pool="token"), None),
+    ("lape/token", dict(pe_mode="lape", global_pool="token"), "default/token"),
+]
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="pe_deit_tiny_patch16_224")
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--model-kwargs", default="", help="extra kwargs as key=value,key=value (ints/floats parsed)")
+    args = ap.parse_args(argv)
+    extra = {}
+    for item in filter(None, args.model_kwargs.split(",")):
+        k, v = item.split("=", 1)
+        try:
+            extra[k] = int(v)
+        except ValueError:
+            extra[k] = float(v)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    steps = {}
+    for label, kw, _ in PAIRS:
+        torch.manual_seed(0)
+        m = timm.create_model(args.model, **kw, **extra).to(device).train()
+        opt = torch.optim.AdamW(m.parameters(), lr=1e-4)
+        size = m.patch_embed.img_size
+        x = torch.randn(args.batch_size, m.in_chans, *size, device=device)
+        y = torch.randint(0, m.num_classes, (args.batch_size,), device=device)
+
+        def step(m=m, opt=opt, x=x, y=y):
+            opt.zero_grad(set_to_none=True)
+            torch.nn.functional.cross_entropy(m(x), y).backward()
+            opt.step()
+            if device == "cuda":
+                torch.cuda.synchronize()
+
+        steps[label] = step
+    times = interleaved(steps, repeats=args.repeats)
+    print(f"# train step, {args.model} {extra or ''} batch {args.batch_size}, {args.repeats} interleaved repeats")
+    print(f"# {machine()}")
+    for label, _, base in PAIRS:
+        t = median(times[label])
+        ratio = "" if base is None else f"  ratio vs {base}: {t / median(times[base]):.3f}"
+        print(f"{label:15s} median {t * 1000:8.1f} ms{ratio}")
+
+
+if __name__ == "__main__":
+    main()
