@@ -1,0 +1,117 @@
+"""A finished run as the figures layer sees it: its config, its summary and its probe report.
+
+No torch here: ``RunResult`` holds plain dicts (``config.json`` and ``summary.json`` of the run
+directory, docs/contracts.md) and an optional ``ProbeReport``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping
+
+from ..paper import backbone_of
+
+if TYPE_CHECKING:  # pragma: no cover - the report is only duck-typed here
+    from .report import ProbeReport
+
+#: ``model_kwargs`` keys copied into the flat selector view (architecture and scheme).
+_MODEL_KWARGS_FIELDS = ("pe_mode", "depth", "embed_dim", "num_heads", "patch_size", "mlp_ratio", "img_size")
+#: ``data`` keys copied into the flat selector view.
+_DATA_FIELDS = ("dataset", "img_size", "in_chans")
+
+
+@dataclass
+class RunResult:
+    """One run: ``name``, its ``config.json`` dict, ``summary.json`` dict (None while unfinished),
+    its probe report (None when not probed), and an optional ``role`` and display ``label``."""
+
+    name: str
+    config: Mapping[str, Any]
+    summary: Mapping[str, Any] | None = None
+    report: "ProbeReport | None" = None
+    role: str | None = None
+    label: str | None = None
+    path: Path | None = None
+
+    @property
+    def display(self) -> str:
+        """The label figures show: ``label`` if given, else ``name``."""
+        return self.label or self.name
+
+    @property
+    def pe_config(self) -> dict[str, Any]:
+        """The PEConfig fields of the run (``config["pe_config"]``)."""
+        return dict(self.config.get("pe_config") or {})
+
+    @property
+    def top1(self) -> float | None:
+        """Top-1 accuracy from the summary, or None while the run has none."""
+        if not self.summary or self.summary.get("top1") is None:
+            return None
+        return float(self.summary["top1"])
+
+    @property
+    def backbone(self) -> str:
+        """The paper backbone this run used (``pe_probe.paper.backbone_of``)."""
+        return backbone_of(self.config)
+
+    def fields(self) -> dict[str, Any]:
+        """A flat view of the run for spec selectors.
+
+        Keys: ``name, role, label, model, backbone, num_classes``, the ``data`` fields (``dataset,
+        img_size, in_chans``), ``pe_mode`` and architecture from ``model_kwargs``, and every PEConfig
+        field (``layerwise, input_add, layer0, hierarchical, last_ln_pe, global_pool, pe_type``), which
+        win over same-named ``model_kwargs``. Nested values stay reachable with dotted selector paths.
+        """
+        cfg = self.config
+        kwargs = cfg.get("model_kwargs") or {}
+        data = cfg.get("data") or {}
+        flat: dict[str, Any] = {
+            "name": self.name,
+            "role": self.role,
+            "label": self.label,
+            "model": cfg.get("model"),
+            "backbone": self.backbone,
+            "num_classes": cfg.get("num_classes"),
+        }
+        flat.update({k: kwargs[k] for k in _MODEL_KWARGS_FIELDS if k in kwargs})
+        flat.update({k: data[k] for k in _DATA_FIELDS if k in data})
+        flat.update(self.pe_config)
+        return flat
+
+    def lookup(self, path: str) -> Any:
+        """The value of selector field ``path``: a flat field or a dotted path into config/summary/meta.
+
+        Raises ``KeyError`` when the run has no such field.
+        """
+        flat = self.fields()
+        if path in flat:
+            return flat[path]
+        head, _, rest = path.partition(".")
+        roots: dict[str, Any] = {
+            "summary": self.summary or {},
+            "meta": getattr(self.report, "meta", None) or {},
+        }
+        node: Any = roots[head] if head in roots else self.config.get(head, _MISSING)
+        for part in rest.split(".") if rest else ():
+            if not isinstance(node, Mapping) or part not in node:
+                raise KeyError(path)
+            node = node[part]
+        if node is _MISSING:
+            raise KeyError(path)
+        return node
+
+    @classmethod
+    def from_dir(cls, path: str | Path, report: "ProbeReport | None" = None, **kwargs: Any) -> "RunResult":
+        """Read ``config.json`` and (if present) ``summary.json`` of a run directory."""
+        path = Path(path)
+        config = json.loads((path / "config.json").read_text())
+        summary_file = path / "summary.json"
+        summary = json.loads(summary_file.read_text()) if summary_file.exists() else None
+        return cls(name=kwargs.pop("name", path.name), config=config, summary=summary, report=report,
+                   path=path, **kwargs)
+
+
+_MISSING = object()

@@ -1,0 +1,40 @@
+"""Small shared helpers for plot functions: default axes, axes grids, number formatting."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def current_ax(ax=None):
+    """``ax``, or pyplot's current axes when None (seaborn's convention)."""
+    if ax is not None:
+        return ax
+    import matplotlib.pyplot as plt
+
+    return plt.gca()
+
+
+def axes_grid(nrows: int, ncols: int, axes=None, figure=None, panel_size: tuple[float, float] = (2.2, 2.2)) -> np.ndarray:
+    """A (nrows, ncols) array of axes: ``axes`` reshaped, new subplots on ``figure``, or a new pyplot figure."""
+    if axes is not None:
+        arr = np.asarray(axes, dtype=object)
+        if arr.size != nrows * ncols:
+            raise ValueError(f"got {arr.size} axes for a {nrows}x{ncols} grid")
+        return arr.reshape(nrows, ncols)
+    size = (panel_size[0] * ncols, panel_size[1] * nrows)
+    if figure is None:
+        import matplotlib.pyplot as plt
+
+        figure = plt.figure(figsize=size)
+    else:
+        figure.set_size_inches(*size)
+    return np.asarray(figure.subplots(nrows, ncols, squeeze=False), dtype=object)
+
+
+def fmt_num(value: float | None, digits: int = 2) -> str:
+    """A number for annotations; ``n/a`` for None or NaN."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value:.{digits}f}"
