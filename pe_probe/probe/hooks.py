@@ -1,0 +1,102 @@
+"""Hook names and one-batch capture. Hooks are registered in ``try`` and always removed in ``finally``."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterable, Iterator
+
+import torch
+from torch import nn
+
+from .adapter import AdapterKind, ModelView, view_model
+from .inputs import check_images
+
+
+def hook_names(model: nn.Module, adapter: AdapterKind = "auto") -> list[str]:
+    """The hook names ``model`` offers, in forward order.
+
+    pe_probe models: ``hook_pos_embed``, per block ``blocks.{i}.hook_resid_pre``, ``blocks.{i}.hook_tok``,
+    ``blocks.{i}.hook_pe`` (only blocks that receive a PE), ``blocks.{i}.hook_resid_post``, then
+    ``hook_last_ln_in``, ``hook_last_ln_out``, ``hook_last_pe`` (only with a PE in the Last LN) and
+    ``hook_pooled``. Other timm ViTs get the same names, with every ``hook_pe`` derived (see
+    :func:`pe_probe.probe.adapter.view_model`) and no ``hook_last_pe``.
+    """
+    return view_model(model, adapter).names()
+
+
+@contextlib.contextmanager
+def recording(view: ModelView, names: Iterable[str]) -> Iterator[dict[str, torch.Tensor]]:
+    """Register forward hooks that store the named module activations into the yielded dict.
+
+    Every handle is removed on exit, also when the body (or a registration) raises. Derived names are
+    not filled here (they need no forward pass); see :func:`fill_derived`.
+    """
+    store: dict[str, torch.Tensor] = {}
+    handles = []
+
+    def make(name: str, side: str):
+        def hook(module, args, output):
+            store[name] = args[0] if side == "in" else output
+        return hook
+
+    try:
+        for name in names:
+            tap = view.taps.get(name)
+            if tap is not None:
+                handles.append(tap.module.register_forward_hook(make(name, tap.side)))
+        yield store
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def fill_derived(view: ModelView, names: Iterable[str], store: dict[str, torch.Tensor]) -> None:
+    """Compute the image-independent derived tensors among ``names`` into ``store``.
+
+    Call it while no recording hook is registered: derived PEs run ``norm1``, which the timm taps watch.
+    """
+    for name in names:
+        fn = view.derived.get(name)
+        if fn is not None:
+            store[name] = fn()
+
+
+@contextlib.contextmanager
+def eval_inference(model: nn.Module) -> Iterator[None]:
+    """``model.eval()`` and ``torch.inference_mode()`` for the block; the train/eval flag is restored after."""
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.inference_mode():
+            yield
+    finally:
+        model.train(was_training)
+
+
+def capture(
+    model: nn.Module,
+    images: torch.Tensor,
+    names: Iterable[str] | None = None,
+    *,
+    adapter: AdapterKind = "auto",
+) -> dict[str, torch.Tensor]:
+    """Run one batch through ``model`` (eval mode, inference mode) and return the named activations.
+
+    ``images``: (B, C, H, W) at the model's input size (checked before the model runs;
+    :class:`~pe_probe.errors.DataError` otherwise). ``names``: hook names (default: all of
+    :func:`hook_names`); unknown names raise :class:`~pe_probe.errors.UnknownNameError` before any hook is
+    registered. Block tensors are (B, T, D) with the prefix tokens first; PE tensors are (1, T, D);
+    ``hook_pooled`` is (B, D). Tensors are detached copies on the model's device. No hook survives the call.
+    """
+    view = view_model(model, adapter)
+    names = view.names() if names is None else ([names] if isinstance(names, str) else list(names))
+    view.check_names(names)
+    images = check_images(images, view)
+    with eval_inference(model):
+        derived: dict[str, torch.Tensor] = {}
+        fill_derived(view, names, derived)  # before any hook exists: norm1(pos_embed) must not trip them
+        with recording(view, names) as store:
+            model(images)
+        store.update(derived)
+    # clone outside inference mode: plain tensors, usable with autograd, never aliasing a parameter
+    return {n: store[n].detach().clone() for n in names}
