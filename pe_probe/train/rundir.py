@@ -1,0 +1,230 @@
+"""The run directory (docs/contracts.md): config.json, model.safetensors, metrics.jsonl, state.pt, summary.json.
+
+Every file is written atomically. ``state.pt`` holds only tensors and plain containers and is read with
+``torch.load(weights_only=True)``; the weights are shared as safetensors. Nothing here unpickles code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import timm
+import torch
+from torch import nn
+
+from ..errors import CheckpointError
+from ..io import atomic_path, write_json, write_text
+
+CONFIG, MODEL, METRICS, STATE, SUMMARY, EVAL = (
+    "config.json", "model.safetensors", "metrics.jsonl", "state.pt", "summary.json", "eval.json"
+)
+STATE_FORMAT = 1
+
+
+# ---------------------------------------------------------------------------------------------- writing
+def write_config(run_dir: Path, config: dict) -> None:
+    """Write ``config.json``."""
+    write_json(run_dir / CONFIG, config)
+
+
+def save_weights(run_dir: Path, model: nn.Module) -> None:
+    """Write the model's state dict as ``model.safetensors``."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(run_dir / MODEL) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    """The per-epoch records of ``metrics.jsonl`` (empty if there is none yet)."""
+    path = run_dir / METRICS
+    if not path.exists():
+        return []
+    try:
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path} is corrupt: {exc}") from None
+
+
+def write_metrics(run_dir: Path, records: list[dict]) -> None:
+    """Rewrite ``metrics.jsonl`` with ``records`` (atomic, so a kill never leaves half a line)."""
+    write_text(run_dir / METRICS, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+
+
+def save_state(run_dir: Path, state: dict) -> None:
+    """Write the resume state ``state.pt``."""
+    with atomic_path(run_dir / STATE) as tmp:
+        torch.save({"format": STATE_FORMAT, **state}, tmp)
+
+
+def load_state(run_dir: Path) -> dict | None:
+    """The resume state, or None when the run has not saved one yet; :class:`CheckpointError` if corrupt."""
+    path = run_dir / STATE
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any failure to read means a corrupt file
+        raise CheckpointError(f"{path} is corrupt or not a pe-probe resume state ({type(exc).__name__})") from None
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise CheckpointError(f"{path} is not a pe-probe resume state (format {STATE_FORMAT})")
+    return state
+
+
+# ---------------------------------------------------------------------------------------------- RNG
+def rng_state() -> dict:
+    """This process's Python, NumPy and torch (CPU and CUDA) random states, as weights-only-safe values."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    state = {
+        "python": [version, list(internal), gauss_next],
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what :func:`rng_state` returned."""
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ---------------------------------------------------------------------------------------------- reading
+@dataclass
+class Run:
+    """A run directory loaded back: the model in eval mode and the run's records.
+
+    Attributes:
+        run_dir: the directory.
+        model: the rebuilt model with the saved weights, in eval mode.
+        config: ``config.json`` as a dict.
+        summary: ``summary.json`` as a dict, or None if training did not complete.
+        data_config: timm-style data config: ``input_size`` (C, H, W), ``mean``, ``std``, ``interpolation``,
+            ``crop_pct``, plus ``dataset``.
+        metrics: the per-epoch records of ``metrics.jsonl``.
+    """
+
+    run_dir: Path
+    model: nn.Module
+    config: dict
+    summary: dict | None
+    data_config: dict
+    metrics: list[dict] = field(default_factory=list)
+
+
+def read_config(run_dir: str | os.PathLike) -> dict:
+    """``config.json`` of a run; :class:`CheckpointError` when missing or unreadable."""
+    run_dir = Path(run_dir)
+    path = run_dir / CONFIG
+    if not run_dir.is_dir():
+        raise CheckpointError(f"run directory {run_dir} does not exist")
+    if not path.is_file():
+        raise CheckpointError(f"{run_dir} is not a pe-probe run directory (no {CONFIG})")
+    try:
+        config = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path} is corrupt: {exc}") from None
+    missing = [k for k in ("model", "model_kwargs", "num_classes", "data") if k not in config]
+    if missing:
+        raise CheckpointError(f"{path} lacks {', '.join(missing)}")
+    return config
+
+
+def build_model_from_config(config: dict) -> nn.Module:
+    """A freshly initialised model of the architecture ``config`` describes."""
+    import pe_probe.models  # noqa: F401  (registers the pe_* variants)
+
+    name = config["model"]
+    if not timm.is_model(name):
+        raise CheckpointError(f"the run's model {name!r} is not a registered timm model")
+    kwargs = dict(config["model_kwargs"])
+    try:
+        return timm.create_model(name, pretrained=False, **kwargs)
+    except (TypeError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"cannot rebuild {name} from config.json: {exc}") from None
+
+
+def load_weights(model: nn.Module, path: Path) -> None:
+    """Load ``model.safetensors`` into ``model``; :class:`CheckpointError` if corrupt or for another model."""
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise CheckpointError(f"{path} does not exist (the run has not finished an epoch yet)")
+    try:
+        tensors = load_file(str(path))
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
+        raise CheckpointError(f"{path} is corrupt ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})") from None
+    load_state_dict_checked(model, tensors, path)
+
+
+def load_state_dict_checked(model: nn.Module, tensors: dict[str, torch.Tensor], source: Any) -> None:
+    """``model.load_state_dict(tensors)``, turning any mismatch into one-line :class:`CheckpointError`."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(tensors))
+    extra = sorted(set(tensors) - set(own))
+    shape = sorted(k for k in set(own) & set(tensors) if own[k].shape != tensors[k].shape)
+    if missing or extra or shape:
+        parts = []
+        if missing:
+            parts.append(f"missing {missing[:3]}")
+        if extra:
+            parts.append(f"unexpected {extra[:3]}")
+        if shape:
+            k = shape[0]
+            parts.append(f"shape of {k} is {tuple(tensors[k].shape)}, model has {tuple(own[k].shape)}")
+        raise CheckpointError(f"{source} does not fit the model: " + "; ".join(parts))
+    model.load_state_dict(tensors)
+
+
+def data_config_of(config: dict) -> dict:
+    """timm-style data config of a run (what its images must look like)."""
+    data = config["data"]
+    return {
+        "dataset": data.get("dataset"),
+        "input_size": (int(data["in_chans"]), int(data["img_size"]), int(data["img_size"])),
+        "mean": tuple(data["mean"]),
+        "std": tuple(data["std"]),
+        "interpolation": data.get("interpolation", "bicubic"),
+        "crop_pct": data.get("crop_pct", 1.0),
+    }
+
+
+def load_run(run_dir: str | os.PathLike, *, device: str | torch.device = "cpu") -> Run:
+    """Load a run directory: rebuild the model from ``config.json`` and load ``model.safetensors``.
+
+    Raises :class:`~pe_probe.errors.CheckpointError` when the directory, its config or its weights are
+    missing, corrupt, or do not fit the architecture.
+    """
+    run_dir = Path(run_dir)
+    config = read_config(run_dir)
+    model = build_model_from_config(config)
+    load_weights(model, run_dir / MODEL)
+    model.to(device).eval()
+    summary = None
+    if (run_dir / SUMMARY).is_file():
+        try:
+            summary = json.loads((run_dir / SUMMARY).read_text())
+        except json.JSONDecodeError as exc:
+            raise CheckpointError(f"{run_dir / SUMMARY} is corrupt: {exc}") from None
+    return Run(run_dir=run_dir, model=model, config=config, summary=summary, data_config=data_config_of(config),
+               metrics=read_metrics(run_dir))
+
+
+def load_model(run_dir: str | os.PathLike, *, device: str | torch.device = "cpu") -> nn.Module:
+    """The trained model of a run directory, in eval mode (see :func:`load_run`)."""
+    return load_run(run_dir, device=device).model
