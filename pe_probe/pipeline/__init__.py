@@ -1,0 +1,9 @@
+"""Reproduction pipeline: presets of runs, training, probing and rendering in one call."""
+
+from .presets import PRESET_NAMES, QUICK, RunPlan, ablation_plans, preset_plans, table5_layers
+from .run import ReproduceResult, find_runs, probe_run, render_figures, reproduce
+
+__all__ = [
+    "PRESET_NAMES", "QUICK", "ReproduceResult", "RunPlan", "ablation_plans", "find_runs", "render_figures", "preset_plans",
+    "probe_run", "reproduce", "table5_layers",
+]

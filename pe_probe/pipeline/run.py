@@ -1,0 +1,173 @@
+"""Orchestration: train the runs a preset needs, probe them, render every figure the runs support.
+
+This is the top layer: it only calls the public API of the layers below (train, probe, figures).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from tqdm.auto import tqdm
+
+from ..analysis import ProbeReport
+from ..analysis.runs import RunResult
+from ..errors import DataError
+from ..figures.render import RenderResult, render_all
+from ..models import VARIANT_ARGS
+from .presets import RunPlan, preset_plans
+
+log = logging.getLogger(__name__)
+
+#: Sub-folder of a run directory that holds its saved probe results.
+PROBE_DIR = "probe"
+#: File whose presence marks a finished training run (docs/contracts.md).
+SUMMARY = "summary.json"
+
+
+@dataclass
+class ReproduceResult:
+    """What ``reproduce`` did: the runs it trained or reused, and the rendered figures."""
+
+    runs_dir: Path
+    trained: list[str] = field(default_factory=list)
+    reused: list[str] = field(default_factory=list)
+    figures: RenderResult | None = None
+    seconds: float = 0.0
+
+
+def _recipe_depth(dataset: str, recipe: str | None, model: str | None, model_kwargs: dict) -> int:
+    """Number of blocks the runs will have (needed to place the Table 5 runs)."""
+    from ..train.recipes import DEFAULT_RECIPE_FOR_DATASET, get_recipe
+
+    r = get_recipe(recipe or DEFAULT_RECIPE_FOR_DATASET.get(dataset, "digits"))
+    name = model or r.model
+    kwargs = {**(r.model_kwargs if name == r.model else {}), **model_kwargs}
+    return int(kwargs.get("depth", VARIANT_ARGS.get(name, {}).get("depth", 12)))
+
+
+def reproduce(
+    out: str | os.PathLike,
+    *,
+    preset: str = "quick",
+    dataset: str = "digits",
+    data_dir: str | os.PathLike | None = None,
+    recipe: str | None = None,
+    model: str | None = None,
+    model_kwargs: dict[str, Any] | None = None,
+    epochs: int | None = None,
+    device: str | None = None,
+    seed: int = 0,
+    max_images: int | None = None,
+    progress: bool = True,
+) -> ReproduceResult:
+    """Train (or reuse) every run of ``preset`` under ``out/runs``, probe them and render ``out/figures``.
+
+    ``preset``: ``quick`` (the runs behind every figure), ``ablations`` (adds Table 5/6 runs) or ``paper``
+    (the ablations run list with the paper's recipes: needs ``dataset`` ``cifar100`` or ``imagefolder``).
+    Runs already complete are reused; interrupted ones resume. ``dataset``/``data_dir``/``recipe``/``model``/
+    ``epochs`` override the preset's defaults for every run.
+    """
+    if preset == "paper" and dataset == "digits":
+        raise DataError("the paper preset runs the paper's recipes: pass --dataset cifar100 or imagefolder "
+                        "with --data-dir")
+    import pe_probe  # the public API
+
+    t0 = time.perf_counter()
+    out = Path(out)
+    model_kwargs = dict(model_kwargs or {})
+    plans: Sequence[RunPlan] = preset_plans(preset, _recipe_depth(dataset, recipe, model, model_kwargs))
+    result = ReproduceResult(runs_dir=out / "runs")
+    bar = tqdm(plans, desc=f"reproduce[{preset}]", unit="run", disable=not progress)
+    for plan in bar:
+        run_dir = result.runs_dir / plan.name
+        bar.set_postfix_str(plan.name)
+        if (run_dir / SUMMARY).exists():
+            result.reused.append(plan.name)
+            continue
+        options = dict(plan.options)
+        pe_probe.train(
+            out=run_dir, dataset=dataset, data_dir=data_dir, recipe=recipe, model=model,
+            model_kwargs=model_kwargs, epochs=epochs, device=device, seed=seed,
+            resume=(run_dir / "config.json").exists(), progress=False, verbose=progress, **options,
+        )
+        result.trained.append(plan.name)
+    bar.close()
+    labels = {p.name: p.label for p in plans}
+    result.figures = render_figures(result.runs_dir, out / "figures", data_dir=data_dir, labels=labels,
+                             max_images=max_images, progress=progress,
+                             only=[p.name for p in plans])
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def find_runs(runs_dir: str | os.PathLike) -> tuple[list[Path], list[Path]]:
+    """Run directories under ``runs_dir`` (any depth): ``(complete, incomplete)``, sorted by path."""
+    runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir():
+        raise DataError(f"{runs_dir} is not a directory of runs")
+    dirs = sorted(p.parent for p in runs_dir.rglob("config.json") if p.parent.name != PROBE_DIR)
+    complete = [d for d in dirs if (d / SUMMARY).exists()]
+    return complete, [d for d in dirs if d not in complete]
+
+
+def probe_run(
+    run_dir: str | os.PathLike,
+    *,
+    data_dir: str | os.PathLike | None = None,
+    max_images: int | None = None,
+    batch_size: int = 64,
+    reprobe: bool = False,
+    progress: bool = True,
+) -> ProbeReport:
+    """The probe report of a run: loaded from ``run_dir/probe`` if saved, else probed on the run's
+    validation data and saved there."""
+    import pe_probe
+
+    run_dir = Path(run_dir)
+    saved = run_dir / PROBE_DIR
+    if saved.is_dir() and not reprobe:
+        try:
+            return ProbeReport.load(saved)
+        except Exception as exc:  # a stale or damaged cache is rebuilt, not fatal
+            log.warning("re-probing %s: saved probe results unreadable (%s)", run_dir, exc)
+    run = pe_probe.load_run(run_dir)
+    data = run.config["data"]
+    report = pe_probe.probe(
+        run.model, data["dataset"], data_dir=data_dir or data.get("data_dir"), mean=data.get("mean"),
+        std=data.get("std"), batch_size=batch_size, max_images=max_images, run=run_dir.name, progress=progress,
+    )
+    report.save(saved)
+    return report
+
+
+def render_figures(
+    runs_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    data_dir: str | os.PathLike | None = None,
+    labels: dict[str, str] | None = None,
+    max_images: int | None = None,
+    reprobe: bool = False,
+    specs: Sequence[str | os.PathLike] | None = None,
+    only: Sequence[str] | None = None,
+    progress: bool = True,
+) -> RenderResult:
+    """Probe (or reuse the saved probe of) every complete run under ``runs_dir`` and render every figure the
+    runs support into ``out`` (PNG, PDF, CSV per figure, Markdown tables, ``index.md``)."""
+    complete, incomplete = find_runs(runs_dir)
+    if only is not None:
+        complete = [d for d in complete if d.name in set(only)]
+    for d in incomplete:
+        log.warning("skipping %s: training not complete (no %s)", d, SUMMARY)
+    if not complete:
+        raise DataError(f"no complete run (a directory with config.json and {SUMMARY}) under {runs_dir}")
+    runs = []
+    for d in tqdm(complete, desc="probe runs", unit="run", disable=not progress):
+        report = probe_run(d, data_dir=data_dir, max_images=max_images, reprobe=reprobe, progress=False)
+        runs.append(RunResult.from_dir(d, report=report, label=(labels or {}).get(d.name)))
+    return render_all(runs, out, specs=specs)
