@@ -1,0 +1,120 @@
+"""End to end: reproduce on tiny digits runs, the figures command, presets, CLI errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import pe_probe
+from pe_probe.analysis import ProbeReport
+from pe_probe.cli import main
+from pe_probe.pipeline import QUICK, ablation_plans, preset_plans, table5_layers
+
+TINY_RUN = dict(model_kwargs={"embed_dim": 16, "depth": 3, "num_heads": 2}, epochs=1)
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    out = tmp_path_factory.mktemp("reproduce")
+    res = pe_probe.reproduce(out, progress=False, max_images=96, **TINY_RUN)
+    return out, res
+
+
+@pytest.mark.slow
+def test_reproduce_writes_every_promised_file_and_an_index(quick):
+    out, res = quick
+    assert sorted(res.trained) == sorted(p.name for p in QUICK) and not res.reused
+    fig = res.figures
+    assert not fig.failed
+    rendered = {r.spec.id for r in fig.rendered}
+    assert {"fig1", "fig2", "fig4", "fig5", "fig6", "fig7", "fig8", "lape_pe_similarity", "table1"} <= rendered
+    index = (out / "figures" / "index.md").read_text()
+    for r in fig.rendered:
+        exts = ("csv", "md") if r.spec.kind == "table" else ("png", "pdf", "csv")
+        for ext in exts:
+            f = out / "figures" / f"{r.spec.id}.{ext}"
+            assert f.is_file() and f.stat().st_size > 0, f
+        assert f"{r.spec.id}" in index
+    # figures the quick runs cannot support are reported as skipped, with what they need
+    skipped = {s.spec.id: s for s in fig.skipped}
+    assert {"table5", "table6"} <= set(skipped)
+    assert "Skipped" in index and "table5" in index and all(skipped[k].needs for k in skipped)
+    assert not list((out / "figures").glob("*.tmp"))
+
+
+@pytest.mark.slow
+def test_figure_data_come_from_the_runs(quick):
+    out, _ = quick
+    runs = out / "runs"
+    fig1 = pd.read_csv(out / "figures" / "fig1.csv")
+    for _, row in fig1.iterrows():
+        summary = json.loads((runs / row["run"] / "summary.json").read_text())
+        assert row["top1"] == pytest.approx(summary["top1"])
+    fig4 = pd.read_csv(out / "figures" / "fig4.csv")
+    for run, part in fig4.groupby("run"):
+        report = ProbeReport.load(runs / run / "probe")
+        frame = report.to_frame()
+        ours = frame[(frame.metric == "tok_pe_corr") & frame.layer.isin(part.layer)].set_index("layer")["value"]
+        np.testing.assert_allclose(part.set_index("layer")["correlation"].sort_index(), ours.sort_index(), rtol=1e-6)
+        # and the correlation is the Pearson r of the saved mean maps (independent numpy computation)
+        layer = int(part.layer.iloc[-1])
+        tok, pe = report.mean_maps(layer)
+        assert ours[layer] == pytest.approx(np.corrcoef(tok.ravel(), pe.ravel())[0, 1], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_rerun_reuses_complete_runs(quick):
+    out, _ = quick
+    before = {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/model.safetensors")}
+    res = pe_probe.reproduce(out, progress=False, max_images=96, **TINY_RUN)
+    assert not res.trained and sorted(res.reused) == sorted(p.name for p in QUICK)
+    assert before == {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/model.safetensors")}
+
+
+@pytest.mark.slow
+def test_figures_cli_on_runs_dir(quick, tmp_path, capsys):
+    out, _ = quick
+    rc = main(["figures", str(out / "runs"), "--out", str(tmp_path / "figs"), "--no-progress"])
+    assert rc == 0
+    assert (tmp_path / "figs" / "index.md").exists() and (tmp_path / "figs" / "fig4.png").exists()
+    assert "rendered" in capsys.readouterr().out
+
+
+def test_figures_cli_bad_input_is_one_line_exit_2(tmp_path, capsys):
+    assert main(["figures", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a directory" in err[0]
+    (tmp_path / "empty").mkdir()
+    assert main(["figures", str(tmp_path / "empty"), "--out", str(tmp_path / "o")]) == 2
+    assert "no complete run" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_reproduce_cli_rejects_paper_preset_on_digits(tmp_path, capsys):
+    assert main(["reproduce", "--out", str(tmp_path / "o"), "--preset", "paper"]) == 2
+    assert "paper preset" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+    with pytest.raises(SystemExit) as exc:
+        main(["reproduce", "--out", str(tmp_path / "o"), "--preset", "nope"])
+    assert exc.value.code == 2
+
+
+def test_presets_cover_the_paper_comparisons():
+    # Table 5: pos_5, pos_8, pos_11 of a 12-block model
+    assert table5_layers(12) == (5, 8, 11)
+    assert all(1 <= k <= 5 for k in table5_layers(6))
+    abl = ablation_plans(12)
+    combos = {(p.options.get("pe_layer0", False), p.options.get("pe_hierarchical", True),
+               p.options.get("pe_input_add", True)) for p in abl if "pe_layer0" in p.options}
+    assert len(combos) == 7 and (False, True, True) not in combos  # the 8th is MPVG itself, in QUICK
+    assert preset_plans("quick", 6) == QUICK
+    names = [p.name for p in preset_plans("ablations", 6)]
+    assert len(names) == len(set(names))
+    # every quick run builds (the knob combination is valid)
+    for p in QUICK:
+        kw = {k: v for k, v in p.options.items()}
+        pe_probe.PEVisionTransformer(img_size=16, patch_size=4, embed_dim=16, depth=3, num_heads=2, **kw)

@@ -1,0 +1,39 @@
+"""The exploration notebook runs top to bottom on tiny models (executed with nbclient)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nbformat
+import pytest
+
+NOTEBOOK = Path(__file__).resolve().parents[1] / "analyses" / "explore.ipynb"
+
+
+@pytest.mark.slow
+def test_explore_notebook_executes(tmp_path, monkeypatch):
+    from nbclient import NotebookClient
+
+    monkeypatch.setenv("PE_PROBE_NB_EPOCHS", "2")
+    monkeypatch.setenv("PE_PROBE_NB_DIR", str(tmp_path))
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    outputs = {i: c.get("outputs", []) for i, c in enumerate(nb.cells) if c.cell_type == "code"}
+    assert all(not any(o.get("output_type") == "error" for o in outs) for outs in outputs.values())
+    # the two runs were trained and the MPVG check printed a tiny difference
+    assert (tmp_path / "pvg" / "summary.json").exists() and (tmp_path / "mpvg" / "summary.json").exists()
+    last = outputs[max(outputs)][-1]["data"]["text/plain"]
+    assert float(last) < 1e-3
+
+
+def test_notebook_is_in_sync_with_its_generator():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_notebook", NOTEBOOK.with_name("make_notebook.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    stored = nbformat.read(NOTEBOOK, as_version=4)
+    assert [c.source for c in stored.cells] == [c.source for c in mod.build().cells]
+    assert os.path.getsize(NOTEBOOK) > 0
