@@ -19,9 +19,9 @@ __all__ += ["ProbeReport", "capture", "hook_names", "mpvg_constant_offset_check"
 # Note: binding the function ``train`` here shadows the subpackage attribute ``pe_probe.train``; import the
 # package's other names with ``from pe_probe.train import TrainConfig, RECIPES`` (that goes through
 # sys.modules and still works).
-from .train import TrainConfig, evaluate, load_model, load_run, train  # noqa: E402
+from .train import TrainConfig, evaluate, load_checkpoint, load_model, load_run, train  # noqa: E402
 
-__all__ += ["TrainConfig", "evaluate", "load_model", "load_run", "train"]
+__all__ += ["TrainConfig", "evaluate", "load_checkpoint", "load_model", "load_run", "train"]
 
 # --- Reproduction pipeline (issue 5): imported on first use, so `import pe_probe` stays free of matplotlib ----
 _LAZY = {"reproduce": "pipeline", "render_figures": "pipeline"}

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ..errors import CheckpointError, DataError
+from ..errors import DataError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -51,57 +51,14 @@ def _parse_model_args(items: list[str]) -> dict:
     return out
 
 
-def load_checkpoint(path: Path, model_name: str | None, model_args: dict):
-    """Return ``(model, data_config)``: a run directory via ``pe_probe.load_run``, or a timm model from a
-    safetensors state dict. ``data_config`` is the run's ``config.json["data"]`` (or ``{}``)."""
-    import pe_probe
-
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist")
-    if path.is_dir():
-        if model_name:
-            raise CheckpointError("--model is for safetensors state dicts; a run directory names its own model")
-        loader = getattr(pe_probe, "load_run", None)
-        if loader is None:
-            raise CheckpointError("loading run directories needs pe_probe.load_run, which is not available")
-        run = loader(path)
-        return run.model, dict(run.config.get("data") or {})
-    if path.suffix != ".safetensors":
-        raise CheckpointError(f"{path} is neither a run directory nor a .safetensors file")
-    if not model_name:
-        raise CheckpointError("a safetensors state dict needs --model NAME (a timm model name)")
-    import timm
-    from safetensors.torch import load_file
-
-    try:
-        state = load_file(str(path))
-    except Exception as exc:  # corrupt file
-        raise CheckpointError(f"cannot read {path}: {exc}") from exc
-    if "head.weight" in state and "num_classes" not in model_args:
-        model_args["num_classes"] = int(state["head.weight"].shape[0])
-    try:
-        model = timm.create_model(model_name, pretrained=False, **model_args)
-    except RuntimeError as exc:
-        if "Unknown model" in str(exc):
-            from ..errors import UnknownNameError
-
-            raise UnknownNameError(f"unknown timm model {model_name!r}") from exc
-        raise
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise CheckpointError(f"{path} does not fit {model_name}: {str(exc).splitlines()[0]}") from exc
-    return model, {}
-
-
 def run(args: argparse.Namespace) -> int:
     """Load the checkpoint, probe the data set, save the report and print the token-PE correlations."""
     import torch
 
-    from ..probe import mpvg_constant_offset_check, probe
+    from .. import load_checkpoint, mpvg_constant_offset_check, probe
 
     path = Path(args.checkpoint)
-    model, data_cfg = load_checkpoint(path, args.model, _parse_model_args(args.model_arg))
+    model, data_cfg = load_checkpoint(path, args.model, **_parse_model_args(args.model_arg))
     data = args.data or data_cfg.get("dataset")
     if not data:
         raise DataError("--data is required (no data set recorded for this checkpoint)")

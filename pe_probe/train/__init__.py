@@ -8,9 +8,9 @@ from .config import TrainConfig
 from .evaluate import evaluate
 from .loop import TrainingDivergedError, train
 from .recipes import RECIPES, Recipe, get_recipe
-from .rundir import Run, load_model, load_run
+from .rundir import Run, load_checkpoint, load_model, load_run
 
 __all__ = [
-    "RECIPES", "Recipe", "Run", "TrainConfig", "TrainingDivergedError", "evaluate", "get_recipe", "load_model",
+    "RECIPES", "Recipe", "Run", "TrainConfig", "TrainingDivergedError", "evaluate", "get_recipe", "load_checkpoint", "load_model",
     "load_run", "train",
 ]

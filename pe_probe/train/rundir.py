@@ -228,3 +228,47 @@ def load_run(run_dir: str | os.PathLike, *, device: str | torch.device = "cpu") 
 def load_model(run_dir: str | os.PathLike, *, device: str | torch.device = "cpu") -> nn.Module:
     """The trained model of a run directory, in eval mode (see :func:`load_run`)."""
     return load_run(run_dir, device=device).model
+
+
+def load_checkpoint(
+    path: str | os.PathLike, model: str | None = None, *, device: str | torch.device = "cpu", **model_kwargs: Any
+) -> tuple[nn.Module, dict]:
+    """Load a checkpoint for probing: ``(model in eval mode, data dict)``.
+
+    ``path`` is a pe_probe run directory (the data dict is its ``config.json["data"]``; ``model`` must be None),
+    or a ``.safetensors`` state dict of the timm model named ``model`` (any timm ViT, e.g. a DeiT a user
+    trained; ``num_classes`` is read from ``head.weight`` unless given; the data dict is empty). Never
+    unpickles. Raises :class:`CheckpointError` / :class:`~pe_probe.errors.UnknownNameError` on bad input.
+    """
+    from safetensors.torch import load_file
+
+    from ..errors import UnknownNameError
+
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path} does not exist")
+    if path.is_dir():
+        if model:
+            raise CheckpointError("a run directory names its own model; pass a model name only with a .safetensors file")
+        run = load_run(path, device=device)
+        return run.model, dict(run.config.get("data") or {})
+    if path.suffix != ".safetensors":
+        raise CheckpointError(f"{path} is neither a run directory nor a .safetensors file")
+    if not model:
+        raise CheckpointError("a safetensors state dict needs a timm model name (--model NAME)")
+    import pe_probe.models  # noqa: F401  (registers the pe_* variants)
+
+    if not timm.is_model(model):
+        raise UnknownNameError(f"unknown timm model {model!r}")
+    try:
+        tensors = load_file(str(path))
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
+        raise CheckpointError(f"{path} is corrupt ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})") from None
+    if "head.weight" in tensors and "num_classes" not in model_kwargs:
+        model_kwargs["num_classes"] = int(tensors["head.weight"].shape[0])
+    try:
+        net = timm.create_model(model, pretrained=False, **model_kwargs)
+    except (TypeError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"cannot build {model} with {model_kwargs}: {exc}") from None
+    load_state_dict_checked(net, tensors, path)
+    return net.to(device).eval(), {}
