@@ -5,7 +5,7 @@ Importing the package registers the ``pe_*`` model variants with timm.
 
 from .models import PE_MODES, PRESETS, HookPoint, PEConfig, PEVisionTransformer, resolve_pe_config
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 __all__ = ["HookPoint", "PEConfig", "PEVisionTransformer", "PE_MODES", "PRESETS", "resolve_pe_config"]
 

@@ -35,9 +35,9 @@ def mpvg_constant_offset_check(
     or with a non-linear head.
     """
     if isinstance(model, (str, os.PathLike)):
-        import pe_probe
+        from ..train.rundir import load_model
 
-        model = pe_probe.load_model(model)
+        model = load_model(model)
     if not isinstance(model, PEVisionTransformer) or model.pe_config.last_ln_pe is None:
         raise CheckpointError("the constant-offset check needs a pe_probe model with a PE in the Last LN (e.g. mpvg)")
     if not isinstance(model.head, nn.Linear) or not isinstance(model.fc_norm, nn.Identity):

@@ -98,7 +98,7 @@ def _image_format(model_name: str, kwargs: dict) -> tuple[int, int]:
 
 def plan_run(cfg: TrainConfig, env: DistEnv) -> Plan:
     """Resolve the recipe, check names and data, build the data sets and the model. Writes nothing."""
-    from .. import __version__
+    from .._version import __version__
 
     recipe = recipe_for(cfg)
     model_name = cfg.model or recipe.model
