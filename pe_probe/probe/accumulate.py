@@ -2,11 +2,21 @@
 
 The state has a fixed size set by the model (tokens T, width D, depth L) and ``n_norm_maps`` (K): it does
 not grow with the number of images, and sums do not depend on how the images are split into batches.
+
+How a batch is added (kept cheap so probing costs little more than the forward pass, see BENCHMARKS.md):
+each layer's (B, T, D) activations are read a few times in their own dtype, never copied or converted,
+and reduced right away to small partials: the batch sum (T, D) and, per token, norms, channel sums and
+the dot product with the PE (B, T). With :meth:`RunningStats.feed` this happens inside the forward hooks,
+while the tensors are still in the CPU cache. Once the batch is complete the partials of all layers are
+stacked and turned into the statistics in float64 with a fixed number of vectorised operations. On CPU
+this work runs on one intra-op thread (see ``_one_cpu_thread``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+from typing import Iterator, NamedTuple
 
 import numpy as np
 import torch
@@ -18,6 +28,31 @@ LAST = -1  #: layer index of the Last LN rows
 
 def _norms(x: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(x, dim=-1)
+
+
+@contextlib.contextmanager
+def _one_cpu_thread(x: torch.Tensor) -> Iterator[None]:
+    """Run the statistics of a CPU batch on one intra-op thread (restored afterwards).
+
+    They are a few dozen short, memory-bound operations per batch; with several threads each one is an
+    OpenMP parallel region whose join waits for every worker, and on a busy machine (more runnable
+    threads than cores) a descheduled worker makes each such join cost a scheduler slice (~4-8 ms,
+    measured on a shared 2-core VM). On one thread they cost their compute only. See BENCHMARKS.md.
+    """
+    n = torch.get_num_threads()
+    if x.device.type != "cpu" or n == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+def _working(x: torch.Tensor) -> torch.Tensor:
+    """An activation in a dtype fit for per-token reductions: float32/float64 as is, half precisions as float32."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
 
 def _add_moments(mom: torch.Tensor, values: torch.Tensor) -> None:
@@ -36,16 +71,28 @@ def pool(x: torch.Tensor, global_pool: str, num_prefix_tokens: int) -> torch.Ten
     return x[:, 0] if global_pool == "token" else x[:, num_prefix_tokens:].mean(1)
 
 
-def pearson_rows(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Pearson correlation of each row of ``x`` (B, M) with ``y`` (1 or B, M)."""
-    xc = x - x.mean(-1, keepdim=True)
-    yc = y - y.mean(-1, keepdim=True)
-    return (xc * yc).sum(-1) / torch.sqrt((xc * xc).sum(-1) * (yc * yc).sum(-1))
-
-
 def cosine(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Cosine similarity along the last dimension (broadcasting); 0/0 gives NaN."""
     return (x * y).sum(-1) / (_norms(x) * _norms(y))
+
+
+class PETerms(NamedTuple):
+    """What the statistics need from one layer's PE (P = 1 or B, T, D); computed once per distinct PE tensor.
+
+    ``sum``/``norm_sum``: (T, D)/(T,) float64 sums over the PE's first dim; ``norm``: (P, T) row norms;
+    ``rows``: (T,) the rows that have a PE (finite); ``mean``/``var``: (P,) mean and population variance
+    over those rows x D entries; ``entries``: their number; ``work``: the PE in the activations' device
+    and dtype (NaN rows included: they are masked after the dot products).
+    """
+
+    sum: torch.Tensor
+    norm: torch.Tensor
+    norm_sum: torch.Tensor
+    rows: torch.Tensor
+    mean: torch.Tensor
+    var: torch.Tensor
+    entries: int
+    work: torch.Tensor
 
 
 class RunningStats:
@@ -58,6 +105,14 @@ class RunningStats:
     correlation between ``tok[b]`` and ``pe`` over the rows that have a PE. For the Last LN also the
     per-image cosine between the pooled ``x_L`` and the pooled Last-LN output (with and without the PE),
     and the per-token norm maps of the first ``n_norm_maps`` images.
+
+    Per-layer sums are stacked in the state: ``tok_sum`` (L + 1, T, D) in the order of :attr:`layers`
+    (blocks, then the Last LN); ``pe_sum`` (P, T, D) and the other PE sums in the order of :attr:`pe_layers`.
+
+    Precision: per-token reductions over the D channels run in the activations' float32, everything
+    after that in float64, so results equal the all-float64 formulas to float32 rounding. The per-image
+    Pearson correlation is ``(E[tok pe] - E[tok] E[pe]) / (std(tok) std(pe))`` with ``var(tok) = E[tok^2] -
+    E[tok]^2``, whose rounding error is scaled by ``1 + E[tok]^2 / var(tok)`` (about 1 for LayerNorm outputs).
     """
 
     def __init__(self, view: ModelView, n_norm_maps: int = 8) -> None:
@@ -68,97 +123,168 @@ class RunningStats:
         self.layers: list[int] = list(range(view.depth)) + [LAST]
         self.has_pe = {l: l in view.receiving_blocks for l in range(view.depth)}
         self.has_pe[LAST] = view.last_ln_pe is not None
+        self.pe_layers: list[int] = [l for l in self.layers if self.has_pe[l]]
         self.n_images = 0
         self.n_maps = 0
         self.state: dict[str, torch.Tensor] | None = None
+        self._pe_cache: dict[int, tuple[torch.Tensor, PETerms]] = {}
+        self._partial: dict[int, dict] = {}  # reductions of the batch in progress, per layer
 
     # ------------------------------------------------------------------ hook names this needs
     def hook_names(self) -> list[str]:
         """The hook names whose tensors :meth:`update` reads."""
         names = []
         for l in range(self.view.depth):
-            names += [f"blocks.{l}.hook_resid_pre", f"blocks.{l}.hook_tok"]
-            if self.has_pe[l]:
-                names.append(f"blocks.{l}.hook_pe")
-        names += ["hook_last_ln_in", "hook_last_ln_out"] + (["hook_last_pe"] if self.has_pe[LAST] else [])
-        return names
+            names += list(self._layer_names(l))
+        return names + list(self._layer_names(LAST))
+
+    def _layer_names(self, l: int) -> tuple[str, ...]:
+        """Layer ``l``'s hook names: (residual stream, tokens) plus the PE where the layer has one."""
+        if l == LAST:
+            return ("hook_last_ln_in", "hook_last_ln_out") + (("hook_last_pe",) if self.has_pe[LAST] else ())
+        pe = (f"blocks.{l}.hook_pe",) if self.has_pe[l] else ()
+        return (f"blocks.{l}.hook_resid_pre", f"blocks.{l}.hook_tok") + pe
 
     def _init(self, device: torch.device) -> None:
         if device.type == "mps":  # no float64 there
             device = torch.device("cpu")
         T, D, K = self.view.num_tokens, self.view.embed_dim, self.n_norm_maps
         N = T - self.view.num_prefix_tokens
+        L, P = len(self.layers), len(self.pe_layers)
         z = lambda *shape: torch.zeros(shape, dtype=torch.float64, device=device)  # noqa: E731
-        s: dict[str, torch.Tensor] = {}
-        for l in self.layers:
-            s[f"tok_sum@{l}"] = z(T, D)
-            s[f"tok_norm_sum@{l}"] = z(T)
-            s[f"resid_norm_sum@{l}"] = z(T)
-            if self.has_pe[l]:
-                s[f"pe_sum@{l}"] = z(T, D)
-                s[f"pe_norm_sum@{l}"] = z(T)
-                s[f"cos_tok_sum@{l}"] = z(T)
-                s[f"cos_mom@{l}"] = z(3)
-                s[f"corr_mom@{l}"] = torch.tensor([0.0, 0.0, 0.0, math.inf, -math.inf], dtype=torch.float64,
-                                                  device=device)
-        s[f"out_norm_sum@{LAST}"] = z(T)
-        s["cos_ba_mom"] = z(3)
-        s["cos_ba_ln_mom"] = z(3)
-        s["norm_before"] = z(K, N)
-        s["norm_after"] = z(K, N)
-        self.state = s
+        corr = z(P, 5)
+        corr[:, 3], corr[:, 4] = math.inf, -math.inf
+        self.state = {
+            "tok_sum": z(L, T, D), "tok_norm_sum": z(L, T), "resid_norm_sum": z(L, T),
+            "pe_sum": z(P, T, D), "pe_norm_sum": z(P, T), "cos_tok_sum": z(P, T), "cos_mom": z(P, 3), "corr_mom": corr,
+            "out_norm_sum": z(T), "cos_ba_mom": z(3), "cos_ba_ln_mom": z(3), "norm_before": z(K, N), "norm_after": z(K, N),
+        }
 
     def state_nbytes(self) -> int:
         """Bytes held by the accumulators (fixed once the first batch has been seen)."""
         return 0 if self.state is None else sum(t.numel() * t.element_size() for t in self.state.values())
 
     # ------------------------------------------------------------------ streaming
-    def _layer(self, l: int, tok: torch.Tensor, resid: torch.Tensor, pe: torch.Tensor | None) -> None:
+    def _pe_terms(self, l: int, pe: torch.Tensor, like: torch.Tensor) -> PETerms:
+        """The image-independent PE side of layer ``l``, recomputed only when the PE tensor changes.
+
+        In eval mode every batch sees the same PE (derived PEs are even the same tensor), so this costs one
+        ``torch.equal`` per layer and batch instead of a dozen small operations.
+        """
+        hit = self._pe_cache.get(l)
+        if hit is not None and (hit[0] is pe or (hit[0].shape == pe.shape and torch.equal(hit[0], pe))):
+            return hit[1]
+        pe64 = pe.to(device=self.state["tok_sum"].device, dtype=torch.float64)
+        norm = _norms(pe64)
+        rows = torch.isfinite(pe64[0]).all(-1)  # prefix rows without a PE row are NaN (derived PEs only)
+        pr = pe64[:, rows]
+        mean = pr.mean((1, 2))
+        terms = PETerms(sum=pe64.sum(0), norm=norm, norm_sum=norm.sum(0), rows=rows, mean=mean,
+                        var=(pr - mean[:, None, None]).square().mean((1, 2)), entries=pr[0].numel(),
+                        work=pe.to(device=like.device, dtype=like.dtype))
+        self._pe_cache[l] = (pe, terms)
+        return terms
+
+    def _reduce(self, l: int, tok: torch.Tensor, resid: torch.Tensor, pe: torch.Tensor | None) -> None:
+        """The passes over layer ``l``'s (B, T, D) ``tok`` and ``resid`` (and its (1 or B, T, D) ``pe``)."""
+        if self.state is None:
+            self._init(tok.device)
+        part = {"tok_sum": tok.sum(0), "tok_norm": _norms(tok), "resid_norm": _norms(resid)}
+        if pe is not None:
+            pt = self._pe_terms(l, pe, tok)
+            part.update(pe=pt, dot=(tok * pt.work).sum(-1), tok_chan_sum=tok.sum(-1))  # (B, T) each
+        self._partial[l] = part
+
+    def _layer(self, l: int, store: dict[str, torch.Tensor]) -> None:
+        """Reduce layer ``l`` of the batch in ``store``."""
+        names = self._layer_names(l)
+        pe = _working(store[names[2]]) if len(names) > 2 else None
+        self._reduce(l, _working(store[names[1]]), _working(store[names[0]]), pe)
+
+    def _finish(self, B: int) -> None:
+        """Turn the partials of every layer of a B-image batch into float64 sums (stacked over layers)."""
         s = self.state
-        B = tok.shape[0]
-        s[f"tok_sum@{l}"] += tok.sum(0)
-        s[f"tok_norm_sum@{l}"] += _norms(tok).sum(0)
-        s[f"resid_norm_sum@{l}"] += _norms(resid).sum(0)
-        if pe is None:
-            return
-        pe = pe.expand(B, -1, -1) if pe.shape[0] == 1 else pe
-        s[f"pe_sum@{l}"] += pe.sum(0)
-        s[f"pe_norm_sum@{l}"] += _norms(pe).sum(0)
-        rows = torch.isfinite(pe[0]).all(-1)  # prefix rows without a PE row are NaN (derived PEs only)
-        t, p = tok[:, rows], pe[:, rows]
-        cos = cosine(t, p)  # (B, R)
-        s[f"cos_tok_sum@{l}"][rows] += cos.sum(0)
-        _add_moments(s[f"cos_mom@{l}"], cos)
-        _add_moments(s[f"corr_mom@{l}"], pearson_rows(t.reshape(B, -1), p.reshape(B, -1)))
+        dev = s["tok_sum"].device
+        parts = [self._partial[l] for l in self.layers]
+        f64 = lambda key, ps: torch.stack([p[key] for p in ps]).to(device=dev, dtype=torch.float64)  # noqa: E731
+        s["tok_sum"] += torch.stack([p["tok_sum"] for p in parts]).to(dev)
+        tok_norm = f64("tok_norm", parts)  # (L + 1, B, T)
+        s["tok_norm_sum"] += tok_norm.sum(1)
+        s["resid_norm_sum"] += f64("resid_norm", parts).sum(1)
+        if self.pe_layers:
+            ps = [self._partial[l] for l in self.pe_layers]
+            pts: list[PETerms] = [p["pe"] for p in ps]
+            scale = torch.tensor([B if pt.norm.shape[0] == 1 else 1 for pt in pts], dtype=torch.float64, device=dev)
+            s["pe_sum"] += torch.stack([pt.sum for pt in pts]) * scale[:, None, None]
+            s["pe_norm_sum"] += torch.stack([pt.norm_sum for pt in pts]) * scale[:, None]
+            rows = torch.stack([pt.rows for pt in pts])[:, None]  # (P, 1, T)
+            pe_norm = torch.stack([pt.norm.expand(B, -1) for pt in pts])  # (P, B, T)
+            pe_mean = torch.stack([pt.mean.expand(B) for pt in pts])  # (P, B)
+            pe_var = torch.stack([pt.var.expand(B) for pt in pts])
+            entries = torch.tensor([pt.entries for pt in pts], dtype=torch.float64, device=dev)[:, None]
+            tn = tok_norm[[self.layers.index(l) for l in self.pe_layers]]  # (P, B, T)
+            dot = f64("dot", ps)
+            keep = lambda x: torch.where(rows, x, 0.0)  # noqa: E731  (rows without a PE drop out)
+            cos = keep(dot / (tn * pe_norm))  # (P, B, T): cos(tok[b, t], pe[t])
+            s["cos_tok_sum"] += cos.sum(1)
+            mom = s["cos_mom"]
+            mom[:, 0] += rows.sum((1, 2)) * B
+            mom[:, 1] += cos.sum((1, 2))
+            mom[:, 2] += cos.square().sum((1, 2))
+            tok_mean = keep(f64("tok_chan_sum", ps)).sum(2) / entries  # (P, B), over the rows x D entries
+            tok_var = keep(tn.square()).sum(2) / entries - tok_mean.square()
+            cov = keep(dot).sum(2) / entries - tok_mean * pe_mean
+            r = cov / torch.sqrt(tok_var * pe_var)  # (P, B): per-image Pearson correlation
+            mom = s["corr_mom"]
+            mom[:, 0] += B
+            mom[:, 1] += r.sum(1)
+            mom[:, 2] += r.square().sum(1)
+            mom[:, 3] = torch.minimum(mom[:, 3], torch.amin(r, 1))
+            mom[:, 4] = torch.maximum(mom[:, 4], torch.amax(r, 1))
+        self._partial.clear()
+
+    def feed(self) -> BatchFeed:
+        """A store for :func:`~pe_probe.probe.hooks.recording` that reduces each block as the forward pass fills it.
+
+        Call ``feed.reset(derived)`` before each forward pass and :meth:`update` ``(feed)`` after it. A block
+        is reduced as soon as its tensors are in, while they are still in the CPU cache, and its tensors are
+        dropped then, so the probe holds about one block's activations at a time.
+        """
+        return BatchFeed(self)
 
     @torch.inference_mode()
     def update(self, store: dict[str, torch.Tensor]) -> None:
-        """Add one batch of captured activations (as returned by :func:`pe_probe.capture` for :meth:`hook_names`)."""
-        ln_in = store["hook_last_ln_in"]
-        if self.state is None:
-            self._init(ln_in.device)
-        dev = next(iter(self.state.values())).device
-        f64 = lambda name: store[name].to(device=dev, dtype=torch.float64)  # noqa: E731
+        """Add one batch of captured activations (as returned by :func:`pe_probe.capture` for :meth:`hook_names`,
+        or a :meth:`feed` after the forward pass)."""
+        with _one_cpu_thread(store["hook_last_ln_in"]):
+            self._update(store)
+
+    def _update(self, store: dict[str, torch.Tensor]) -> None:
+        done = store.done if isinstance(store, BatchFeed) and store.stats is self else ()
         v = self.view
         for l in range(v.depth):
-            pe = f64(f"blocks.{l}.hook_pe") if self.has_pe[l] else None
-            self._layer(l, f64(f"blocks.{l}.hook_tok"), f64(f"blocks.{l}.hook_resid_pre"), pe)
-        x_l, ln_out = f64("hook_last_ln_in"), f64("hook_last_ln_out")
-        last_pe = f64("hook_last_pe") if self.has_pe[LAST] else None
-        self._layer(LAST, ln_out, x_l, last_pe)
-        out = ln_out if last_pe is None else ln_out + last_pe
+            if l not in done:
+                self._layer(l, store)
+        x_l, ln_out = _working(store["hook_last_ln_in"]), _working(store["hook_last_ln_out"])
+        last_pe = _working(store["hook_last_pe"]) if self.has_pe[LAST] else None
+        self._reduce(LAST, ln_out, x_l, last_pe)
+        B = x_l.shape[0]
+        self._finish(B)
         s = self.state
-        s[f"out_norm_sum@{LAST}"] += _norms(out).sum(0)
-        before = pool(x_l, v.global_pool, v.num_prefix_tokens)
-        _add_moments(s["cos_ba_mom"], cosine(before, pool(out, v.global_pool, v.num_prefix_tokens)))
-        _add_moments(s["cos_ba_ln_mom"], cosine(before, pool(ln_out, v.global_pool, v.num_prefix_tokens)))
-        take = min(self.n_norm_maps - self.n_maps, x_l.shape[0])
+        dev = s["out_norm_sum"].device
+        f64 = lambda x: x.to(device=dev, dtype=torch.float64)  # noqa: E731
+        out = ln_out if last_pe is None else ln_out + last_pe
+        s["out_norm_sum"] += f64(_norms(out)).sum(0)
+        gp, npt = v.global_pool, v.num_prefix_tokens
+        before = f64(pool(x_l, gp, npt))
+        _add_moments(s["cos_ba_mom"], cosine(before, f64(pool(out, gp, npt))))
+        _add_moments(s["cos_ba_ln_mom"], cosine(before, f64(pool(ln_out, gp, npt))))
+        take = min(self.n_norm_maps - self.n_maps, B)
         if take > 0:
-            npt = v.num_prefix_tokens
-            s["norm_before"][self.n_maps:self.n_maps + take] = _norms(x_l[:take, npt:])
-            s["norm_after"][self.n_maps:self.n_maps + take] = _norms(out[:take, npt:])
+            s["norm_before"][self.n_maps:self.n_maps + take] = f64(_norms(x_l[:take, npt:]))
+            s["norm_after"][self.n_maps:self.n_maps + take] = f64(_norms(out[:take, npt:]))
             self.n_maps += take
-        self.n_images += x_l.shape[0]
+        self.n_images += B
 
     # ------------------------------------------------------------------ results
     def arrays(self) -> dict[str, np.ndarray]:
@@ -168,19 +294,20 @@ class RunningStats:
         n = float(self.n_images)
         s = {k: t.detach().cpu().numpy() for k, t in self.state.items()}
         out: dict[str, np.ndarray] = {}
-        for l in self.layers:
-            out[f"tok_map@{l}"] = s[f"tok_sum@{l}"] / n
-            out[f"tok_norm@{l}"] = s[f"tok_norm_sum@{l}"] / n
-            out[f"resid_norm@{l}"] = s[f"resid_norm_sum@{l}"] / n
+        for i, l in enumerate(self.layers):
+            out[f"tok_map@{l}"] = s["tok_sum"][i] / n
+            out[f"tok_norm@{l}"] = s["tok_norm_sum"][i] / n
+            out[f"resid_norm@{l}"] = s["resid_norm_sum"][i] / n
             if self.has_pe[l]:
-                pe_map = s[f"pe_sum@{l}"] / n
+                j = self.pe_layers.index(l)
+                pe_map = s["pe_sum"][j] / n
                 out[f"pe_map@{l}"] = pe_map
-                out[f"pe_norm@{l}"] = s[f"pe_norm_sum@{l}"] / n
+                out[f"pe_norm@{l}"] = s["pe_norm_sum"][j] / n
                 rows = np.isfinite(pe_map).all(-1)
-                out[f"tok_pe_cos@{l}"] = np.where(rows, s[f"cos_tok_sum@{l}"] / n, np.nan)
-                out[f"cos_moments@{l}"] = _finish(s[f"cos_mom@{l}"])
-                out[f"corr_img@{l}"] = _finish(s[f"corr_mom@{l}"])
-        out[f"out_norm@{LAST}"] = s[f"out_norm_sum@{LAST}"] / n
+                out[f"tok_pe_cos@{l}"] = np.where(rows, s["cos_tok_sum"][j] / n, np.nan)
+                out[f"cos_moments@{l}"] = _finish(s["cos_mom"][j])
+                out[f"corr_img@{l}"] = _finish(s["corr_mom"][j])
+        out[f"out_norm@{LAST}"] = s["out_norm_sum"] / n
         out["last_cos"] = _finish(s["cos_ba_mom"])
         out["last_cos_ln"] = _finish(s["cos_ba_ln_mom"])
         h, w = self.view.grid
@@ -203,3 +330,39 @@ def _finish(mom: np.ndarray) -> np.ndarray:
     else:
         res[1:] = np.nan
     return res
+
+
+class BatchFeed(dict):
+    """The dict the recording hooks fill during one forward pass, wired to a :class:`RunningStats`.
+
+    When the last tensor of block ``l`` arrives (``__setitem__``, called by the hooks) the block is
+    reduced and its tensors are removed; :meth:`RunningStats.update` then adds the rest of the batch (the
+    Last LN and any block not seen). ``reset(derived)`` starts the next batch with the image-independent
+    derived tensors (added with ``dict.update``, which triggers nothing).
+    """
+
+    def __init__(self, stats: RunningStats) -> None:
+        super().__init__()
+        self.stats = stats
+        self.done: set[int] = set()
+        self._layer_of = {n: l for l in range(stats.view.depth) for n in stats._layer_names(l)}
+
+    def reset(self, derived: dict[str, torch.Tensor] | None = None) -> None:
+        """Empty the feed for the next batch, then add ``derived`` (without triggering any reduction)."""
+        self.clear()
+        self.done.clear()
+        if derived:
+            self.update(derived)
+
+    def __setitem__(self, name: str, value: torch.Tensor) -> None:
+        super().__setitem__(name, value)
+        l = self._layer_of.get(name)
+        if l is None or l in self.done:
+            return
+        names = self.stats._layer_names(l)
+        if all(n in self for n in names):
+            with torch.inference_mode(), _one_cpu_thread(value):
+                self.stats._layer(l, self)
+            self.done.add(l)
+            for n in names:
+                del self[n]

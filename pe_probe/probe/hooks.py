@@ -25,13 +25,16 @@ def hook_names(model: nn.Module, adapter: AdapterKind = "auto") -> list[str]:
 
 
 @contextlib.contextmanager
-def recording(view: ModelView, names: Iterable[str]) -> Iterator[dict[str, torch.Tensor]]:
+def recording(view: ModelView, names: Iterable[str],
+              store: dict[str, torch.Tensor] | None = None) -> Iterator[dict[str, torch.Tensor]]:
     """Register forward hooks that store the named module activations into the yielded dict.
 
-    Every handle is removed on exit, also when the body (or a registration) raises. Derived names are
-    not filled here (they need no forward pass); see :func:`fill_derived`.
+    ``store``: the dict to fill (default: a new one), e.g. a
+    :meth:`~pe_probe.probe.accumulate.RunningStats.feed` that consumes each block as it arrives. Every
+    handle is removed on exit, also when the body (or a registration) raises. Derived names are not
+    filled here (they need no forward pass); see :func:`fill_derived`.
     """
-    store: dict[str, torch.Tensor] = {}
+    store = {} if store is None else store
     handles = []
 
     def make(name: str, side: str):

@@ -86,18 +86,18 @@ def probe(
     with eval_inference(model):
         derived: dict = {}
         fill_derived(view, names, derived)  # image-independent: computed once, before any hook exists
-    with eval_inference(model), recording(view, names) as store:
+    feed = stats.feed()  # each block's statistics are added as the forward pass reaches it (cache-hot)
+    with eval_inference(model), recording(view, names, store=feed):
         bar = tqdm(total=total, unit="img", desc="probe", disable=not progress, leave=False)
         try:
             for images in iter_images(batches, view, max_images):
-                store.clear()
+                feed.reset(derived)
                 model(images)
-                store.update(derived)
-                stats.update(store)
+                stats.update(feed)
                 bar.update(len(images))
         finally:
             bar.close()
-            store.clear()
+            feed.reset()
     if stats.n_images == 0:
         raise DataError("the data yielded no images")
     meta = build_meta(view, stats.n_images, run, n_norm_maps=stats.n_maps)

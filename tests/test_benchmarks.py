@@ -1,0 +1,59 @@
+"""Every benchmark script runs once at a tiny size, so the scripts keep working. Timings are never asserted."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+TINY_TRAIN = "img_size=32,patch_size=8,embed_dim=32,depth=2,num_heads=2,mlp_ratio=2.0,num_classes=10"
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_probe_overhead_tiny(capsys):
+    ratios = load("probe_overhead").main(["--tiny", "--no-torchlens", "--repeats", "1", "--batches", "1",
+                                          "--batch-size", "4"])
+    assert set(ratios) == {"plain", "pe_probe", "hook_cache"} and all(r > 0 for r in ratios.values())
+    assert "throughput vs plain" in capsys.readouterr().out
+
+
+def test_probe_memory_tiny(monkeypatch, capsys):
+    mem = load("probe_memory")
+
+    def in_process(method, n, args):  # the child's code without the fresh process (its peak is meaningless here)
+        mem.child(type(args)(**{**vars(args), "method": method, "n": n}))
+        return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+    monkeypatch.setattr(mem, "run_child", in_process)
+    result = mem.main(["--tiny", "--sizes", "8", "16", "--cache-sizes", "8", "16", "--batch-size", "4"])
+    assert set(result) == {"probe_growth", "cache_growth"}
+    assert "peak growth" in capsys.readouterr().out
+
+
+def test_probe_memory_child_runs_in_a_fresh_process():
+    out = subprocess.run([sys.executable, str(BENCH / "probe_memory.py"), "--child", "hook_cache", "--n", "4",
+                          "--batch-size", "4", "--tiny"], capture_output=True, text=True, check=True)
+    row = json.loads(out.stdout.strip().splitlines()[-1])
+    assert row["n"] == 4 and row["peak_kib"] >= row["baseline_kib"] > 0 and row["cached_bytes"] > 0
+
+
+def test_train_step_tiny(capsys):
+    load("train_step").main(["--batch-size", "2", "--repeats", "1", "--model-kwargs", TINY_TRAIN])
+    assert "ratio vs default/avg" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("extra", [[], ["--", "--epochs", "1", "--max-images", "8"]])
+def test_reproduce_time_command_parses(extra, capsys):
+    assert load("reproduce_time").main(["--dry-run", *extra]) is None
+    assert "pe_probe reproduce" in capsys.readouterr().out
