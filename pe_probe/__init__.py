@@ -11,7 +11,8 @@ __all__ = ["HookPoint", "PEConfig", "PEVisionTransformer", "PE_MODES", "PRESETS"
 
 # --- probe (issue 3): hook names, one-batch capture, streaming probe, its report and the MPVG check ---
 from .analysis import ProbeReport  # noqa: E402
-from .probe import capture, hook_names, mpvg_constant_offset_check, probe  # noqa: E402
+from .api import probe  # noqa: E402
+from .probe import capture, hook_names, mpvg_constant_offset_check  # noqa: E402
 
 __all__ += ["ProbeReport", "capture", "hook_names", "mpvg_constant_offset_check", "probe"]
 

@@ -1,4 +1,4 @@
-"""``probe``: stream a data set through a ViT and accumulate the PE statistics into a ProbeReport."""
+"""Stream a data set through a ViT and accumulate the PE statistics (``pe_probe.probe`` wraps them in a ProbeReport)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from typing import Any, Sequence
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..analysis.report import ProbeReport
 from ..errors import DataError
 from .accumulate import RunningStats
 from .adapter import AdapterKind, ModelView, view_model
@@ -24,7 +23,7 @@ def model_name(model: nn.Module) -> str:
 
 def build_meta(view: ModelView, n_images: int, run: str | os.PathLike | None, **extra: Any) -> dict:
     """The report metadata of ``docs/contracts.md`` (plus ``adapter``, ``img_size``, ``in_chans``)."""
-    from .. import __version__
+    from .._version import __version__
 
     return {
         "run": "" if run is None else str(run),
@@ -47,7 +46,7 @@ def build_meta(view: ModelView, n_images: int, run: str | os.PathLike | None, **
     }
 
 
-def probe(
+def stream_statistics(
     model: nn.Module,
     data: Any,
     *,
@@ -61,8 +60,9 @@ def probe(
     n_norm_maps: int = 8,
     run: str | os.PathLike | None = None,
     progress: bool = True,
-) -> ProbeReport:
-    """Stream ``data`` through ``model`` and return the PE statistics as a :class:`ProbeReport`.
+) -> tuple[dict, dict]:
+    """Stream ``data`` through ``model`` and return the PE statistics as ``(meta, arrays)``
+    (:func:`pe_probe.probe` wraps them in a :class:`~pe_probe.analysis.ProbeReport`).
 
     ``data``: a (N, C, H, W) tensor of normalised images (cut into ``batch_size`` chunks), a DataLoader or
     any iterable of batches (``images``, ``(images, labels)`` or a dict with an ``image`` key), a torch
@@ -101,4 +101,4 @@ def probe(
     if stats.n_images == 0:
         raise DataError("the data yielded no images")
     meta = build_meta(view, stats.n_images, run, n_norm_maps=stats.n_maps)
-    return ProbeReport(meta, stats.arrays())
+    return meta, stats.arrays()
