@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> None:
                 torch.cuda.synchronize()
 
         steps[label] = step
+    steps["extra ops only"] = _extra_ops(args.model, extra, args.batch_size, device)
     times = interleaved(steps, repeats=args.repeats)
     print(f"# train step, {args.model} {extra or ''} batch {args.batch_size}, {args.repeats} interleaved repeats")
     print(f"# {machine()}")
@@ -69,6 +70,33 @@ def main(argv: list[str] | None = None) -> None:
         t = median(times[label])
         ratio = "" if base is None else f"  ratio vs {base}: {t / median(times[base]):.3f}"
         print(f"{label:15s} median {t * 1000:8.1f} ms{ratio}")
+    t = median(times["extra ops only"])
+    print(f"{'extra ops only':15s} median {t * 1000:8.1f} ms  = {t / median(times['default/avg']):.4f} of a default step"
+          "  (what mpvg adds: the PE LayerNorm chain, the broadcast adds and their backward)")
+
+
+def _extra_ops(model_name: str, extra: dict, batch_size: int, device: str):
+    """Exactly the operations mpvg adds to a default step, at the model's shapes, forward and backward.
+
+    Timing them alone bounds the scheme's cost without the run-to-run noise of two full steps.
+    """
+    m = timm.create_model(model_name, pe_mode="mpvg", **extra).to(device)
+    pos = m.pos_embed.detach().clone().requires_grad_(True)
+    norms = [blk.pe_norm for blk in m.blocks if blk.pe_norm is not None] + [m.last_pe_norm]
+    T, D = pos.shape[1], pos.shape[2]
+    acts = torch.randn(batch_size, T, D, device=device, requires_grad=True)
+
+    def run():
+        pe, out = pos, acts
+        for norm in norms[:-1]:
+            pe = norm(pe)
+            out = out + pe  # the add into each block's attention input
+        out = out + m.last_pe_norm(pos)
+        out.sum().backward()
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    return run
 
 
 if __name__ == "__main__":

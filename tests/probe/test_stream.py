@@ -211,8 +211,6 @@ def test_report_roundtrip_from_a_real_probe(tmp_path, images):
 
 def test_real_bundled_dataset_by_name():
     """scikit-learn's digits ship with the package: no download."""
-    pytest.importorskip("sklearn")
-    pytest.importorskip("pe_probe.data")
     m = PEVisionTransformer(pe_mode="pvg", img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=2,
                             num_classes=10, in_chans=1)
     r = probe(m, "digits", batch_size=32, max_images=40, progress=False)
