@@ -27,13 +27,18 @@ def machine() -> str:
 
 
 def interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, list[float]]:
-    """Time each function ``repeats`` times, alternating between them so drift hits all equally."""
+    """Time each function ``repeats`` times, alternating between them so drift hits all equally.
+
+    The order rotates every repeat, so no contender always runs first (or right after the same neighbour).
+    """
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
+    items = list(fns.items())
+    for r in range(repeats):
+        k = r % len(items)
+        for name, fn in items[k:] + items[:k]:
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)

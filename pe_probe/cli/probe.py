@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from ..errors import DataError
+from ._args import parse_kv
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -38,19 +38,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _parse_model_args(items: list[str]) -> dict:
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--model-arg {item!r} must be KEY=VALUE")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
-
-
 def run(args: argparse.Namespace) -> int:
     """Load the checkpoint, probe the data set, save the report and print the token-PE correlations."""
     import torch
@@ -58,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     from .. import load_checkpoint, mpvg_constant_offset_check, probe
 
     path = Path(args.checkpoint)
-    model, data_cfg = load_checkpoint(path, args.model, **_parse_model_args(args.model_arg))
+    model, data_cfg = load_checkpoint(path, args.model, **parse_kv(args.model_arg, "--model-arg"))
     data = args.data or data_cfg.get("dataset")
     if not data:
         raise DataError("--data is required (no data set recorded for this checkpoint)")

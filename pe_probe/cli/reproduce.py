@@ -5,21 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..pipeline import PRESET_NAMES
-
-
-def _kv(items: list[str]) -> dict:
-    import json
-
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--model-kwargs {item!r} must be KEY=VALUE")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
+from ._args import parse_kv
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -54,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
 
     res = reproduce(
         args.out, preset=args.preset, dataset=args.dataset, data_dir=args.data_dir, recipe=args.recipe,
-        model=args.model, model_kwargs=_kv(args.model_kwargs), epochs=args.epochs, device=args.device,
+        model=args.model, model_kwargs=parse_kv(args.model_kwargs), epochs=args.epochs, device=args.device,
         seed=args.seed, max_images=args.max_images, progress=not args.no_progress,
     )
     fig = res.figures

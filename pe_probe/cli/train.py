@@ -3,26 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
-from typing import Any
 
 from ..models import PE_MODES
-
-
-def parse_kv(items: list[str] | None) -> dict[str, Any]:
-    """``["embed_dim=64", "mlp_ratio=2.0", "qkv_bias=false"]`` -> kwargs (values read as JSON, else strings)."""
-    out: dict[str, Any] = {}
-    for item in items or []:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"--model-kwargs expects key=value, got {item!r}")
-        literal = {"True": "true", "False": "false", "None": "null"}.get(raw, raw)
-        try:
-            value = json.loads(literal)
-        except json.JSONDecodeError:
-            value = raw
-        out[key.strip()] = value
-    return out
+from ._args import parse_kv
 
 
 def _last_ln_pe(text: str) -> int | str:

@@ -9,11 +9,11 @@ import torch
 from timm.layers import LayerNorm, get_norm_layer
 from timm.layers.pos_embed_sincos import build_sincos2d_pos_embed
 from timm.models.vision_transformer import VisionTransformer
-from torch import nn
+
 from torch.utils.checkpoint import checkpoint
 
 from .block import PEBlock
-from .config import PEConfig, _UNSET, resolve_pe_config
+from .config import _UNSET, resolve_pe_config
 from .hooks import HookPoint
 
 # timm kwargs that this family sets itself or cannot honour, with why.

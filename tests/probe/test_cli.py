@@ -85,7 +85,7 @@ def test_run_directory(tmp_path, fake_data, capsys):
         (["{sd}"], "--model"),
         (["{sd}", "--model", "no_such_model_xyz"], "unknown timm model"),
         (["{sd}", "--model", "deit_small_patch16_224", "--model-arg", "img_size=32"], "does not fit"),
-        (["{sd}", "--model", "deit_tiny_patch16_224", "--model-arg", "img_size"], "KEY=VALUE"),
+        (["{sd}", "--model", "deit_tiny_patch16_224", "--model-arg", "img_size"], "key=value"),
         (["{dir}"], "config.json"),
         (["{dir}", "--model", "deit_tiny_patch16_224"], "run directory names its own model"),
         (["{txt}"], "neither a run directory"),

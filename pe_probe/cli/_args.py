@@ -1,0 +1,26 @@
+"""Argument helpers shared by the subcommands."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+
+def parse_kv(items: list[str] | None, flag: str = "--model-kwargs") -> dict[str, Any]:
+    """``["embed_dim=64", "mlp_ratio=2.0", "qkv_bias=false"]`` -> kwargs (values read as JSON, else strings).
+
+    ``True``/``False``/``None`` are accepted as Python spells them. A malformed item raises ``ValueError``
+    naming ``flag``.
+    """
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"{flag} expects key=value, got {item!r}")
+        literal = {"True": "true", "False": "false", "None": "null"}.get(raw, raw)
+        try:
+            value = json.loads(literal)
+        except json.JSONDecodeError:
+            value = raw
+        out[key.strip()] = value
+    return out
