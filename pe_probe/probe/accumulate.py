@@ -66,11 +66,6 @@ def _add_moments(mom: torch.Tensor, values: torch.Tensor) -> None:
         mom[4] = torch.maximum(mom[4], values.max())
 
 
-def pool(x: torch.Tensor, global_pool: str, num_prefix_tokens: int) -> torch.Tensor:
-    """The model's pooling on (B, T, D): the class token (``"token"``) or the mean of the patch tokens (``"avg"``)."""
-    return x[:, 0] if global_pool == "token" else x[:, num_prefix_tokens:].mean(1)
-
-
 def cosine(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Cosine similarity along the last dimension (broadcasting); 0/0 gives NaN."""
     return (x * y).sum(-1) / (_norms(x) * _norms(y))
@@ -275,10 +270,11 @@ class RunningStats:
         f64 = lambda x: x.to(device=dev, dtype=torch.float64)  # noqa: E731
         out = ln_out if last_pe is None else ln_out + last_pe
         s["out_norm_sum"] += f64(_norms(out)).sum(0)
-        gp, npt = v.global_pool, v.num_prefix_tokens
-        before = f64(pool(x_l, gp, npt))
-        _add_moments(s["cos_ba_mom"], cosine(before, f64(pool(out, gp, npt))))
-        _add_moments(s["cos_ba_ln_mom"], cosine(before, f64(pool(ln_out, gp, npt))))
+        npt = v.num_prefix_tokens
+        pool = v.model.pool  # the model's own (timm) pooling: class token or mean of the patch tokens
+        before = f64(pool(x_l))
+        _add_moments(s["cos_ba_mom"], cosine(before, f64(pool(out))))
+        _add_moments(s["cos_ba_ln_mom"], cosine(before, f64(pool(ln_out))))
         take = min(self.n_norm_maps - self.n_maps, B)
         if take > 0:
             s["norm_before"][self.n_maps:self.n_maps + take] = f64(_norms(x_l[:take, npt:]))

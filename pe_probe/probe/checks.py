@@ -10,7 +10,6 @@ from torch import nn
 
 from ..errors import CheckpointError
 from ..models import PEVisionTransformer
-from .accumulate import pool
 from .hooks import eval_inference
 from .inputs import check_images
 from .adapter import view_model
@@ -57,7 +56,7 @@ def mpvg_constant_offset_check(
     with torch.no_grad():
         k = model.pe_config.last_ln_pe
         src = model.pos_embed if k == 0 else _pe_of_block(model, k)
-        c = pool(model.last_pe_norm(src), model.global_pool, model.num_prefix_tokens)[0]
+        c = model.pool(model.last_pe_norm(src))[0]
         pvg.head.bias.add_(model.head.weight @ c)
     with eval_inference(model), eval_inference(pvg):
         diff = (model(images) - pvg(images)).abs().max().item()
