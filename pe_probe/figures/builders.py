@@ -15,6 +15,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from .. import paper as P
+from ..analysis.metrics import pearson as analysis_pearson
 from ..analysis.runs import RunResult
 from ._axes import fmt_num
 from .accuracy import accuracy_bars
@@ -34,18 +35,15 @@ from .token_norms import token_norm_grid
 def pearson(a: np.ndarray, b: np.ndarray) -> float:
     """Pearson correlation of two equally shaped maps over the entries finite in both (a derived PE has NaN
     rows for prefix tokens without a PE, which are left out, as in ``analysis``'s ``tok_pe_corr``); NaN when
-    either is constant."""
+    either is constant. The correlation itself is :func:`pe_probe.analysis.metrics.pearson`."""
     a = np.asarray(a, dtype=float).ravel()
     b = np.asarray(b, dtype=float).ravel()
     if a.shape != b.shape:
         raise ValueError(f"maps differ in size: {a.size} vs {b.size}")
     keep = np.isfinite(a) & np.isfinite(b)
-    a, b = a[keep], b[keep]
-    if a.size < 2:
+    if keep.sum() < 2:
         return float("nan")
-    a, b = a - a.mean(), b - b.mean()
-    denom = math.sqrt(float(a @ a) * float(b @ b))
-    return float(a @ b) / denom if denom > 0 else float("nan")
+    return analysis_pearson(a[keep], b[keep])
 
 
 def layer_maps(report, layer: int, patch_only: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
