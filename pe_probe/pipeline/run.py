@@ -89,11 +89,10 @@ def reproduce(
         if (run_dir / SUMMARY).exists():
             result.reused.append(plan.name)
             continue
-        options = dict(plan.options)
         pe_probe.train(
             out=run_dir, dataset=dataset, data_dir=data_dir, recipe=recipe, model=model,
             model_kwargs=model_kwargs, epochs=epochs, device=device, seed=seed,
-            resume=(run_dir / "config.json").exists(), progress=False, verbose=progress, **options,
+            resume=(run_dir / "config.json").exists(), progress=False, verbose=progress, **plan.options,
         )
         result.trained.append(plan.name)
     bar.close()
@@ -110,7 +109,7 @@ def find_runs(runs_dir: str | os.PathLike) -> tuple[list[Path], list[Path]]:
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
         raise DataError(f"{runs_dir} is not a directory of runs")
-    dirs = sorted(p.parent for p in runs_dir.rglob("config.json") if p.parent.name != PROBE_DIR)
+    dirs = sorted(p.parent for p in runs_dir.rglob("config.json"))
     complete = [d for d in dirs if (d / SUMMARY).exists()]
     return complete, [d for d in dirs if d not in complete]
 
@@ -161,7 +160,8 @@ def render_figures(
     runs support into ``out`` (PNG, PDF, CSV per figure, Markdown tables, ``index.md``)."""
     complete, incomplete = find_runs(runs_dir)
     if only is not None:
-        complete = [d for d in complete if d.name in set(only)]
+        wanted = set(only)
+        complete = [d for d in complete if d.name in wanted]
     for d in incomplete:
         log.warning("skipping %s: training not complete (no %s)", d, SUMMARY)
     if not complete:
