@@ -8,8 +8,9 @@ each layer's (B, T, D) activations are read a few times in their own dtype, neve
 and reduced right away to small partials: the batch sum (T, D) and, per token, norms, channel sums and
 the dot product with the PE (B, T). With :meth:`RunningStats.feed` this happens inside the forward hooks,
 while the tensors are still in the CPU cache. Once the batch is complete the partials of all layers are
-stacked and turned into the statistics in float64 with a fixed number of vectorised operations. On CPU
-this work runs on one intra-op thread (see ``_one_cpu_thread``).
+stacked and turned into the statistics in float64 with a fixed number of vectorised operations. The
+full-size passes run on torch's intra-op threads, like the forward pass's own operations; on CPU the
+small float64 step runs on one (see ``_one_cpu_thread``).
 """
 
 from __future__ import annotations
@@ -26,15 +27,53 @@ from .adapter import ModelView
 LAST = -1  #: layer index of the Last LN rows
 
 
-def _norms(x: torch.Tensor) -> torch.Tensor:
-    return torch.linalg.vector_norm(x, dim=-1)
+def _norms(x: torch.Tensor, scratch: "Scratch | None" = None) -> torch.Tensor:
+    """Euclidean norms along the last dimension, fast for either memory layout.
+
+    ``vector_norm`` is fast when the last dimension is contiguous, but about 20x slower (6 ms instead of
+    0.3 ms for a DeiT-Ti batch of 32 on one CPU thread) when it is strided. That is the layout of a ViT's
+    residual stream whenever no class token is concatenated: timm's patch embedding returns
+    ``conv(x).flatten(2).transpose(1, 2)`` and every residual add keeps its (B, D, T) memory order. The
+    sum of squares reads either layout at memory speed (and rounds no worse); ``scratch`` gives it a
+    reused buffer for the squares.
+    """
+    if x.stride(-1) == 1 or x.shape[-1] == 1:
+        return torch.linalg.vector_norm(x, dim=-1)
+    sq = torch.mul(x, x, out=scratch.like(x)) if scratch is not None else x * x
+    return sq.sum(-1).sqrt_()
+
+
+class Scratch:
+    """Reused buffers for full-size temporaries (per-token products), one per shape, layout, dtype and device.
+
+    A fresh (B, T, D) temporary per layer costs an allocation whose pages the kernel must map and zero
+    (glibc returns big blocks to the system), several times per block; a buffer reused across layers and
+    batches costs nothing after the first batch. Buffers are created in inference mode and only used there.
+    """
+
+    def __init__(self) -> None:
+        self._bufs: dict[tuple, torch.Tensor] = {}
+
+    def like(self, x: torch.Tensor) -> torch.Tensor:
+        """A buffer with ``x``'s shape, strides, dtype and device (contents undefined)."""
+        key = (tuple(x.shape), x.stride(), x.dtype, x.device)
+        buf = self._bufs.get(key)
+        if buf is None:
+            if len(self._bufs) >= 4:  # shapes change (a last, smaller batch): keep the newest only
+                self._bufs.clear()
+            buf = self._bufs[key] = torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device=x.device)
+        return buf
+
+    def clear(self) -> None:
+        """Drop every buffer."""
+        self._bufs.clear()
 
 
 @contextlib.contextmanager
 def _one_cpu_thread(x: torch.Tensor) -> Iterator[None]:
-    """Run the statistics of a CPU batch on one intra-op thread (restored afterwards).
+    """Run the small float64 step of a CPU batch on one intra-op thread (restored afterwards).
 
-    They are a few dozen short, memory-bound operations per batch; with several threads each one is an
+    It is a few dozen short, memory-bound operations per batch; with several threads each one is an
     OpenMP parallel region whose join waits for every worker, and on a busy machine (more runnable
     threads than cores) a descheduled worker makes each such join cost a scheduler slice (~4-8 ms,
     measured on a shared 2-core VM). On one thread they cost their compute only. See BENCHMARKS.md.
@@ -124,6 +163,7 @@ class RunningStats:
         self.state: dict[str, torch.Tensor] | None = None
         self._pe_cache: dict[int, tuple[torch.Tensor, PETerms]] = {}
         self._partial: dict[int, dict] = {}  # reductions of the batch in progress, per layer
+        self._scratch = Scratch()
 
     # ------------------------------------------------------------------ hook names this needs
     def hook_names(self) -> list[str]:
@@ -184,10 +224,12 @@ class RunningStats:
         """The passes over layer ``l``'s (B, T, D) ``tok`` and ``resid`` (and its (1 or B, T, D) ``pe``)."""
         if self.state is None:
             self._init(tok.device)
-        part = {"tok_sum": tok.sum(0), "tok_norm": _norms(tok), "resid_norm": _norms(resid)}
+        part = {"tok_sum": tok.sum(0), "tok_norm": _norms(tok, self._scratch),
+                "resid_norm": _norms(resid, self._scratch)}
         if pe is not None:
             pt = self._pe_terms(l, pe, tok)
-            part.update(pe=pt, dot=(tok * pt.work).sum(-1), tok_chan_sum=tok.sum(-1))  # (B, T) each
+            prod = torch.mul(tok, pt.work, out=self._scratch.like(tok))
+            part.update(pe=pt, dot=prod.sum(-1), tok_chan_sum=tok.sum(-1))  # (B, T) each
         self._partial[l] = part
 
     def _layer(self, l: int, store: dict[str, torch.Tensor]) -> None:
@@ -251,36 +293,37 @@ class RunningStats:
     def update(self, store: dict[str, torch.Tensor]) -> None:
         """Add one batch of captured activations (as returned by :func:`pe_probe.capture` for :meth:`hook_names`,
         or a :meth:`feed` after the forward pass)."""
-        with _one_cpu_thread(store["hook_last_ln_in"]):
-            self._update(store)
-
-    def _update(self, store: dict[str, torch.Tensor]) -> None:
         done = store.done if isinstance(store, BatchFeed) and store.stats is self else ()
         v = self.view
+        # full-size passes, on torch's threads like the forward's own operations
         for l in range(v.depth):
             if l not in done:
                 self._layer(l, store)
         x_l, ln_out = _working(store["hook_last_ln_in"]), _working(store["hook_last_ln_out"])
         last_pe = _working(store["hook_last_pe"]) if self.has_pe[LAST] else None
         self._reduce(LAST, ln_out, x_l, last_pe)
-        B = x_l.shape[0]
-        self._finish(B)
-        s = self.state
-        dev = s["out_norm_sum"].device
-        f64 = lambda x: x.to(device=dev, dtype=torch.float64)  # noqa: E731
+        B, npt = x_l.shape[0], v.num_prefix_tokens
         out = ln_out if last_pe is None else ln_out + last_pe
-        s["out_norm_sum"] += f64(_norms(out)).sum(0)
-        npt = v.num_prefix_tokens
+        out_norm = _norms(out)
         pool = v.model.pool  # the model's own (timm) pooling: class token or mean of the patch tokens
-        before = f64(pool(x_l))
-        _add_moments(s["cos_ba_mom"], cosine(before, f64(pool(out))))
-        _add_moments(s["cos_ba_ln_mom"], cosine(before, f64(pool(ln_out))))
-        take = min(self.n_norm_maps - self.n_maps, B)
-        if take > 0:
-            s["norm_before"][self.n_maps:self.n_maps + take] = f64(_norms(x_l[:take, npt:]))
-            s["norm_after"][self.n_maps:self.n_maps + take] = f64(_norms(out[:take, npt:]))
-            self.n_maps += take
-        self.n_images += B
+        pooled = pool(x_l), pool(out), pool(ln_out)
+        take = max(0, min(self.n_norm_maps - self.n_maps, B))
+        maps = (_norms(x_l[:take, npt:], self._scratch), _norms(out[:take, npt:])) if take else ()
+        # the small float64 step (a few dozen short operations) on one thread
+        with _one_cpu_thread(x_l):
+            self._finish(B)
+            s = self.state
+            dev = s["out_norm_sum"].device
+            f64 = lambda x: x.to(device=dev, dtype=torch.float64)  # noqa: E731
+            s["out_norm_sum"] += f64(out_norm).sum(0)
+            before, after, after_ln = (f64(p) for p in pooled)
+            _add_moments(s["cos_ba_mom"], cosine(before, after))
+            _add_moments(s["cos_ba_ln_mom"], cosine(before, after_ln))
+            if take:
+                s["norm_before"][self.n_maps:self.n_maps + take] = f64(maps[0])
+                s["norm_after"][self.n_maps:self.n_maps + take] = f64(maps[1])
+                self.n_maps += take
+            self.n_images += B
 
     # ------------------------------------------------------------------ results
     def arrays(self) -> dict[str, np.ndarray]:
@@ -357,7 +400,7 @@ class BatchFeed(dict):
             return
         names = self.stats._layer_names(l)
         if all(n in self for n in names):
-            with torch.inference_mode(), _one_cpu_thread(value):
+            with torch.inference_mode():
                 self.stats._layer(l, self)
             self.done.add(l)
             for n in names:
