@@ -111,22 +111,34 @@ def cosine(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 class PETerms(NamedTuple):
-    """What the statistics need from one layer's PE (P = 1 or B, T, D); computed once per distinct PE tensor.
+    """What the statistics need from the PEs of all P PE layers, stacked (each PE is (Q, T, D), Q = 1 or B).
 
-    ``sum``/``norm_sum``: (T, D)/(T,) float64 sums over the PE's first dim; ``norm``: (P, T) row norms;
-    ``rows``: (T,) the rows that have a PE (finite); ``mean``/``var``: (P,) mean and population variance
-    over those rows x D entries; ``entries``: their number; ``work``: the PE in the activations' device
-    and dtype (NaN rows included: they are masked after the dot products).
+    ``sum``/``norm_sum``: (P, T, D)/(P, T) float64 sums over each PE's Q rows; ``norm``: (P, Q, T) row
+    norms; ``rows``: (P, T) the
+    rows that have a PE (finite); ``mean``/``var``: (P, Q) mean and population variance over those rows x D
+    entries; ``entries``: (P,) their number.
     """
 
     sum: torch.Tensor
-    norm: torch.Tensor
     norm_sum: torch.Tensor
+    norm: torch.Tensor
     rows: torch.Tensor
     mean: torch.Tensor
     var: torch.Tensor
-    entries: int
-    work: torch.Tensor
+    entries: torch.Tensor
+
+
+def pe_terms(pes: torch.Tensor) -> PETerms:
+    """:class:`PETerms` of ``pes``, the (P, Q, T, D) float64 stack of the PE layers' PEs."""
+    D = pes.shape[-1]
+    norm = torch.linalg.vector_norm(pes, dim=-1)
+    rows = torch.isfinite(pes[:, 0]).all(-1)  # prefix rows without a PE row are NaN (derived PEs only)
+    keep = rows[:, None, :, None]
+    entries = rows.sum(-1).to(pes.dtype) * D
+    mean = torch.where(keep, pes, 0.0).sum((2, 3)) / entries[:, None]
+    var = torch.where(keep, (pes - mean[..., None, None]).square(), 0.0).sum((2, 3)) / entries[:, None]
+    return PETerms(sum=pes.sum(1), norm_sum=norm.sum(1), norm=norm, rows=rows, mean=mean, var=var,
+                   entries=entries)
 
 
 class RunningStats:
@@ -161,7 +173,7 @@ class RunningStats:
         self.n_images = 0
         self.n_maps = 0
         self.state: dict[str, torch.Tensor] | None = None
-        self._pe_cache: dict[int, tuple[torch.Tensor, PETerms]] = {}
+        self._pe_cache: tuple[list[torch.Tensor], torch.Tensor, PETerms] | None = None  # (PEs, their stack, terms)
         self._partial: dict[int, dict] = {}  # reductions of the batch in progress, per layer
         self._scratch = Scratch()
 
@@ -200,24 +212,25 @@ class RunningStats:
         return 0 if self.state is None else sum(t.numel() * t.element_size() for t in self.state.values())
 
     # ------------------------------------------------------------------ streaming
-    def _pe_terms(self, l: int, pe: torch.Tensor, like: torch.Tensor) -> PETerms:
-        """The image-independent PE side of layer ``l``, recomputed only when the PE tensor changes.
+    def _pe_side(self, pes: list[torch.Tensor], B: int) -> PETerms:
+        """The image-independent side of the PE layers' PEs, recomputed only when the PEs change.
 
-        In eval mode every batch sees the same PE (derived PEs are even the same tensor), so this costs one
-        ``torch.equal`` per layer and batch instead of a dozen small operations.
+        In eval mode every batch sees the same PEs (derived PEs are even the same tensors), so this costs
+        one identity check, or one stack and ``torch.equal``, per batch instead of a dozen small operations
+        per layer.
         """
-        hit = self._pe_cache.get(l)
-        if hit is not None and (hit[0] is pe or (hit[0].shape == pe.shape and torch.equal(hit[0], pe))):
-            return hit[1]
-        pe64 = pe.to(device=self.state["tok_sum"].device, dtype=torch.float64)
-        norm = _norms(pe64)
-        rows = torch.isfinite(pe64[0]).all(-1)  # prefix rows without a PE row are NaN (derived PEs only)
-        pr = pe64[:, rows]
-        mean = pr.mean((1, 2))
-        terms = PETerms(sum=pe64.sum(0), norm=norm, norm_sum=norm.sum(0), rows=rows, mean=mean,
-                        var=(pr - mean[:, None, None]).square().mean((1, 2)), entries=pr[0].numel(),
-                        work=pe.to(device=like.device, dtype=like.dtype))
-        self._pe_cache[l] = (pe, terms)
+        hit = self._pe_cache
+        if hit is not None and len(hit[0]) == len(pes) and all(a is b for a, b in zip(hit[0], pes)):
+            return hit[2]
+        dev = self.state["tok_sum"].device
+        Q = pes[0].shape[0] if all(pe.shape[0] == pes[0].shape[0] for pe in pes) else B
+        stack = torch.stack([pe.expand(Q, -1, -1) for pe in pes])
+        if hit is not None and hit[1].shape == stack.shape and hit[1].dtype == stack.dtype and hit[1].shape[1] == 1 \
+                and torch.equal(hit[1], stack):
+            terms = hit[2]
+        else:
+            terms = pe_terms(stack.to(device=dev, dtype=torch.float64))
+        self._pe_cache = (list(pes), stack, terms)
         return terms
 
     def _reduce(self, l: int, tok: torch.Tensor, resid: torch.Tensor, pe: torch.Tensor | None) -> None:
@@ -227,9 +240,9 @@ class RunningStats:
         part = {"tok_sum": tok.sum(0), "tok_norm": _norms(tok, self._scratch),
                 "resid_norm": _norms(resid, self._scratch)}
         if pe is not None:
-            pt = self._pe_terms(l, pe, tok)
-            prod = torch.mul(tok, pt.work, out=self._scratch.like(tok))
-            part.update(pe=pt, dot=prod.sum(-1), tok_chan_sum=tok.sum(-1))  # (B, T) each
+            pe = pe.to(device=tok.device, dtype=tok.dtype)  # no copy in the usual case
+            prod = torch.mul(tok, pe, out=self._scratch.like(tok))  # NaN rows are masked later
+            part.update(pe=pe, dot=prod.sum(-1), tok_chan_sum=tok.sum(-1))  # (B, T) each
         self._partial[l] = part
 
     def _layer(self, l: int, store: dict[str, torch.Tensor]) -> None:
@@ -250,15 +263,14 @@ class RunningStats:
         s["resid_norm_sum"] += f64("resid_norm", parts).sum(1)
         if self.pe_layers:
             ps = [self._partial[l] for l in self.pe_layers]
-            pts: list[PETerms] = [p["pe"] for p in ps]
-            scale = torch.tensor([B if pt.norm.shape[0] == 1 else 1 for pt in pts], dtype=torch.float64, device=dev)
-            s["pe_sum"] += torch.stack([pt.sum for pt in pts]) * scale[:, None, None]
-            s["pe_norm_sum"] += torch.stack([pt.norm_sum for pt in pts]) * scale[:, None]
-            rows = torch.stack([pt.rows for pt in pts])[:, None]  # (P, 1, T)
-            pe_norm = torch.stack([pt.norm.expand(B, -1) for pt in pts])  # (P, B, T)
-            pe_mean = torch.stack([pt.mean.expand(B) for pt in pts])  # (P, B)
-            pe_var = torch.stack([pt.var.expand(B) for pt in pts])
-            entries = torch.tensor([pt.entries for pt in pts], dtype=torch.float64, device=dev)[:, None]
+            pt = self._pe_side([p["pe"] for p in ps], B)
+            scale = B if pt.norm.shape[1] == 1 else 1  # a PE shared by the batch counts once per image
+            s["pe_sum"] += pt.sum * scale
+            s["pe_norm_sum"] += pt.norm_sum * scale
+            rows = pt.rows[:, None]  # (P, 1, T)
+            pe_norm = pt.norm  # (P, 1 or B, T)
+            pe_mean, pe_var = pt.mean, pt.var  # (P, 1 or B)
+            entries = pt.entries[:, None]
             tn = tok_norm[[self.layers.index(l) for l in self.pe_layers]]  # (P, B, T)
             dot = f64("dot", ps)
             keep = lambda x: torch.where(rows, x, 0.0)  # noqa: E731  (rows without a PE drop out)

@@ -66,14 +66,21 @@ def fill_derived(view: ModelView, names: Iterable[str], store: dict[str, torch.T
 
 @contextlib.contextmanager
 def eval_inference(model: nn.Module) -> Iterator[None]:
-    """``model.eval()`` and ``torch.inference_mode()`` for the block; the train/eval flag is restored after."""
-    was_training = model.training
+    """Eval mode and ``torch.inference_mode()`` for the block; every module's train flag is restored after.
+
+    ``model.eval()`` runs only when some module is in training mode, and exactly those modules get their
+    flag back (a model with some submodules frozen in eval mode keeps them so); a model already in eval
+    mode costs no ``eval()``/``train()`` traversal (a few ms for a DeiT, per call).
+    """
+    training = [m for m in model.modules() if m.training]
     try:
-        model.eval()
+        if training:
+            model.eval()
         with torch.inference_mode():
             yield
     finally:
-        model.train(was_training)
+        for m in training:
+            m.training = True
 
 
 def capture(

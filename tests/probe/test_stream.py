@@ -132,6 +132,16 @@ def test_eval_mode_inference_mode_and_train_flag_restored(images):
     assert all(p.grad is None for p in m.parameters())
 
 
+def test_mixed_train_flags_come_back_module_by_module(images):
+    m = build(pe_mode="mpvg")
+    m.train()
+    m.blocks[0].eval()  # e.g. a frozen block: must stay in eval mode after the probe
+    before = {n: mod.training for n, mod in m.named_modules()}
+    probe(m, images[:2], progress=False)
+    assert {n: mod.training for n, mod in m.named_modules()} == before
+    assert not m.blocks[0].training and not m.blocks[0].attn.training and m.blocks[1].training
+
+
 def test_no_hook_survives_an_error_mid_stream(images, monkeypatch):
     m = build(pe_mode="mpvg")
     m.train()
@@ -216,3 +226,41 @@ def test_real_bundled_dataset_by_name():
     r = probe(m, "digits", batch_size=32, max_images=40, progress=False)
     assert r.meta["n_images"] == 40 and r.meta["in_chans"] == 1
     assert np.isfinite(r.to_frame().value).all()
+
+
+def _numpy_pe_stats(batches: list[dict], name_tok: str, name_pe: str) -> dict:
+    """Per-image Pearson mean and per-token cosine mean of one layer, numpy, PEs (1 or B, T, D) per batch."""
+    corrs, coss = [], []
+    for b in batches:
+        tok = b[name_tok].double().numpy()
+        pe = np.broadcast_to(b[name_pe].double().numpy(), tok.shape)
+        for t, p in zip(tok, pe):
+            corrs.append(np.corrcoef(t.ravel(), p.ravel())[0, 1])
+            coss.append((t * p).sum(-1) / (np.linalg.norm(t, axis=-1) * np.linalg.norm(p, axis=-1)))
+    return {"corr": np.mean(corrs), "cos": np.mean(coss, axis=0)}
+
+
+def test_pe_side_follows_pes_that_change_between_batches_or_per_image(images):
+    m = build(pe_mode="mpvg")
+    stats = RunningStats(view_model(m))
+    names = stats.hook_names()
+    first = capture(m, images[:5], names=names)
+    with torch.no_grad():
+        m.pos_embed.add_(torch.randn(m.pos_embed.shape, generator=torch.Generator().manual_seed(1)))
+    second = capture(m, images[5:8], names=names)  # another batch size and other PEs
+    third = {**second, **{n: t + 0.3 * torch.randn(3, *t.shape[1:], generator=torch.Generator().manual_seed(2))
+                          for n, t in second.items() if n == "blocks.1.hook_pe"}}  # one layer: a PE per image
+    batches = [first, second, third, first]
+    for b in batches:
+        stats.update(b)
+    arr = stats.arrays()
+    for l in range(len(m.blocks)):
+        if f"blocks.{l}.hook_pe" not in names:
+            continue
+        want = _numpy_pe_stats(batches, f"blocks.{l}.hook_tok", f"blocks.{l}.hook_pe")
+        np.testing.assert_allclose(arr[f"corr_img@{l}"][1], want["corr"], rtol=1e-5, err_msg=str(l))
+        np.testing.assert_allclose(arr[f"tok_pe_cos@{l}"], want["cos"], rtol=1e-5, atol=1e-6, err_msg=str(l))
+        pe_sum = sum(np.broadcast_to(b[f"blocks.{l}.hook_pe"].double().numpy(), b[f"blocks.{l}.hook_tok"].shape).sum(0)
+                     for b in batches)
+        np.testing.assert_allclose(arr[f"pe_map@{l}"], pe_sum / 16, rtol=1e-6, atol=1e-7, err_msg=str(l))
+    assert third["blocks.1.hook_pe"].shape[0] == 3
