@@ -23,7 +23,9 @@ def machine() -> str:
     except OSError:
         pass
     dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), {dev}")
+    malloc = " ".join(f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith("MALLOC_"))
+    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), {dev}"
+            + (f", {malloc}" if malloc else ""))
 
 
 def interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, list[float]]:
@@ -48,3 +50,16 @@ def interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int 
 def median(xs: list[float]) -> float:
     """Median of a list of timings."""
     return statistics.median(xs)
+
+
+def paired(times: dict[str, list[float]], num: str, den: str) -> tuple[float, float, float]:
+    """Ratios ``times[num][i] / times[den][i]`` of the same rounds: (median, lower quartile, upper quartile).
+
+    Within one round of :func:`interleaved` the contenders run back to back, so a round's ratio is not
+    moved by the machine's slow drift (other tenants, frequency); its spread over rounds shows the noise.
+    """
+    r = sorted(a / b for a, b in zip(times[num], times[den]))
+    if len(r) < 2:
+        return (r[0],) * 3
+    q = statistics.quantiles(r, n=4, method="inclusive")
+    return statistics.median(r), q[0], q[2]

@@ -13,12 +13,20 @@ Every contender processes the same ``--batches`` x ``--batch-size`` images, in e
 - ``hook_cache``: the usual alternative: ``register_forward_hook`` on every hook point, each output
   appended to a per-name list over the data set (caching only; computing statistics afterwards would
   cost more on top);
+- ``plain (A/A)``: ``plain`` again, as a control: its ratio to ``plain`` shows the timing noise of the
+  machine (ideally 1.000);
 - ``torchlens``: ``torchlens.trace(model, x)`` per batch (saves every operation's output), traces kept,
   timed in its own interleaved round against ``plain`` (it is much slower) when torchlens is installed
   (``pip install torchlens`` or the ``bench`` extra).
 
-Printed ratios are throughputs relative to ``plain`` (plain median / contender median; 1.0 = free).
-Goal (issue 6): ``pe_probe`` >= 0.95.
+Printed ratios are throughputs relative to ``plain`` (plain median / contender median; 1.0 = free), and
+the median of the per-round ratios with their interquartile range (a round runs every contender back to
+back, so its ratio is not moved by the machine's drift). Goal (issue 6): ``pe_probe`` >= 0.95.
+
+Last, one extra probe call is timed from the inside (``attribution``): the time spent in the statistics
+(the in-hook reductions and the per-batch float64 step) as a share of the forward pass time of the same
+run. That share is what the probe adds by its own work, free of the machine's run-to-run noise; the
+interleaved ratios add the indirect costs (caches, allocator).
 """
 
 from __future__ import annotations
@@ -33,7 +41,7 @@ import timm
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import interleaved, machine, median  # noqa: E402
+from _common import interleaved, machine, median, paired  # noqa: E402
 
 import pe_probe  # noqa: E402  (registers the models)
 
@@ -105,7 +113,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     def cache():
         return hook_cache(model, batches, names)
 
-    fns = {"plain": plain, "pe_probe": probe, "hook_cache": cache}
+    fns = {"plain": plain, "pe_probe": probe, "hook_cache": cache, "plain (A/A)": plain}
     times = interleaved(fns, repeats=args.repeats)
     tl_times = None
     if not args.no_torchlens:
@@ -134,16 +142,74 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     for name in fns:
         t = median(times[name])
         ratios[name] = base / t
-        print(f"{name:12s} median {t * 1000:9.1f} ms  {n_img / t:7.1f} img/s  throughput vs plain: {base / t:.3f}")
+        med, lo, hi = paired(times, "plain", name)
+        print(f"{name:12s} median {t * 1000:9.1f} ms  {n_img / t:7.1f} img/s  throughput vs plain: {base / t:.3f}"
+              f"  per round: {med:.3f} [{lo:.3f}, {hi:.3f}]")
     if tl_times is not None:
         b2, t = median(tl_times["plain"]), median(tl_times["torchlens"])
         ratios["torchlens"] = b2 / t
         print(f"{'torchlens':12s} median {t * 1000:9.1f} ms  {n_img / t:7.1f} img/s  throughput vs plain: {b2 / t:.3f}"
               f"  (own round of {args.torchlens_repeats}, plain median there {b2 * 1000:.1f} ms)")
+    share = attribution(model, data, args.batch_size)
+    ratios["stats_share"] = share["stats"] / share["forward"]
+    print(f"# attribution (one probe call timed inside): forward passes {share['forward'] * 1000:.1f} ms, "
+          f"statistics {share['stats'] * 1000:.1f} ms = {ratios['stats_share']:.3f} of the forward "
+          f"(in-hook reductions {share['in_hook'] * 1000:.1f} ms, batch steps {share['batch_step'] * 1000:.1f} ms); "
+          f"throughput bound from the probe's own work: {1 / (1 + ratios['stats_share']):.3f}")
     goal = "met" if ratios["pe_probe"] >= 0.95 else "MISSED"
     print(f"# goal pe_probe >= 0.95 of plain: {goal} ({ratios['pe_probe']:.3f}); "
           f"pe_probe vs hook_cache: {ratios['pe_probe'] / ratios['hook_cache']:.2f}x")
     return ratios
+
+
+def attribution(model: torch.nn.Module, data: torch.Tensor, batch_size: int) -> dict[str, float]:
+    """One ``pe_probe.probe`` call with timers around the model's forward and the statistics' methods.
+
+    Returns seconds: ``forward`` (the forward passes, hooks and in-hook reductions included), ``in_hook``
+    (:meth:`RunningStats._layer` calls made from the hooks), ``batch_step`` (:meth:`RunningStats.update`)
+    and ``stats`` (their sum). The timers are removed afterwards.
+    """
+    import time
+
+    from pe_probe.probe.accumulate import RunningStats
+
+    acc = {"forward": 0.0, "in_hook": 0.0, "batch_step": 0.0}
+    in_update = [False]
+    orig_layer, orig_update, orig_forward = RunningStats._layer, RunningStats.update, model.forward
+
+    def layer(self, *a, **k):
+        t0 = time.perf_counter()
+        try:
+            return orig_layer(self, *a, **k)
+        finally:
+            if not in_update[0]:
+                acc["in_hook"] += time.perf_counter() - t0
+
+    def update(self, *a, **k):
+        t0, in_update[0] = time.perf_counter(), True
+        try:
+            return orig_update(self, *a, **k)
+        finally:
+            in_update[0] = False
+            acc["batch_step"] += time.perf_counter() - t0
+
+    def forward(*a, **k):
+        t0 = time.perf_counter()
+        try:
+            return orig_forward(*a, **k)
+        finally:
+            acc["forward"] += time.perf_counter() - t0
+
+    RunningStats._layer, RunningStats.update, model.forward = layer, update, forward
+    try:
+        pe_probe.probe(model, data, batch_size=batch_size, progress=False)
+    finally:
+        RunningStats._layer, RunningStats.update = orig_layer, orig_update
+        del model.forward  # back to the class's method
+    # the forward timer includes the in-hook reductions; report the forward without them as the base
+    acc["forward"] -= acc["in_hook"]
+    acc["stats"] = acc["in_hook"] + acc["batch_step"]
+    return acc
 
 
 if __name__ == "__main__":

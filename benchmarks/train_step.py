@@ -1,9 +1,13 @@
 """Training step time (forward + backward + AdamW step) of the layer-wise schemes vs the default ViT.
 
 Usage: python benchmarks/train_step.py [--model pe_deit_tiny_patch16_224] [--batch-size 16] [--repeats 5]
+                                        [--profile N]
 
 Every model is built at the same size and pooling as its baseline and timed interleaved in one process;
-the printed ratios are scheme / baseline medians. Goal (issue 6): <= 1.03 for pvg and mpvg.
+the printed ratios are scheme / baseline medians, and the median of the per-round ratios with their
+interquartile range (a round runs every step back to back). Goal (issue 6): <= 1.03 for pvg and mpvg.
+``--profile N`` also runs ``torch.profiler`` over N steps of default/avg and mpvg/avg and prints where
+their self CPU times differ, operator by operator.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import timm
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import interleaved, machine, median  # noqa: E402
+from _common import interleaved, machine, median, paired  # noqa: E402
 
 import pe_probe  # noqa: E402,F401  (registers the models)
 
@@ -36,6 +40,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--model-kwargs", default="", help="extra kwargs as key=value,key=value (ints/floats parsed)")
+    ap.add_argument("--profile", type=int, default=0, metavar="N",
+                    help="profile N steps of default/avg and mpvg/avg and print the per-operator differences")
     args = ap.parse_args(argv)
     extra = {}
     for item in filter(None, args.model_kwargs.split(",")):
@@ -68,11 +74,37 @@ def main(argv: list[str] | None = None) -> None:
     print(f"# {machine()}")
     for label, _, base in PAIRS:
         t = median(times[label])
-        ratio = "" if base is None else f"  ratio vs {base}: {t / median(times[base]):.3f}"
+        ratio = ""
+        if base is not None:
+            med, lo, hi = paired(times, label, base)
+            ratio = f"  ratio vs {base}: {t / median(times[base]):.3f}  per round: {med:.3f} [{lo:.3f}, {hi:.3f}]"
         print(f"{label:15s} median {t * 1000:8.1f} ms{ratio}")
     t = median(times["extra ops only"])
     print(f"{'extra ops only':15s} median {t * 1000:8.1f} ms  = {t / median(times['default/avg']):.4f} of a default step"
           "  (what mpvg adds: the PE LayerNorm chain, the broadcast adds and their backward)")
+    if args.profile:
+        profile_diff(steps["default/avg"], steps["mpvg/avg"], args.profile)
+
+
+def profile_diff(base, other, n: int, top: int = 15) -> None:
+    """Self CPU time per operator over ``n`` steps of ``base`` and ``other``, largest differences first."""
+    from torch.profiler import ProfilerActivity, profile
+
+    def totals(fn) -> dict[str, tuple[float, float]]:
+        fn()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(n):
+                fn()
+        return {e.key: (e.self_cpu_time_total / n / 1000, e.count / n) for e in prof.key_averages()}
+
+    a, b = totals(base), totals(other)
+    ta, tb = sum(v[0] for v in a.values()), sum(v[0] for v in b.values())
+    print(f"# profile, {n} steps each: self CPU per step default/avg {ta:.1f} ms, mpvg/avg {tb:.1f} ms "
+          f"({tb / ta:.3f}); operators by difference (ms per step, calls per step):")
+    keys = sorted(set(a) | set(b), key=lambda k: -abs(b.get(k, (0, 0))[0] - a.get(k, (0, 0))[0]))
+    for k in keys[:top]:
+        (xa, ca), (xb, cb) = a.get(k, (0.0, 0)), b.get(k, (0.0, 0))
+        print(f"  {k:50s} default {xa:8.2f} ({ca:4.0f})  mpvg {xb:8.2f} ({cb:4.0f})  diff {xb - xa:+8.2f}")
 
 
 def _extra_ops(model_name: str, extra: dict, batch_size: int, device: str):

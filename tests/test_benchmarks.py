@@ -24,8 +24,10 @@ def load(name: str):
 def test_probe_overhead_tiny(capsys):
     ratios = load("probe_overhead").main(["--tiny", "--no-torchlens", "--repeats", "1", "--batches", "1",
                                           "--batch-size", "4"])
-    assert set(ratios) == {"plain", "pe_probe", "hook_cache"} and all(r > 0 for r in ratios.values())
-    assert "throughput vs plain" in capsys.readouterr().out
+    assert set(ratios) == {"plain", "pe_probe", "hook_cache", "plain (A/A)", "stats_share"}
+    assert all(r > 0 for r in ratios.values())
+    out = capsys.readouterr().out
+    assert "throughput vs plain" in out and "per round" in out
 
 
 def test_probe_memory_tiny(monkeypatch, capsys):
@@ -49,8 +51,10 @@ def test_probe_memory_child_runs_in_a_fresh_process():
 
 
 def test_train_step_tiny(capsys):
-    load("train_step").main(["--batch-size", "2", "--repeats", "1", "--model-kwargs", TINY_TRAIN])
-    assert "ratio vs default/avg" in capsys.readouterr().out
+    load("train_step").main(["--batch-size", "2", "--repeats", "2", "--model-kwargs", TINY_TRAIN, "--profile", "1"])
+    out = capsys.readouterr().out
+    assert "ratio vs default/avg" in out and "per round" in out
+    assert "# profile, 1 steps each" in out and "aten::" in out
 
 
 @pytest.mark.parametrize("extra", [[], ["--", "--epochs", "1", "--max-images", "8"]])
