@@ -86,25 +86,42 @@ def main(argv: list[str] | None = None) -> None:
         profile_diff(steps["default/avg"], steps["mpvg/avg"], args.profile)
 
 
-def profile_diff(base, other, n: int, top: int = 15) -> None:
-    """Self CPU time per operator over ``n`` steps of ``base`` and ``other``, largest differences first."""
+def profile_diff(base, other, n: int, top: int = 8) -> None:
+    """Self CPU time per operator over ``n`` steps each of ``base`` and ``other`` (profiled alternately, one
+    step per profiler session, so slow drift of the machine hits both), split into the operators that
+    ``other`` calls more often (what the scheme adds) and those called equally often (same work: their
+    difference is the machine's noise)."""
     from torch.profiler import ProfilerActivity, profile
 
-    def totals(fn) -> dict[str, tuple[float, float]]:
-        fn()
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
-            for _ in range(n):
+    sums: list[dict[str, list[float]]] = [{}, {}]
+    for fn in (base, other):
+        fn()  # warm-up
+    for _ in range(n):
+        for acc, fn in zip(sums, (base, other)):
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
                 fn()
-        return {e.key: (e.self_cpu_time_total / n / 1000, e.count / n) for e in prof.key_averages()}
-
-    a, b = totals(base), totals(other)
+            for e in prof.key_averages():
+                t = acc.setdefault(e.key, [0.0, 0.0])
+                t[0] += e.self_cpu_time_total / n / 1000
+                t[1] += e.count / n
+    a, b = sums
     ta, tb = sum(v[0] for v in a.values()), sum(v[0] for v in b.values())
-    print(f"# profile, {n} steps each: self CPU per step default/avg {ta:.1f} ms, mpvg/avg {tb:.1f} ms "
-          f"({tb / ta:.3f}); operators by difference (ms per step, calls per step):")
-    keys = sorted(set(a) | set(b), key=lambda k: -abs(b.get(k, (0, 0))[0] - a.get(k, (0, 0))[0]))
-    for k in keys[:top]:
-        (xa, ca), (xb, cb) = a.get(k, (0.0, 0)), b.get(k, (0.0, 0))
+    print(f"# profile, {n} steps each (alternating): self CPU per step default/avg {ta:.1f} ms, mpvg/avg {tb:.1f} ms "
+          f"({tb / ta:.3f}); ms per step (calls per step):")
+    zero = [0.0, 0.0]
+    added = [k for k in set(a) | set(b) if round(b.get(k, zero)[1]) != round(a.get(k, zero)[1])]
+    same = [k for k in set(a) & set(b) if k not in added]
+    tot = sum(b.get(k, zero)[0] - a.get(k, zero)[0] for k in added)
+    print(f"#  operators mpvg calls more (or less) often: {len(added)}, net {tot:+.2f} ms = {tot / ta:+.4f} of a default step")
+    for k in sorted(added, key=lambda k: -abs(b.get(k, zero)[0] - a.get(k, zero)[0]))[:top]:
+        (xa, ca), (xb, cb) = a.get(k, zero), b.get(k, zero)
         print(f"  {k:50s} default {xa:8.2f} ({ca:4.0f})  mpvg {xb:8.2f} ({cb:4.0f})  diff {xb - xa:+8.2f}")
+    tot = sum(b[k][0] - a[k][0] for k in same)
+    print(f"#  operators called equally often (same work; their difference is noise): net {tot:+.2f} ms "
+          f"= {tot / ta:+.4f} of a default step")
+    for k in sorted(same, key=lambda k: -abs(b[k][0] - a[k][0]))[:top // 2]:
+        print(f"  {k:50s} default {a[k][0]:8.2f} ({a[k][1]:4.0f})  mpvg {b[k][0]:8.2f} ({b[k][1]:4.0f})  "
+              f"diff {b[k][0] - a[k][0]:+8.2f}")
 
 
 def _extra_ops(model_name: str, extra: dict, batch_size: int, device: str):
