@@ -192,7 +192,7 @@ class RunningStats:
         self.n_images = 0
         self.n_maps = 0
         self.state: dict[str, torch.Tensor] | None = None
-        self._pe_cache: tuple[list[torch.Tensor], torch.Tensor, PETerms] | None = None  # (PEs, their stack, terms)
+        self._pe_cache: tuple[list[torch.Tensor], PETerms] | None = None  # (the PEs, their terms)
         self._row = {l: i for i, l in enumerate(self.layers)}
         self._pe_row = {l: j for j, l in enumerate(self.pe_layers)}
         self._parts: Partials | None = None  # reductions of the batch in progress
@@ -237,21 +237,18 @@ class RunningStats:
         """The image-independent side of the PE layers' PEs, recomputed only when the PEs change.
 
         In eval mode every batch sees the same PEs (derived PEs are even the same tensors), so this costs
-        one identity check, or one stack and ``torch.equal``, per batch instead of a dozen small operations
-        per layer.
+        an identity check or a ``torch.equal`` per layer and batch instead of a dozen small operations per
+        layer.
         """
         hit = self._pe_cache
-        if hit is not None and len(hit[0]) == len(pes) and all(a is b for a, b in zip(hit[0], pes)):
-            return hit[2]
-        dev = self.state["tok_sum"].device
-        Q = pes[0].shape[0] if all(pe.shape[0] == pes[0].shape[0] for pe in pes) else B
-        stack = torch.stack([pe.expand(Q, -1, -1) for pe in pes])
-        if hit is not None and hit[1].shape == stack.shape and hit[1].dtype == stack.dtype and hit[1].shape[1] == 1 \
-                and torch.equal(hit[1], stack):
-            terms = hit[2]
+        if hit is not None and len(hit[0]) == len(pes) and all(
+                a is b or (a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b)) for a, b in zip(hit[0], pes)):
+            terms = hit[1]
         else:
-            terms = pe_terms(stack.to(device=dev, dtype=torch.float64))
-        self._pe_cache = (list(pes), stack, terms)
+            Q = pes[0].shape[0] if all(pe.shape[0] == pes[0].shape[0] for pe in pes) else B
+            stack = torch.stack([pe.expand(Q, -1, -1) for pe in pes])
+            terms = pe_terms(stack.to(device=self.state["tok_sum"].device, dtype=torch.float64))
+        self._pe_cache = (list(pes), terms)
         return terms
 
     def _partials(self, tok: torch.Tensor) -> Partials:
