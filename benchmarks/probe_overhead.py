@@ -176,6 +176,7 @@ def attribution(model: torch.nn.Module, data: torch.Tensor, batch_size: int) -> 
     acc = {"forward": 0.0, "in_hook": 0.0, "batch_step": 0.0}
     in_update = [False]
     orig_layer, orig_update, orig_forward = RunningStats._layer, RunningStats.update, model.forward
+    own_forward = model.__dict__.get("forward")  # an instance-level forward to put back, if the model had one
 
     def layer(self, *a, **k):
         t0 = time.perf_counter()
@@ -205,7 +206,10 @@ def attribution(model: torch.nn.Module, data: torch.Tensor, batch_size: int) -> 
         pe_probe.probe(model, data, batch_size=batch_size, progress=False)
     finally:
         RunningStats._layer, RunningStats.update = orig_layer, orig_update
-        del model.forward  # back to the class's method
+        if own_forward is None:
+            del model.forward  # back to the class's method
+        else:
+            model.forward = own_forward
     # the forward timer includes the in-hook reductions; report the forward without them as the base
     acc["forward"] -= acc["in_hook"]
     acc["stats"] = acc["in_hook"] + acc["batch_step"]

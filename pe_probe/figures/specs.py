@@ -7,7 +7,7 @@ options; ``render.render_all`` does the rest. The format is documented in ``docs
 from __future__ import annotations
 
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -235,8 +235,3 @@ def validate_selector(select: Any, fail=None, where: str = "select") -> dict[str
         elif not isinstance(cond, (str, int, float, bool)):
             raise fail(f"{where}: condition on {name!r} has unsupported type {type(cond).__name__}")
     return dict(select)
-
-
-def spec_ids(specs: Iterable[Spec]) -> list[str]:
-    """The ids of ``specs``, in order."""
-    return [s.id for s in specs]

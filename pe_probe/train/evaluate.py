@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +17,9 @@ from ..data import build_dataset, dataset_info
 from ..errors import DataError
 from .distributed import DistEnv, all_sum, pick_device
 from .sampler import shard_indices
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .rundir import Run
 
 
 def autocast_for(device: torch.device, amp: bool):
