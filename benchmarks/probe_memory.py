@@ -33,6 +33,7 @@ from _common import machine  # noqa: E402
 from probe_overhead import build_model, hook_cache  # noqa: E402
 
 import pe_probe  # noqa: E402
+import pe_probe.models  # noqa: E402,F401  (registers the pe_* variants with timm)
 
 
 def status_kib(field: str) -> int:

@@ -43,7 +43,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import interleaved, machine, median, paired  # noqa: E402
 
-import pe_probe  # noqa: E402  (registers the models)
+import pe_probe  # noqa: E402
+import pe_probe.models  # noqa: E402,F401  (registers the pe_* variants with timm)
 
 #: A model small enough for the test suite (``--tiny``): seconds, not minutes.
 TINY_KWARGS = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, mlp_ratio=2.0, num_classes=10)
@@ -171,7 +172,7 @@ def attribution(model: torch.nn.Module, data: torch.Tensor, batch_size: int) -> 
     """
     import time
 
-    from pe_probe.probe.accumulate import RunningStats
+    from pe_probe.probing.accumulate import RunningStats
 
     acc = {"forward": 0.0, "in_hook": 0.0, "batch_step": 0.0}
     in_update = [False]

@@ -22,7 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import interleaved, machine, median, paired  # noqa: E402
 
-import pe_probe  # noqa: E402,F401  (registers the models)
+import pe_probe.models  # noqa: E402,F401  (registers the pe_* variants with timm)
 
 PAIRS = [
     # (label, kwargs, baseline label)

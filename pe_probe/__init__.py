@@ -1,37 +1,58 @@
 """pe-probe: train, hook and measure position embeddings in vision transformers.
 
-Importing the package registers the ``pe_*`` model variants with timm.
+``import pe_probe`` is cheap: it loads the torch-free ground floor (:mod:`pe_probe.core`) only. Every other
+public name is imported on first use, so the analysis and figures floors run without torch. The ``pe_*``
+model variants are registered with timm when :mod:`pe_probe.models` is imported: explicitly
+(``import pe_probe.models``), by any model, probing or training name below, or by ``import pe_probe`` itself
+when timm is already imported (``import timm, pe_probe`` then ``timm.create_model("pe_deit_tiny_patch16_224")``).
+
+Floors (docs/architecture.md): ``core`` -> ``models``/``data``/``probing``/``training`` (torch) ->
+``analysis`` (numbers) -> ``figures`` (drawing) -> ``pipeline`` -> ``cli``.
 """
 
-from .models import PE_MODES, PRESETS, HookPoint, PEConfig, PEVisionTransformer, resolve_pe_config
+from __future__ import annotations
+
+import importlib
+import sys
 
 from ._version import __version__
+from .core.errors import CheckpointError, DataError, PEProbeError, UnknownNameError
+from .core.pe import KNOBS, PE_MODES, PRESETS, PEConfig, PEKnobs, resolve_pe_config
+from .core.report import ProbeReport
+from .core.rundir import RunDir
 
-__all__ = ["HookPoint", "PEConfig", "PEVisionTransformer", "PE_MODES", "PRESETS", "resolve_pe_config"]
+#: Public names loaded on first use: name -> module (relative to this package).
+_LAZY = {
+    # models (torch)
+    "HookPoint": "models", "PEVisionTransformer": "models",
+    # probing (torch)
+    "capture": "probing", "hook_names": "probing", "probe": "probing", "mpvg_constant_offset_check": "probing",
+    # training (torch)
+    "TrainConfig": "training", "train": "training", "evaluate": "training", "load_checkpoint": "training",
+    "load_model": "training", "load_run": "training",
+    # analysis (numpy/pandas)
+    "summary_frame": "analysis", "save_report": "analysis",
+    # pipeline
+    "reproduce": "pipeline", "render_figures": "pipeline",
+}
 
-# --- probe (issue 3): hook names, one-batch capture, streaming probe, its report and the MPVG check ---
-from .analysis import ProbeReport  # noqa: E402
-from .api import probe  # noqa: E402
-from .probe import capture, hook_names, mpvg_constant_offset_check  # noqa: E402
+__all__ = [
+    "CheckpointError", "DataError", "KNOBS", "PEConfig", "PEKnobs", "PEProbeError", "PE_MODES", "PRESETS",
+    "ProbeReport", "RunDir", "UnknownNameError", "__version__", "resolve_pe_config", *_LAZY,
+]
 
-__all__ += ["ProbeReport", "capture", "hook_names", "mpvg_constant_offset_check", "probe"]
 
-# --- Training and evaluation (issue 4) -------------------------------------------------------------
-# Note: binding the function ``train`` here shadows the subpackage attribute ``pe_probe.train``; import the
-# package's other names with ``from pe_probe.train import TrainConfig, RECIPES`` (that goes through
-# sys.modules and still works).
-from .train import TrainConfig, evaluate, load_checkpoint, load_model, load_run, train  # noqa: E402
-
-__all__ += ["TrainConfig", "evaluate", "load_checkpoint", "load_model", "load_run", "train"]
-
-# --- Reproduction pipeline (issue 5): imported on first use, so `import pe_probe` stays free of matplotlib ----
-_LAZY = {"reproduce": "pipeline", "render_figures": "pipeline"}
-__all__ += list(_LAZY)
+if "timm" in sys.modules:  # torch and timm are loaded already: registering the pe_* variants costs nothing
+    importlib.import_module(f"{__name__}.models")
 
 
 def __getattr__(name: str):
     if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+        value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-import pe_probe  # noqa: F401  (registers the timm variants)
+import pe_probe.models  # noqa: F401  (registers the pe_* variants with timm)
 
 TINY = dict(img_size=16, patch_size=4, embed_dim=32, depth=4, num_heads=2, num_classes=5, mlp_ratio=2.0)
 

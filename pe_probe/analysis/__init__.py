@@ -1,4 +1,11 @@
-"""Analyses of probe statistics (numpy/pandas only: no torch, no matplotlib)."""
+"""Analysis floor: probe reports and runs in, numbers out as tidy pandas DataFrames (no torch, no matplotlib).
+
+- :mod:`~pe_probe.analysis.metrics`: per-layer metrics of one :class:`~pe_probe.core.report.ProbeReport`;
+- :mod:`~pe_probe.analysis.runs`: a finished run as plain data (:class:`RunResult`);
+- :mod:`~pe_probe.analysis.select`: which runs a figure gets;
+- :mod:`~pe_probe.analysis.figure_data`: the numbers behind every figure and table;
+- :mod:`~pe_probe.analysis.paper`: the numbers the paper reports.
+"""
 
 from .metrics import (
     cosine_matrix,
@@ -9,14 +16,15 @@ from .metrics import (
     pe_similarity_grid,
     pe_similarity_matrix,
     pearson,
+    save_report,
     summary_frame,
     tok_pe_alignment,
     tok_pe_correlation,
 )
-from .report import ProbeReport
+from .runs import RunResult
 
 __all__ = [
-    "ProbeReport", "cosine_matrix", "last_ln_params", "last_ln_stats", "norm_trends", "pe_self_similarity",
-    "pe_similarity_grid", "pe_similarity_matrix", "pearson", "summary_frame", "tok_pe_alignment",
+    "RunResult", "cosine_matrix", "last_ln_params", "last_ln_stats", "norm_trends", "pe_self_similarity",
+    "pe_similarity_grid", "pe_similarity_matrix", "pearson", "save_report", "summary_frame", "tok_pe_alignment",
     "tok_pe_correlation",
 ]

@@ -1,6 +1,6 @@
 """Pure analyses of probe statistics: numbers in, tidy DataFrames (``layer, metric, value``) out.
 
-numpy/pandas only. Every function takes a :class:`~pe_probe.analysis.report.ProbeReport` (only its
+numpy/pandas only. Every function takes a :class:`~pe_probe.core.report.ProbeReport` (only its
 ``meta`` and ``arrays`` are read). Layers are block indices 0..L-1, then -1 for the Last LN. Notation
 (per layer l, images b = 1..n, tokens t = 0..T-1, the first P = ``num_prefix_tokens`` rows are prefix
 tokens, channels d): ``tok[b]`` is ``LN_l(x_l)`` (layer -1: ``LN(x_L)``), ``pe`` the PE the layer receives
@@ -14,22 +14,31 @@ models with ``no_embed_class`` (their derived PE is NaN in the prefix rows). See
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-LAST = -1
+from ..core.hook_points import LAST
+
 COLUMNS = ["layer", "metric", "value"]
 
 
 # ---------------------------------------------------------------------- array helpers
 def pearson(a: np.ndarray, b: np.ndarray) -> float:
-    """Pearson correlation of two equally shaped arrays, flattened (NaN if either is constant)."""
+    """Pearson correlation of two equally sized arrays, flattened, over the entries finite in both (a derived
+    PE has NaN rows for prefix tokens without a PE row); NaN if either is constant or fewer than 2 remain."""
     a = np.asarray(a, dtype=np.float64).ravel()
     b = np.asarray(b, dtype=np.float64).ravel()
     if a.shape != b.shape:
         raise ValueError(f"pearson needs equal sizes, got {a.size} and {b.size}")
+    keep = np.isfinite(a) & np.isfinite(b)
+    if not keep.all():
+        a, b = a[keep], b[keep]
+    if a.size < 2:
+        return float("nan")
     ac, bc = a - a.mean(), b - b.mean()
     den = np.sqrt((ac * ac).sum() * (bc * bc).sum())
     return float((ac * bc).sum() / den) if den > 0 else float("nan")
@@ -191,7 +200,7 @@ META_COLUMNS = ("run", "model", "pe_mode", "global_pool")
 
 def summary_frame(report: Any) -> pd.DataFrame:
     """Every analysis in one long DataFrame: ``run, model, pe_mode, global_pool, layer, metric, value``,
-    sorted by layer (blocks 0..L-1, then -1) and metric."""
+    sorted by layer (blocks 0..L-1, then -1) and metric. This is the report's tidy table (``metrics.csv``)."""
     frame = pd.concat([fn(report) for fn in ANALYSES], ignore_index=True)
     order = {l: i for i, l in enumerate(_layers(report))}
     frame = frame.sort_values(["layer", "metric"], key=lambda s: s.map(order) if s.name == "layer" else s,
@@ -199,3 +208,9 @@ def summary_frame(report: Any) -> pd.DataFrame:
     for i, col in enumerate(META_COLUMNS):
         frame.insert(i, col, str(report.meta.get(col, "")))
     return frame
+
+
+def save_report(report: Any, directory: str | os.PathLike) -> Path:
+    """Save ``report`` (:meth:`~pe_probe.core.report.ProbeReport.save`) with its tidy table ``metrics.csv``
+    (:func:`summary_frame`) beside the arrays; returns the directory."""
+    return report.save(directory, frame=summary_frame(report))

@@ -1,20 +1,18 @@
 """A finished run as the figures layer sees it: its config, its summary and its probe report.
 
 No torch here: ``RunResult`` holds plain dicts (``config.json`` and ``summary.json`` of the run
-directory, docs/contracts.md) and an optional ``ProbeReport``.
+directory, :class:`~pe_probe.core.rundir.RunDir`) and an optional ``ProbeReport``.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any, Mapping
 
-from ..paper import backbone_of
-
-if TYPE_CHECKING:  # pragma: no cover - the report is only duck-typed here
-    from .report import ProbeReport
+from ..core.report import ProbeReport
+from ..core.rundir import RunDir
+from .paper import backbone_of
 
 #: ``model_kwargs`` keys copied into the flat selector view (architecture and scheme).
 _MODEL_KWARGS_FIELDS = ("pe_mode", "depth", "embed_dim", "num_heads", "patch_size", "mlp_ratio", "img_size")
@@ -30,7 +28,7 @@ class RunResult:
     name: str
     config: Mapping[str, Any]
     summary: Mapping[str, Any] | None = None
-    report: "ProbeReport | None" = None
+    report: ProbeReport | None = None
     role: str | None = None
     label: str | None = None
     path: Path | None = None
@@ -53,6 +51,12 @@ class RunResult:
         return float(self.summary["top1"])
 
     @property
+    def seed(self) -> int | None:
+        """The training seed (``config["recipe"]["seed"]``), or None when not recorded."""
+        seed = (self.config.get("recipe") or {}).get("seed")
+        return None if seed is None else int(seed)
+
+    @property
     def backbone(self) -> str:
         """The paper backbone this run used (``pe_probe.paper.backbone_of``)."""
         return backbone_of(self.config)
@@ -60,7 +64,7 @@ class RunResult:
     def fields(self) -> dict[str, Any]:
         """A flat view of the run for spec selectors.
 
-        Keys: ``name, role, label, model, backbone, num_classes``, the ``data`` fields (``dataset,
+        Keys: ``name, role, label, seed, model, backbone, num_classes``, the ``data`` fields (``dataset,
         img_size, in_chans``), ``pe_mode`` and architecture from ``model_kwargs``, and every PEConfig
         field (``layerwise, input_add, layer0, hierarchical, last_ln_pe, global_pool, pe_type``), which
         win over same-named ``model_kwargs``. Nested values stay reachable with dotted selector paths.
@@ -72,6 +76,7 @@ class RunResult:
             "name": self.name,
             "role": self.role,
             "label": self.label,
+            "seed": self.seed,
             "model": cfg.get("model"),
             "backbone": self.backbone,
             "num_classes": cfg.get("num_classes"),
@@ -104,14 +109,11 @@ class RunResult:
         return node
 
     @classmethod
-    def from_dir(cls, path: str | Path, report: "ProbeReport | None" = None, **kwargs: Any) -> "RunResult":
+    def from_dir(cls, path: str | Path | RunDir, report: ProbeReport | None = None, **kwargs: Any) -> "RunResult":
         """Read ``config.json`` and (if present) ``summary.json`` of a run directory."""
-        path = Path(path)
-        config = json.loads((path / "config.json").read_text())
-        summary_file = path / "summary.json"
-        summary = json.loads(summary_file.read_text()) if summary_file.exists() else None
-        return cls(name=kwargs.pop("name", path.name), config=config, summary=summary, report=report,
-                   path=path, **kwargs)
+        run = path if isinstance(path, RunDir) else RunDir(path)
+        return cls(name=kwargs.pop("name", run.name), config=run.read_config(), summary=run.read_summary(),
+                   report=report, path=run.path, **kwargs)
 
 
 _MISSING = object()

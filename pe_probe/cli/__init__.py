@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-from ..errors import PEProbeError
+from ..core.errors import PEProbeError
 
 #: Subcommand modules, in the order ``pe-probe --help`` lists them.
 SUBCOMMANDS = ("train", "eval", "probe", "figures", "reproduce")

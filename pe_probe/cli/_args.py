@@ -9,8 +9,8 @@ from typing import Any
 def parse_kv(items: list[str] | None, flag: str = "--model-kwargs") -> dict[str, Any]:
     """``["embed_dim=64", "mlp_ratio=2.0", "qkv_bias=false"]`` -> kwargs (values read as JSON, else strings).
 
-    ``True``/``False``/``None`` are accepted as Python spells them. A malformed item raises ``ValueError``
-    naming ``flag``.
+    ``True``/``False``/``None`` are accepted as Python spells them. A malformed item, or a key given twice,
+    raises ``ValueError`` naming ``flag``.
     """
     out: dict[str, Any] = {}
     for item in items or []:
@@ -22,5 +22,8 @@ def parse_kv(items: list[str] | None, flag: str = "--model-kwargs") -> dict[str,
             value = json.loads(literal)
         except json.JSONDecodeError:
             value = raw
-        out[key.strip()] = value
+        key = key.strip()
+        if key in out:
+            raise ValueError(f"{flag}: {key} is given twice ({out[key]!r} and {value!r})")
+        out[key] = value
     return out

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,9 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Evaluate and write ``eval.json`` atomically; prints one result line."""
-    from .. import evaluate, load_run
-    from ..io import write_json
+    """Evaluate and record the result in ``eval.json`` (atomically); prints one result line."""
+    from .. import RunDir, evaluate, load_run
 
     loaded = load_run(args.run)
     dataset = args.dataset or loaded.config["data"]["dataset"]
@@ -37,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     data_dir = args.data_dir or (loaded.config["data"].get("data_dir") if dataset == loaded.config["data"]["dataset"]
                                  else None)
     record = {**result, "dataset": dataset, "data_dir": data_dir, "split": args.split}
-    write_json(Path(args.run) / "eval.json", record)
+    RunDir(args.run).record_eval(record)
     print(f"{args.run}: {dataset} {args.split}  top1 {result['top1']:.2f}  top5 {result['top5']:.2f}  "
           f"loss {result['loss']:.4f}  n {result['n']}")
     return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..errors import DataError
+from ..core.errors import DataError
 from ._args import parse_kv
 
 
@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     """Load the checkpoint, probe the data set, save the report and print the token-PE correlations."""
     import torch
 
-    from .. import load_checkpoint, mpvg_constant_offset_check, probe
+    from .. import load_checkpoint, mpvg_constant_offset_check, probe, save_report, summary_frame
 
     path = Path(args.checkpoint)
     model, data_cfg = load_checkpoint(path, args.model, **parse_kv(args.model_arg, "--model-arg"))
@@ -56,8 +56,8 @@ def run(args: argparse.Namespace) -> int:
         mean=data_cfg.get("mean"), std=data_cfg.get("std"), num_workers=args.num_workers,
         adapter=args.adapter, n_norm_maps=args.n_norm_maps, run=str(path), progress=not args.no_progress,
     )
-    out = report.save(args.out)
-    frame = report.to_frame()
+    out = save_report(report, args.out)
+    frame = summary_frame(report)
     corr = frame[frame.metric == "tok_pe_corr"]
     print(f"probed {report.meta['n_images']} images of {data!r} with {report.meta['model']} "
           f"(pe_mode={report.meta['pe_mode']}, pe_derived={report.meta['pe_derived']}) -> {out}")

@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 from torch.utils.data import Dataset
 
-from ..errors import DataError
+from ..core.errors import DataError
 from .registry import DATASETS, DatasetInfo, dataset_info
 from .transforms import AUG_KEYS, ConvertThen, build_transform
 

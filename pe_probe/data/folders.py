@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset, Subset
 
-from ..errors import DataError
+from ..core.errors import DataError
 
 #: Fraction of each class held out for validation when an image folder has no ``val/`` split.
 FOLDER_VAL_FRACTION = 0.1

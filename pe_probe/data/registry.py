@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from ..errors import UnknownNameError
+from ..core.errors import UnknownNameError
 
 #: Mean and std of scikit-learn's digits after scaling pixels to [0, 1] (all 1,797 images).
 DIGITS_MEAN = (0.3053,)

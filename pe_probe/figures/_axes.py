@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
+
+from ..analysis.figure_data import fmt_num  # noqa: F401  (re-exported: one number format for captions and plots)
 
 
 def current_ax(ax=None):
@@ -33,8 +33,3 @@ def axes_grid(nrows: int, ncols: int, axes=None, figure=None, panel_size: tuple[
     return np.asarray(figure.subplots(nrows, ncols, squeeze=False), dtype=object)
 
 
-def fmt_num(value: float | None, digits: int = 2) -> str:
-    """A number for annotations; ``n/a`` for None or NaN."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "n/a"
-    return f"{value:.{digits}f}"

@@ -13,11 +13,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..analysis.paper import reference
 from ..analysis.runs import RunResult
-from ..io import atomic_path, write_text
-from .registry import Output, plot_entry
-from .select import select_runs
-from .specs import Spec, load_spec, load_specs
+from ..analysis.select import select_runs
+from ..core.io import atomic_path, write_text
+from .plots import PLOTS
+from .spec import Spec, load_specs, resolve_specs
 
 log = logging.getLogger(__name__)
 
@@ -76,35 +77,38 @@ class RenderResult:
 def _as_specs(specs: Sequence[Spec | str | os.PathLike] | None, spec_dir: str | Path | None) -> list[Spec]:
     if specs is None:
         return load_specs(spec_dir)
-    return [s if isinstance(s, Spec) else load_spec(s) for s in specs]
+    return resolve_specs(specs)
 
 
 def render_spec(spec: Spec, runs: Sequence[RunResult], out_dir: str | Path, *, dpi: int = 150) -> Rendered | Skipped:
     """Draw one spec into ``out_dir``, or say which runs it would need. Plot errors propagate."""
     out_dir = Path(out_dir)
-    sel = select_runs(spec, runs)
+    sel = select_runs(spec.query, runs)
     if not sel.ok:
         return Skipped(spec=spec, needs=sel.missing, notes=sel.notes)
-    out: Output = plot_entry(spec.plot).build(spec, sel)
+    plot = PLOTS[spec.plot]
+    data = plot.data(sel, spec.options, reference(spec.paper) if spec.paper else None)
+    drawn = plot.draw(data, spec.options, spec.title)
     files: dict[str, Path] = {}
-    try:
-        if out.figure is not None:
+    table = None
+    if plot.kind == "figure":
+        try:
             for fmt in FIGURE_FORMATS:
                 files[fmt] = out_dir / f"{spec.id}.{fmt}"
                 with atomic_path(files[fmt]) as tmp:
-                    out.figure.savefig(tmp, format=fmt, dpi=dpi)
-                out.figure.set_layout_engine("none")  # keep the first layout: the same figure, faster
-    finally:
-        if out.figure is not None:
-            out.figure.clear()
+                    drawn.savefig(tmp, format=fmt, dpi=dpi)
+                drawn.set_layout_engine("none")  # keep the first layout: the same figure, faster
+        finally:
+            drawn.clear()
     files["csv"] = out_dir / f"{spec.id}.csv"
     with atomic_path(files["csv"]) as tmp:
-        out.data.to_csv(tmp, index=False)
-    if out.table is not None:
+        data.data.to_csv(tmp, index=False)
+    if plot.kind == "table":
+        table = drawn
         files["md"] = out_dir / f"{spec.id}.md"
-        write_text(files["md"], f"# {spec.title}\n\n{spec.caption}\n\n{out.table}")
-    return Rendered(spec=spec, files=files, runs=[r.name for r in sel.all_runs()], notes=sel.notes + out.notes,
-                    table=out.table)
+        write_text(files["md"], f"# {spec.title}\n\n{spec.caption}\n\n{table}")
+    return Rendered(spec=spec, files=files, runs=[r.name for r in sel.all_runs()], notes=sel.notes + data.notes,
+                    table=table)
 
 
 def render_all(
@@ -118,8 +122,8 @@ def render_all(
 ) -> RenderResult:
     """Render every spec the ``runs`` support into ``out_dir`` and write ``index.md``.
 
-    ``specs``: Spec objects or spec file paths; default: every spec in ``spec_dir`` (default
-    ``default_spec_dir()``). A spec without its runs is skipped (listed in the index with what it needs).
+    ``specs``: Spec objects, spec files, folders of specs or ``"builtin"`` (the shipped specs); default: every
+    spec in ``spec_dir`` (default: the shipped specs, :func:`~pe_probe.figures.spec.builtin_specs_dir`). A spec without its runs is skipped (listed in the index with what it needs).
     A plot that raises is recorded in ``failed`` and logged, or re-raised with ``strict=True``.
     """
     out_dir = Path(out_dir)

@@ -12,8 +12,8 @@ from timm.models.vision_transformer import VisionTransformer
 
 from torch.utils.checkpoint import checkpoint
 
+from ..core.pe import KNOB_NAMES, resolve_pe_config
 from .block import PEBlock
-from .config import _UNSET, resolve_pe_config
 from .hooks import HookPoint
 
 # timm kwargs that this family sets itself or cannot honour, with why.
@@ -33,38 +33,21 @@ class PEVisionTransformer(VisionTransformer):
     """A timm ``VisionTransformer`` whose position embedding is delivered by a :class:`PEConfig`.
 
     Construct with a preset (``pe_mode`` in ``default``, ``lape``, ``pvg``, ``mpvg``) and optional
-    independent overrides; every other keyword goes to timm's ``VisionTransformer``. With
-    ``pe_mode="default"`` the model is timm's ViT/DeiT with the same state-dict keys and the same logits.
+    independent knob overrides (``pe_input_add``, ``pe_layer0``, ``pe_hierarchical``, ``last_ln_pe``,
+    ``global_pool``, ``pe_type``: :data:`pe_probe.core.pe.KNOBS`, resolved by
+    :func:`~pe_probe.core.pe.resolve_pe_config`); every other keyword goes to timm's ``VisionTransformer``.
+    With ``pe_mode="default"`` the model is timm's ViT/DeiT with the same state-dict keys and the same logits.
 
     Hook points (identity modules, see :func:`pe_probe.hook_names`): ``hook_pos_embed``,
     ``blocks.{i}.hook_resid_pre|hook_tok|hook_pe|hook_resid_post``, ``hook_last_ln_in``,
     ``hook_last_ln_out``, ``hook_last_pe``, ``hook_pooled``.
     """
 
-    def __init__(
-        self,
-        pe_mode: str = "default",
-        *,
-        pe_input_add: bool | None = None,
-        pe_layer0: bool | None = None,
-        pe_hierarchical: bool | None = None,
-        last_ln_pe: Any = _UNSET,
-        global_pool: str | None = None,
-        pe_type: str | None = None,
-        **kwargs: Any,
-    ) -> None:
+    def __init__(self, pe_mode: str = "default", **kwargs: Any) -> None:
         for name, why in _FIXED_KWARGS.items():
             if name in kwargs:
                 raise ValueError(f"{name} cannot be set on a pe_probe model: {why}")
-        cfg = resolve_pe_config(
-            pe_mode,
-            pe_input_add=pe_input_add,
-            pe_layer0=pe_layer0,
-            pe_hierarchical=pe_hierarchical,
-            last_ln_pe=last_ln_pe,
-            global_pool=global_pool,
-            pe_type=pe_type,
-        )
+        cfg = resolve_pe_config(pe_mode, **{k: kwargs.pop(k) for k in KNOB_NAMES if k in kwargs})
         depth = kwargs.get("depth", 12)
         sources = cfg.pe_sources(depth)  # validates
         if cfg.layerwise and kwargs.get("patch_drop_rate", 0.0) > 0:

@@ -14,19 +14,19 @@ from typing import Any, Sequence
 
 from tqdm.auto import tqdm
 
-from ..analysis import ProbeReport
+from ..analysis import save_report
 from ..analysis.runs import RunResult
-from ..errors import DataError
+from ..core.errors import DataError
+from ..core.report import ProbeReport
+from ..core.rundir import RunDir
 from ..figures.render import RenderResult, render_all
 from ..models import VARIANT_ARGS
+from ..probing import probe
+from ..training import load_run, train
+from ..training.recipes import DEFAULT_RECIPE_FOR_DATASET, get_recipe
 from .presets import RunPlan, preset_plans
 
 log = logging.getLogger(__name__)
-
-#: Sub-folder of a run directory that holds its saved probe results.
-PROBE_DIR = "probe"
-#: File whose presence marks a finished training run (docs/contracts.md).
-SUMMARY = "summary.json"
 
 
 @dataclass
@@ -42,8 +42,6 @@ class ReproduceResult:
 
 def _recipe_depth(dataset: str, recipe: str | None, model: str | None, model_kwargs: dict) -> int:
     """Number of blocks the runs will have (needed to place the Table 5 runs)."""
-    from ..train.recipes import DEFAULT_RECIPE_FOR_DATASET, get_recipe
-
     r = get_recipe(recipe or DEFAULT_RECIPE_FOR_DATASET.get(dataset, "digits"))
     name = model or r.model
     kwargs = {**(r.model_kwargs if name == r.model else {}), **model_kwargs}
@@ -75,8 +73,6 @@ def reproduce(
     if preset == "paper" and dataset == "digits":
         raise DataError("the paper preset runs the paper's recipes: pass --dataset cifar100 or imagefolder "
                         "with --data-dir")
-    import pe_probe  # the public API
-
     t0 = time.perf_counter()
     out = Path(out)
     model_kwargs = dict(model_kwargs or {})
@@ -84,15 +80,15 @@ def reproduce(
     result = ReproduceResult(runs_dir=out / "runs")
     bar = tqdm(plans, desc=f"reproduce[{preset}]", unit="run", disable=not progress)
     for plan in bar:
-        run_dir = result.runs_dir / plan.name
+        run = RunDir(result.runs_dir / plan.name)
         bar.set_postfix_str(plan.name)
-        if (run_dir / SUMMARY).exists():
+        if run.is_complete():
             result.reused.append(plan.name)
             continue
-        pe_probe.train(
-            out=run_dir, dataset=dataset, data_dir=data_dir, recipe=recipe, model=model,
+        train(
+            out=run.path, dataset=dataset, data_dir=data_dir, recipe=recipe, model=model,
             model_kwargs=model_kwargs, epochs=epochs, device=device, seed=seed,
-            resume=(run_dir / "config.json").exists(), progress=False, verbose=progress, **plan.options,
+            resume=run.is_run(), progress=False, verbose=progress, **plan.options,
         )
         result.trained.append(plan.name)
     bar.close()
@@ -104,14 +100,12 @@ def reproduce(
     return result
 
 
-def find_runs(runs_dir: str | os.PathLike) -> tuple[list[Path], list[Path]]:
+def find_runs(runs_dir: str | os.PathLike) -> tuple[list[RunDir], list[RunDir]]:
     """Run directories under ``runs_dir`` (any depth): ``(complete, incomplete)``, sorted by path."""
-    runs_dir = Path(runs_dir)
-    if not runs_dir.is_dir():
+    if not Path(runs_dir).is_dir():
         raise DataError(f"{runs_dir} is not a directory of runs")
-    dirs = sorted(p.parent for p in runs_dir.rglob("config.json"))
-    complete = [d for d in dirs if (d / SUMMARY).exists()]
-    return complete, [d for d in dirs if d not in complete]
+    runs = RunDir.find(runs_dir)
+    return [r for r in runs if r.is_complete()], [r for r in runs if not r.is_complete()]
 
 
 def probe_run(
@@ -123,24 +117,21 @@ def probe_run(
     reprobe: bool = False,
     progress: bool = True,
 ) -> ProbeReport:
-    """The probe report of a run: loaded from ``run_dir/probe`` if saved, else probed on the run's
-    validation data and saved there."""
-    import pe_probe
-
-    run_dir = Path(run_dir)
-    saved = run_dir / PROBE_DIR
-    if saved.is_dir() and not reprobe:
+    """The probe report of a run: loaded from ``RUN/probe`` if saved, else probed on the run's
+    validation data and saved there (with its ``metrics.csv``)."""
+    rd = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    if rd.probe_dir.is_dir() and not reprobe:
         try:
-            return ProbeReport.load(saved)
+            return ProbeReport.load(rd.probe_dir)
         except Exception as exc:  # a stale or damaged cache is rebuilt, not fatal
-            log.warning("re-probing %s: saved probe results unreadable (%s)", run_dir, exc)
-    run = pe_probe.load_run(run_dir)
+            log.warning("re-probing %s: saved probe results unreadable (%s)", rd.path, exc)
+    run = load_run(rd.path)
     data = run.config["data"]
-    report = pe_probe.probe(
+    report = probe(
         run.model, data["dataset"], data_dir=data_dir or data.get("data_dir"), mean=data.get("mean"),
-        std=data.get("std"), batch_size=batch_size, max_images=max_images, run=run_dir.name, progress=progress,
+        std=data.get("std"), batch_size=batch_size, max_images=max_images, run=rd.name, progress=progress,
     )
-    report.save(saved)
+    save_report(report, rd.probe_dir)
     return report
 
 
@@ -163,9 +154,9 @@ def render_figures(
         wanted = set(only)
         complete = [d for d in complete if d.name in wanted]
     for d in incomplete:
-        log.warning("skipping %s: training not complete (no %s)", d, SUMMARY)
+        log.warning("skipping %s: training not complete (no %s)", d.path, RunDir.SUMMARY)
     if not complete:
-        raise DataError(f"no complete run (a directory with config.json and {SUMMARY}) under {runs_dir}")
+        raise DataError(f"no complete run (a directory with {RunDir.CONFIG} and {RunDir.SUMMARY}) under {runs_dir}")
     runs = []
     for d in tqdm(complete, desc="probe runs", unit="run", disable=not progress):
         report = probe_run(d, data_dir=data_dir, max_images=max_images, reprobe=reprobe, progress=False)

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from pe_probe.data import DATASETS, build_dataset, dataset_info
-from pe_probe.errors import DataError, UnknownNameError
+from pe_probe.core.errors import DataError, UnknownNameError
 
 CIFAR_MINI = Path(__file__).resolve().parents[3] / "shared" / "data" / "cifar10-mini"
 

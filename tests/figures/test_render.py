@@ -6,9 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pe_probe.figures import default_spec_dir, load_spec, render_all
+from pe_probe.analysis import last_ln_params
+from pe_probe.figures import builtin_specs_dir, load_spec, render_all
 
-from .fakes import make_run, paper_runs
+from ..fakes import make_run, paper_runs
 
 FIGURES = ["fig1", "fig2", "fig4", "fig5", "fig6", "fig7", "fig8", "lape_pe_similarity"]
 TABLES = ["table1", "table5", "table6"]
@@ -69,10 +70,10 @@ def test_figure_data_matches_runs(rendered):
 
     fig6 = pd.read_csv(out / "fig6.csv")
     pvg = fig6[fig6.run == "pvg"]
-    beta = by_name["pvg"].report.last_ln_params()["beta"].to_numpy()
+    beta = last_ln_params(by_name["pvg"].report)["beta"].to_numpy()
     np.testing.assert_allclose(pvg.beta, beta)
     assert pvg.var_beta.iloc[0] == pytest.approx(np.var(beta))
-    assert pvg.cosine.iloc[0] == pytest.approx(by_name["pvg"].report.cosine)
+    assert pvg.cosine.iloc[0] == pytest.approx(by_name["pvg"].report.arrays["last_cos"][1])
     assert pvg.paper_var_beta.iloc[0] == 0.2387 and pvg.paper_cosine.iloc[0] == 0.2995
 
     fig7 = pd.read_csv(out / "fig7.csv")
@@ -102,17 +103,15 @@ def test_missing_runs_are_skipped_not_crashed(tmp_path):
     assert "## Skipped" in empty.index.read_text()
 
 
-class _BrokenReport:
-    meta = {"depth": 4}
-
-    def last_ln_params(self):
+class _BrokenArrays(dict):
+    def __getitem__(self, key):
         raise RuntimeError("corrupt probe file")
 
 
 def test_failing_plot_is_recorded_or_raised(tmp_path):
     runs = [make_run(n, p) for n, p in (("pvg", "pvg"), ("mpvg", "mpvg"))]
-    runs[0].report = _BrokenReport()
-    spec = load_spec(default_spec_dir() / "fig6.toml")
+    runs[0].report.arrays = _BrokenArrays(runs[0].report.arrays)
+    spec = load_spec(builtin_specs_dir() / "fig6.toml")
     result = render_all(runs, tmp_path, specs=[spec])
     assert not result.ok and result.failed[0].error == "RuntimeError: corrupt probe file"
     assert "## Failed" in result.index.read_text()
@@ -143,12 +142,3 @@ select = { pe_mode = "pvg", global_pool = "avg" }
     assert [r.spec.id for r in result.rendered] == ["lape_vs_pvg"]
     data = pd.read_csv(tmp_path / "out" / "lape_vs_pvg.csv")
     assert list(data.run) == ["lape", "pvg"] and list(data.top1) == [72.0, 73.0]
-
-
-def test_pearson_skips_nan_rows():
-    from pe_probe.figures.builders import pearson
-
-    tok = np.array([[5.0, -5.0], [1.0, 2.0], [3.0, 5.0]])
-    pe = np.array([[np.nan, np.nan], [2.0, 4.0], [6.0, 10.0]])
-    assert pearson(tok, pe) == pytest.approx(np.corrcoef([1, 2, 3, 5], [2, 4, 6, 10])[0, 1])
-    assert np.isnan(pearson(np.ones((2, 2)), np.arange(4.0).reshape(2, 2)))

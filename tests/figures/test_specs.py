@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from pe_probe.errors import UnknownNameError
-from pe_probe.figures import default_spec_dir, load_spec, load_specs, parse_spec
-from pe_probe.figures.select import condition_holds, describe, matches, select_runs
+from pe_probe.core.errors import UnknownNameError
+from pe_probe.figures import builtin_specs_dir, load_spec, load_specs, parse_spec
+from pe_probe.analysis.select import condition_holds, describe, matches, select_runs
 
-from .fakes import make_run, paper_runs
+from ..fakes import make_run, paper_runs
 
 SHIPPED = {"fig1", "fig2", "fig4", "fig5", "fig6", "fig7", "fig8", "lape_pe_similarity",
            "table1", "table2", "table5", "table6"}
@@ -24,7 +24,7 @@ def _raw(**changes):
 def test_shipped_specs_load():
     specs = load_specs()
     assert {s.id for s in specs} == SHIPPED
-    assert default_spec_dir().name == "specs" and default_spec_dir().parent.name == "analyses"
+    assert builtin_specs_dir().is_dir() and builtin_specs_dir().joinpath("fig1.toml").is_file()  # package data
     for s in specs:
         assert s.caption and s.title and s.kind in ("figure", "table")
 
@@ -67,7 +67,7 @@ def test_bad_toml_names_the_file(tmp_path):
 
 
 def test_duplicate_ids(tmp_path):
-    text = (default_spec_dir() / "fig5.toml").read_text()
+    text = (builtin_specs_dir() / "fig5.toml").read_text()
     (tmp_path / "a.toml").write_text(text)
     (tmp_path / "b.toml").write_text(text)
     with pytest.raises(ValueError, match="spec id 'fig5' is used by both"):
@@ -96,44 +96,44 @@ def test_matches_flat_and_dotted_fields():
 
 
 def test_selection_series_and_missing():
-    spec = load_spec(default_spec_dir() / "fig5.toml")
-    sel = select_runs(spec, paper_runs())
+    spec = load_spec(builtin_specs_dir() / "fig5.toml")
+    sel = select_runs(spec.query, paper_runs())
     assert sel.ok and [r.name for r in sel.runs["gap"]] == ["gap"]
     assert [r.name for r in sel.runs["gap_last_ln_pe"]] == ["gap_last_ln_pe"]
-    sel = select_runs(spec, [make_run("gap", "default", global_pool="avg")])
+    sel = select_runs(spec.query, [make_run("gap", "default", global_pool="avg")])
     assert not sel.ok and "gap_last_ln_pe" in sel.missing[0] and "last_ln_pe=0" in sel.missing[0]
 
 
 def test_selection_needs_summary_and_report():
-    spec = load_spec(default_spec_dir() / "fig7.toml")
+    spec = load_spec(builtin_specs_dir() / "fig7.toml")
     runs = [make_run("pvg", "pvg", report=False), make_run("mpvg", "mpvg")]
-    sel = select_runs(spec, runs)
+    sel = select_runs(spec.query, runs)
     assert not sel.ok and "probe report" in sel.missing[0]
     assert any("'pvg' matches series 'pvg' but has no report" in n for n in sel.notes)
 
 
 def test_take_one_notes_the_others():
-    spec = load_spec(default_spec_dir() / "fig7.toml")
+    spec = load_spec(builtin_specs_dir() / "fig7.toml")
     runs = paper_runs() + [make_run("pvg_seed2", "pvg", seed=11)]
-    sel = select_runs(spec, runs)
+    sel = select_runs(spec.query, runs)
     assert [r.name for r in sel.runs["pvg"]] == ["pvg"]
     assert any("also matched 'pvg_seed2'" in n for n in sel.notes)
 
 
 def test_group_series_from_data():
-    spec = load_spec(default_spec_dir() / "table5.toml")
-    sel = select_runs(spec, paper_runs())
+    spec = load_spec(builtin_specs_dir() / "table5.toml")
+    sel = select_runs(spec.query, paper_runs())
     assert [s.key for s in sel.series] == ["last_ln_pe=0", "last_ln_pe=2"]
-    sel = select_runs(spec, [make_run("mpvg", "mpvg")])
+    sel = select_runs(spec.query, [make_run("mpvg", "mpvg")])
     assert not sel.ok and "at least 2 different combinations of last_ln_pe (found 1)" in sel.missing[0]
 
 
 def test_prefer_orders_matches():
-    spec = load_spec(default_spec_dir() / "lape_pe_similarity.toml")
+    spec = load_spec(builtin_specs_dir() / "lape_pe_similarity.toml")
     runs = [make_run("pvg", "pvg"), make_run("lape_gap", "lape", global_pool="avg"), make_run("lape", "lape")]
-    sel = select_runs(spec, runs)
+    sel = select_runs(spec.query, runs)
     assert [r.name for r in sel.runs["layerwise"]] == ["lape"]
-    sel = select_runs(spec, runs[:1])
+    sel = select_runs(spec.query, runs[:1])
     assert [r.name for r in sel.runs["layerwise"]] == ["pvg"]
     with pytest.raises(ValueError, match="prefer"):
         parse_spec(_raw(series=[dict(key="a", prefer={"colour": 1})]))

@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 
 import pe_probe
-from pe_probe.analysis import ProbeReport
+from pe_probe import ProbeReport
+from pe_probe.analysis import summary_frame
 from pe_probe.cli import main
 from pe_probe.pipeline import QUICK, ablation_plans, preset_plans, table5_layers
 
@@ -57,7 +58,7 @@ def test_figure_data_come_from_the_runs(quick):
     fig4 = pd.read_csv(out / "figures" / "fig4.csv")
     for run, part in fig4.groupby("run"):
         report = ProbeReport.load(runs / run / "probe")
-        frame = report.to_frame()
+        frame = summary_frame(report)
         ours = frame[(frame.metric == "tok_pe_corr") & frame.layer.isin(part.layer)].set_index("layer")["value"]
         np.testing.assert_allclose(part.set_index("layer")["correlation"].sort_index(), ours.sort_index(), rtol=1e-6)
         # and the correlation is the Pearson r of the saved mean maps (independent numpy computation)

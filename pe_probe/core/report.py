@@ -1,0 +1,144 @@
+"""``ProbeReport``: the statistics one probe run produced (metadata + float64 arrays), saved atomically.
+
+This is the container only: the numbers derived from it (correlations, alignments, Last-LN statistics,
+the tidy frame) are computed by :mod:`pe_probe.analysis` (e.g. ``pe_probe.analysis.summary_frame(report)``).
+Torch-free.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DataError, UnknownNameError
+from .hook_points import LAST
+from .io import atomic_path, write_json, write_text
+
+META_FILE, FRAME_FILE, ARRAYS_FILE = "meta.json", "metrics.csv", "arrays.npz"
+#: Key of the report id inside ``arrays.npz`` (the same id is ``meta["report_id"]``).
+ID_KEY = "report_id"
+
+#: Metadata keys every report has (docs/probe.md).
+META_KEYS = ("run", "model", "pe_mode", "global_pool", "num_prefix_tokens", "grid", "depth", "embed_dim",
+             "n_images", "pe_derived", "receiving_blocks", "last_ln_pe")
+
+
+class ProbeReport:
+    """Probe statistics of one model over one data set (docs/probe.md).
+
+    ``meta``: JSON-able metadata (:data:`META_KEYS` and more). ``arrays``: float64 numpy arrays keyed
+    ``"{name}@{layer}"`` (``tok_map``, ``pe_map``, ``tok_norm``, ``resid_norm``, ``pe_norm``, ``tok_pe_cos``,
+    ``corr_img``, ``cos_moments``; layer -1 is the Last LN) plus ``out_norm@-1``, ``last_cos``,
+    ``last_cos_ln``, ``norm_before``, ``norm_after``, ``last_ln_gamma``, ``last_ln_beta`` and ``pos_embed``.
+    """
+
+    def __init__(self, meta: dict, arrays: dict[str, np.ndarray]) -> None:
+        missing = [k for k in META_KEYS if k not in meta]
+        if missing:
+            raise ValueError(f"ProbeReport meta lacks {missing}")
+        self.meta = dict(meta)
+        self.arrays = {k: np.asarray(v) for k, v in arrays.items() if k != ID_KEY}
+
+    def __repr__(self) -> str:
+        m = self.meta
+        return (f"ProbeReport(model={m['model']!r}, pe_mode={m['pe_mode']!r}, global_pool={m['global_pool']!r}, "
+                f"depth={m['depth']}, n_images={m['n_images']}, pe_derived={m['pe_derived']})")
+
+    # ------------------------------------------------------------------ views
+    @property
+    def layers(self) -> list[int]:
+        """Block indices 0..L-1, then -1 (the Last LN)."""
+        return list(range(int(self.meta["depth"]))) + [LAST]
+
+    @property
+    def pe_layers(self) -> list[int]:
+        """The layers that have a PE (blocks that receive one, then -1 where the Last LN adds one)."""
+        return [l for l in self.layers if f"pe_map@{l}" in self.arrays]
+
+    def check_layer(self, layer: int) -> int:
+        """``layer`` as an int; :class:`~pe_probe.core.errors.UnknownNameError` if the report has no such layer."""
+        if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or int(layer) not in self.layers:
+            raise UnknownNameError(f"layer={layer!r} is not a layer of this report; valid: {self.layers}")
+        return int(layer)
+
+    def mean_maps(self, layer: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(token_map, pe_map)``, each (T, D), averaged over images; prefix tokens are the first rows.
+
+        ``pe_map`` is None where the layer receives no PE; for layer -1 the token map is mean ``LN(x_L)`` and
+        the PE map the Last-LN PE (or None). Derived PEs have NaN rows for prefix tokens without a PE row.
+        """
+        layer = self.check_layer(layer)
+        return self.arrays[f"tok_map@{layer}"], self.arrays.get(f"pe_map@{layer}")
+
+    def token_norm_maps(self) -> dict[str, np.ndarray]:
+        """``{"before": (K, h, w), "after": (K, h, w)}``: per-token norms of ``x_L`` and of the Last-LN output
+        (with the PE where the model adds one), patch tokens only, for the first K probed images."""
+        return {"before": self.arrays["norm_before"], "after": self.arrays["norm_after"]}
+
+    # ------------------------------------------------------------------ identity and persistence
+    def report_id(self) -> str:
+        """A content hash of ``meta`` (without its ``report_id``) and every array: equal reports, equal ids."""
+        h = hashlib.sha256()
+        meta = {k: v for k, v in self.meta.items() if k != ID_KEY}
+        h.update(json.dumps(meta, sort_keys=True, default=str).encode())
+        for key in sorted(self.arrays):
+            arr = np.ascontiguousarray(self.arrays[key])
+            h.update(key.encode())
+            h.update(str((arr.dtype.str, arr.shape)).encode())
+            h.update(arr.tobytes())
+        return h.hexdigest()[:16]
+
+    def save(self, directory: str | os.PathLike, frame=None) -> Path:
+        """Write ``arrays.npz``, then ``metrics.csv`` (the tidy ``frame``, when given) and ``meta.json`` into
+        ``directory``, each atomically.
+
+        ``meta.json`` is written last and both it and ``arrays.npz`` carry the report id, so a folder whose
+        writing was interrupted (new arrays beside an old meta) is detected by :meth:`load`.
+        ``pe_probe.analysis.save_report`` passes the tidy frame of ``summary_frame``.
+        """
+        directory = Path(directory)
+        if directory.exists() and not directory.is_dir():
+            raise NotADirectoryError(f"{directory} exists and is not a directory")
+        directory.mkdir(parents=True, exist_ok=True)
+        rid = self.report_id()
+        with atomic_path(directory / ARRAYS_FILE) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, **self.arrays, **{ID_KEY: np.array(rid)})
+        if frame is not None:
+            write_text(directory / FRAME_FILE, frame.to_csv(index=False))
+        elif (directory / FRAME_FILE).exists():
+            (directory / FRAME_FILE).unlink()  # never leave the table of another report beside these arrays
+        self.meta[ID_KEY] = rid
+        write_json(directory / META_FILE, self.meta)
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> "ProbeReport":
+        """Read a report written by :meth:`save` (no pickle).
+
+        Raises :class:`~pe_probe.core.errors.DataError` when a file is missing or unreadable, or when
+        ``meta.json`` and ``arrays.npz`` come from different reports.
+        """
+        directory = Path(directory)
+        for name in (META_FILE, ARRAYS_FILE):
+            if not (directory / name).is_file():
+                raise DataError(f"{directory} is not a probe report: {name} is missing")
+        try:
+            meta = json.loads((directory / META_FILE).read_text())
+            with np.load(directory / ARRAYS_FILE, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+        except (OSError, ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError, BadZipFile are ValueErrors
+            raise DataError(f"{directory}: probe report is unreadable ({type(exc).__name__}: {exc})") from None
+        if not isinstance(meta, dict):
+            raise DataError(f"{directory / META_FILE} is not a JSON object")
+        stored = str(arrays[ID_KEY]) if ID_KEY in arrays else None
+        if stored is not None and meta.get(ID_KEY) != stored:
+            raise DataError(f"{directory}: meta.json (report {meta.get(ID_KEY)}) and arrays.npz (report {stored}) "
+                            "come from different probe runs; probe again")
+        try:
+            return cls(meta, arrays)
+        except ValueError as exc:
+            raise DataError(f"{directory}: {exc}") from None

@@ -1,0 +1,174 @@
+"""The run directory: the one type that knows a run's files and reads and writes them atomically.
+
+A run directory is written by ``pe_probe.train`` and read by every floor above it (loading, evaluation,
+probing, figures, reproduction). Its files:
+
+==================== ==========================================================================
+``config.json``      what was trained: model name and kwargs, PE config, data, recipe (JSON)
+``model.safetensors`` the weights (rewritten at the end of every epoch)
+``metrics.jsonl``    one JSON record per finished epoch
+``state.pt``         the resume state (written by the training floor, read with ``weights_only``)
+``summary.json``     written last, only once training completed
+``eval.json``        every ``pe-probe eval`` result, one entry per data set and split
+``probe/``           the saved probe report of the run (:class:`~pe_probe.core.report.ProbeReport`)
+``probe_history.csv`` metrics of the probes taken during training (``epoch, layer, metric, value``)
+==================== ==========================================================================
+
+The JSON files are handled here (torch-free); the torch floor writes the weights and the resume state
+through :meth:`RunDir.atomic`, so every file is written to a temporary name and renamed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+from .errors import CheckpointError
+from .io import atomic_path, write_json, write_text
+
+#: Keys every ``config.json`` has.
+CONFIG_KEYS = ("model", "model_kwargs", "num_classes", "data")
+
+
+class RunDir:
+    """A run directory at ``path`` (which need not exist yet). Paths are attributes; readers raise
+    :class:`~pe_probe.core.errors.CheckpointError` for missing or corrupt files where a file is required."""
+
+    CONFIG = "config.json"
+    WEIGHTS = "model.safetensors"
+    METRICS = "metrics.jsonl"
+    STATE = "state.pt"
+    SUMMARY = "summary.json"
+    EVAL = "eval.json"
+    PROBE = "probe"
+    PROBE_HISTORY = "probe_history.csv"
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path).expanduser()
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    # ------------------------------------------------------------------ paths and state
+    @property
+    def name(self) -> str:
+        """The directory's name (how figures and reports name the run)."""
+        return self.path.name
+
+    def file(self, name: str) -> Path:
+        """The path of file ``name`` inside the run."""
+        return self.path / name
+
+    config_path = property(lambda self: self.path / self.CONFIG, doc="``config.json``")
+    weights_path = property(lambda self: self.path / self.WEIGHTS, doc="``model.safetensors``")
+    metrics_path = property(lambda self: self.path / self.METRICS, doc="``metrics.jsonl``")
+    state_path = property(lambda self: self.path / self.STATE, doc="``state.pt``")
+    summary_path = property(lambda self: self.path / self.SUMMARY, doc="``summary.json``")
+    eval_path = property(lambda self: self.path / self.EVAL, doc="``eval.json``")
+    probe_dir = property(lambda self: self.path / self.PROBE, doc="``probe/``: the saved probe report")
+    probe_history_path = property(lambda self: self.path / self.PROBE_HISTORY, doc="``probe_history.csv``")
+
+    def is_run(self) -> bool:
+        """Whether the directory holds a run (it has a ``config.json``)."""
+        return self.config_path.is_file()
+
+    def is_complete(self) -> bool:
+        """Whether training completed (``summary.json`` exists)."""
+        return self.summary_path.is_file()
+
+    @contextlib.contextmanager
+    def atomic(self, name: str) -> Iterator[Path]:
+        """A temporary path that is renamed onto file ``name`` of the run only if the block succeeds."""
+        with atomic_path(self.file(name)) as tmp:
+            yield tmp
+
+    @classmethod
+    def find(cls, root: str | os.PathLike) -> list["RunDir"]:
+        """Every run directory under ``root`` (any depth), sorted by path."""
+        return [cls(p.parent) for p in sorted(Path(root).rglob(cls.CONFIG))]
+
+    # ------------------------------------------------------------------ JSON files
+    def _read_json(self, path: Path, what: str) -> Any:
+        try:
+            return json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise CheckpointError(f"{path} is corrupt: {exc}") from None
+        except OSError as exc:
+            raise CheckpointError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+
+    def read_config(self) -> dict:
+        """``config.json``; :class:`CheckpointError` when the directory or file is missing or unreadable."""
+        if not self.path.is_dir():
+            raise CheckpointError(f"run directory {self.path} does not exist")
+        if not self.config_path.is_file():
+            raise CheckpointError(f"{self.path} is not a pe-probe run directory (no {self.CONFIG})")
+        config = self._read_json(self.config_path, "run config")
+        if not isinstance(config, dict):
+            raise CheckpointError(f"{self.config_path} is not a JSON object")
+        missing = [k for k in CONFIG_KEYS if k not in config]
+        if missing:
+            raise CheckpointError(f"{self.config_path} lacks {', '.join(missing)}")
+        return config
+
+    def write_config(self, config: dict) -> None:
+        """Write ``config.json``."""
+        write_json(self.config_path, config)
+
+    def read_summary(self) -> dict | None:
+        """``summary.json``, or None while training has not completed."""
+        if not self.summary_path.is_file():
+            return None
+        summary = self._read_json(self.summary_path, "run summary")
+        if not isinstance(summary, dict):
+            raise CheckpointError(f"{self.summary_path} is not a JSON object")
+        return summary
+
+    def write_summary(self, summary: dict) -> None:
+        """Write ``summary.json`` (do this last: its presence marks a complete run)."""
+        write_json(self.summary_path, summary)
+
+    def read_metrics(self) -> list[dict]:
+        """The per-epoch records of ``metrics.jsonl`` (empty if there is none yet)."""
+        if not self.metrics_path.exists():
+            return []
+        try:
+            return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise CheckpointError(f"{self.metrics_path} is corrupt: {exc}") from None
+
+    def write_metrics(self, records: list[dict]) -> None:
+        """Rewrite ``metrics.jsonl`` with ``records`` (atomic, so a kill never leaves half a line)."""
+        write_text(self.metrics_path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+
+    def read_evals(self) -> list[dict]:
+        """Every evaluation recorded in ``eval.json`` (a list; an old single-result file reads as one entry)."""
+        if not self.eval_path.is_file():
+            return []
+        data = self._read_json(self.eval_path, "evaluation record")
+        return data if isinstance(data, list) else [data]
+
+    def record_eval(self, entry: dict, key: tuple[str, ...] = ("dataset", "data_dir", "split")) -> list[dict]:
+        """Add ``entry`` to ``eval.json``, replacing an earlier entry with the same ``key`` fields; returns all."""
+        entries = [e for e in self.read_evals() if any(e.get(k) != entry.get(k) for k in key)]
+        entries.append(entry)
+        write_json(self.eval_path, entries)
+        return entries
+
+    def data_config(self, config: dict | None = None) -> dict:
+        """timm-style data config of the run (what its images must look like): ``input_size`` (C, H, W),
+        ``mean``, ``std``, ``interpolation``, ``crop_pct``, plus ``dataset``."""
+        data = (config or self.read_config())["data"]
+        return {
+            "dataset": data.get("dataset"),
+            "input_size": (int(data["in_chans"]), int(data["img_size"]), int(data["img_size"])),
+            "mean": tuple(data["mean"]),
+            "std": tuple(data["std"]),
+            "interpolation": data.get("interpolation", "bicubic"),
+            "crop_pct": data.get("crop_pct", 1.0),
+        }

@@ -1,0 +1,151 @@
+"""The plots a spec can name: each pairs an analysis function (the numbers, :mod:`pe_probe.analysis.figure_data`)
+with a drawing of them (this floor). A new kind of figure is one data function there, one draw function
+here and one entry in :data:`PLOTS`; a new figure of an existing kind is just a spec file.
+
+Draw functions take the :class:`~pe_probe.analysis.figure_data.FigureData`, the spec's options and its
+title, and return a ``matplotlib.figure.Figure`` (figures) or Markdown text (tables). They compute nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from ..analysis import figure_data as fd_
+from ..analysis.figure_data import FigureData
+from .accuracy import accuracy_bars
+from .correlation import correlation_lines
+from .heatmaps import heatmap_grid
+from .last_ln import last_ln_channels
+from .pe_similarity import pe_similarity_matrix, pe_similarity_row
+from .tables import markdown_table
+from .token_norms import token_norm_grid
+
+DataFn = Callable[..., FigureData]
+DrawFn = Callable[[FigureData, Mapping[str, Any], str], Any]
+
+
+@dataclass(frozen=True)
+class Plot:
+    """A plot specs can name: ``kind`` (figure or table), its ``data`` function (analysis floor), its ``draw``
+    function (this floor) and the ``options`` a spec may set, with their defaults."""
+
+    name: str
+    kind: str
+    data: DataFn
+    draw: DrawFn
+    options: Mapping[str, Any]
+    needs_group: bool = False
+
+    @property
+    def doc(self) -> str:
+        """First line of the data function's docstring."""
+        return (self.data.__doc__ or "").strip().splitlines()[0] if self.data.__doc__ else ""
+
+
+def _figure(w: float, h: float) -> Figure:
+    return Figure(figsize=(w, h), layout="constrained")
+
+
+def _titled(title: str, subject: str) -> str:
+    return f"{title} ({subject})" if subject else title
+
+
+def draw_accuracy_bars(fd: FigureData, options: Mapping[str, Any], title: str) -> Figure:
+    """One bar per run, the paper's values as markers."""
+    fig = _figure(max(4.0, 1.2 * len(fd.data) + 1.5), 3.8)
+    ax = fig.subplots()
+    accuracy_bars(fd.data, ax, digits=options["digits"], paper_label=options["paper_label"])
+    ax.set_title(title, fontsize=10)
+    return fig
+
+
+def draw_map_grid(fd: FigureData, options: Mapping[str, Any], title: str) -> Figure:
+    """A grid of (tokens x channels) heatmaps, one per panel."""
+    panels = fd.panels
+    fig = _figure(2.3 * panels["column"].nunique(), 5.2)
+    heatmap_grid(panels, figure=fig)
+    fig.suptitle(_titled(title, fd.subject), fontsize=10)
+    return fig
+
+
+def draw_last_ln_maps(fd: FigureData, options: Mapping[str, Any], title: str) -> Figure:
+    """One row of maps per series: LN(x_L), the Last-LN PE, their sum."""
+    fig = _figure(7.5, 2.6 * fd.panels["row"].nunique())
+    heatmap_grid(fd.panels, figure=fig)
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def draw_correlation_lines(fd: FigureData, options: Mapping[str, Any], title: str) -> Figure:
+    """One line per run; the paper's values (rows without a run) dashed."""
+    data = fd.data
+    paper_rows = data["run"].isna()
+    paper = dict(zip(data.loc[paper_rows, "layer"], data.loc[paper_rows, "correlation"])) or None
+    fig = _figure(5.0, 3.6)
+    ax = fig.subplots()
+    correlation_lines(data[~paper_rows], ax, paper=paper, paper_label=options["paper_label"])
+    ax.set_title(title, fontsize=10)
+    return fig
+
+
+def draw_last_ln_params(fd: FigureData, options: Mapping[str, Any], title: str) -> Figure:
+    """Gamma and beta per channel, one line per series, with the per-series statistics in the legend."""
+    fig = _figure(11.0, 3.8)
+    ax_g, ax_b = fig.subplots(1, 2)
+    last_ln_channels(fd.data, ax_g, param="gamma")
+    last_ln_channels(fd.data, ax_b, param="beta", stats=fd.stats)
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def draw_token_norms(fd: FigureData, options: Mapping[str, Any], title: str) -> Figure:
+    """Per-token norm maps, rows = images, columns = series x stage."""
+    fig = _figure(1.0, 1.0)
+    token_norm_grid(fd.panels, figure=fig)
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def draw_pe_similarity(fd: FigureData, options: Mapping[str, Any], title: str) -> Figure:
+    """Per layer: the PE cosine matrix (top) and one token's row on the patch grid (bottom)."""
+    panels = fd.panels.to_dict("records")
+    fig = _figure(2.4 * len(panels), 5.0)
+    axes = np.asarray(fig.subplots(2, len(panels), squeeze=False))
+    for j, p in enumerate(panels):
+        pe_similarity_matrix(p["map"], axes[0, j], title=f"layer {p['layer']}: PE cosine")
+        pe_similarity_row(p["map"], p["token"], p["grid"], axes[1, j], title=f"layer {p['layer']}: token {p['token']}")
+    fig.colorbar(axes[0, -1].images[0], ax=list(axes.ravel()), shrink=0.6, label="cosine")
+    fig.suptitle(_titled(title, fd.subject), fontsize=10)
+    return fig
+
+
+def draw_table(fd: FigureData, options: Mapping[str, Any], title: str) -> str:
+    """The table as Markdown, with its footnote."""
+    md = markdown_table(fd.table, options["digits"])
+    return md + (f"\n{fd.footnote}\n" if fd.footnote else "")
+
+
+#: Every plot a spec can name.
+PLOTS: dict[str, Plot] = {p.name: p for p in (
+    Plot("accuracy_bars", "figure", fd_.accuracy_bars, draw_accuracy_bars,
+         {"digits": 2, "paper_label": "paper (DeiT-Ti, ImageNet-1K)"}),
+    Plot("layer_maps", "figure", fd_.layer_map_panels, draw_map_grid,
+         {"layers": [1, 4, 7, 9, 11], "patch_only": False, "paper_depth": 12}),
+    Plot("correlation_lines", "figure", fd_.correlation_by_layer, draw_correlation_lines,
+         {"patch_only": False, "paper_label": "paper (DeiT-Ti)"}),
+    Plot("last_ln_maps", "figure", fd_.last_ln_map_panels, draw_last_ln_maps, {"patch_only": False}),
+    Plot("last_ln_params", "figure", fd_.last_ln_channels, draw_last_ln_params,
+         {"cosine_metric": "last_ln_cos_before_after", "cosine_paper_series": ["pvg_token", "pvg"]}),
+    Plot("token_norms", "figure", fd_.token_norm_panels, draw_token_norms, {"n_images": 3}),
+    Plot("pe_similarity", "figure", fd_.pe_similarity_panels, draw_pe_similarity,
+         {"layers": "receiving", "max_layers": 4, "token": "center"}),
+    Plot("accuracy_table", "table", fd_.accuracy_table, draw_table,
+         {"backbones": ["DeiT-Ti", "DeiT-S", "DeiT-B"], "digits": 2}),
+    Plot("ablation_table", "table", fd_.ablation_table, draw_table, {"paper_rows": True, "digits": 2},
+         needs_group=True),
+)}

@@ -1,0 +1,115 @@
+"""Input checking and batching for the probe: a tensor, a DataLoader (or any iterable of batches), a
+``torch.utils.data.Dataset`` or a data-set name."""
+
+from __future__ import annotations
+
+from typing import Any, Iterator, Sequence
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ..core.errors import DataError
+from .adapter import ModelView
+
+#: Keys tried, in order, when a batch is a dict.
+IMAGE_KEYS = ("image", "images", "pixel_values", "x")
+
+
+def check_images(images: Any, view: ModelView) -> torch.Tensor:
+    """Return ``images`` on the model's device and dtype after checking they fit the model.
+
+    Raises :class:`~pe_probe.errors.DataError` naming the expected and actual shape when ``images`` is not
+    a floating (B, C, H, W) tensor with C = the model's input channels and (H, W) = its input size.
+    """
+    want = f"(B, {view.in_chans}, {view.img_size[0]}, {view.img_size[1]})"
+    if not isinstance(images, torch.Tensor):
+        raise DataError(f"images must be a torch.Tensor of shape {want}, got {type(images).__name__}")
+    if images.ndim != 4:
+        raise DataError(f"images must have shape {want}, got {tuple(images.shape)} ({images.ndim} dims)")
+    if not images.is_floating_point():
+        raise DataError(f"images must be a floating-point tensor (normalised pixels), got dtype {images.dtype}")
+    if images.shape[0] == 0:
+        raise DataError("images is an empty batch (B=0)")
+    if images.shape[1] != view.in_chans:
+        raise DataError(f"images have {images.shape[1]} channels; the model takes {view.in_chans} "
+                        f"(expected {want}, got {tuple(images.shape)})")
+    if tuple(images.shape[2:]) != view.img_size:
+        raise DataError(f"images are {images.shape[2]}x{images.shape[3]} px; the model takes "
+                        f"{view.img_size[0]}x{view.img_size[1]} (expected {want}, got {tuple(images.shape)})")
+    param = next(view.model.parameters(), None)
+    if param is not None:
+        images = images.to(device=param.device, dtype=param.dtype)
+    return images
+
+
+def batch_images(batch: Any) -> Any:
+    """The image tensor of one batch: the batch itself, its first element (``(images, labels)``) or a dict
+    entry (``image``, ``images``, ``pixel_values``, ``x``)."""
+    if isinstance(batch, torch.Tensor):
+        return batch
+    if isinstance(batch, (tuple, list)) and batch:
+        return batch[0]
+    if isinstance(batch, dict):
+        for key in IMAGE_KEYS:
+            if key in batch:
+                return batch[key]
+        raise DataError(f"a dict batch needs one of the keys {IMAGE_KEYS}; got {sorted(batch)}")
+    raise DataError(f"cannot find images in a batch of type {type(batch).__name__}")
+
+
+def open_data(
+    data: Any,
+    view: ModelView,
+    *,
+    batch_size: int,
+    data_dir: str | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    num_workers: int = 0,
+) -> tuple[Any, int | None]:
+    """Turn ``data`` into an iterable of batches plus the number of images when known.
+
+    A data-set name is built with ``pe_probe.data.build_dataset(name, data_dir=..., train=False, ...)``
+    (imported here, lazily) at the model's input size and channels, with the given mean/std (None: the
+    data set's own statistics).
+    """
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise DataError(f"batch_size must be a positive int, got {batch_size!r}")
+    if isinstance(data, torch.Tensor):
+        check_images(data[:1] if data.ndim == 4 and len(data) else data, view)  # shape check up front
+        return (data[i:i + batch_size] for i in range(0, len(data), batch_size)), len(data)
+    if isinstance(data, str):
+        try:
+            from ..data import build_dataset
+        except ImportError as exc:  # pragma: no cover - depends on the data package being present
+            raise DataError(f"data set names need pe_probe.data.build_dataset, which is not available: {exc}") from exc
+        if view.img_size[0] != view.img_size[1]:
+            raise DataError(f"data set names need a square input size; the model takes {view.img_size}")
+        data = build_dataset(data, data_dir=data_dir, train=False, img_size=view.img_size[0],
+                             in_chans=view.in_chans, mean=None if mean is None else tuple(mean),
+                             std=None if std is None else tuple(std))
+    if isinstance(data, Dataset) and not isinstance(data, DataLoader):
+        data = DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    total = None
+    if isinstance(data, DataLoader):
+        try:
+            total = len(data.dataset)  # type: ignore[arg-type]
+        except TypeError:
+            total = None
+    if not hasattr(data, "__iter__"):
+        raise DataError(f"data must be a tensor of images, a DataLoader, a Dataset or a data-set name; "
+                        f"got {type(data).__name__}")
+    return data, total
+
+
+def iter_images(batches: Any, view: ModelView, max_images: int | None) -> Iterator[torch.Tensor]:
+    """Checked image tensors from ``batches``, stopping after ``max_images`` images."""
+    seen = 0
+    for batch in batches:
+        if max_images is not None and seen >= max_images:
+            break
+        images = check_images(batch_images(batch), view)
+        if max_images is not None:
+            images = images[: max_images - seen]
+        seen += len(images)
+        yield images

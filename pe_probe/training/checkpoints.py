@@ -1,0 +1,213 @@
+"""Weights, resume states and loading: the torch side of a run directory (:class:`~pe_probe.core.rundir.RunDir`
+knows the files and the JSON ones).
+
+Every file is written atomically. ``state.pt`` holds only tensors and plain containers and is read with
+``torch.load(weights_only=True)``; the weights are shared as safetensors. Nothing here unpickles code.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import timm
+import torch
+from torch import nn
+
+from ..core.errors import CheckpointError
+from ..core.rundir import RunDir
+
+STATE_FORMAT = 1
+
+
+# ---------------------------------------------------------------------------------------------- writing
+def save_weights(run: RunDir, model: nn.Module) -> None:
+    """Write the model's state dict as the run's ``model.safetensors``."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    with run.atomic(RunDir.WEIGHTS) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
+
+
+def save_state(run: RunDir, state: dict) -> None:
+    """Write the run's resume state ``state.pt``."""
+    with run.atomic(RunDir.STATE) as tmp:
+        torch.save({"format": STATE_FORMAT, **state}, tmp)
+
+
+def load_state(run: RunDir) -> dict | None:
+    """The resume state, or None when the run has not saved one yet; :class:`CheckpointError` if corrupt."""
+    path = run.state_path
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any failure to read means a corrupt file
+        raise CheckpointError(f"{path} is corrupt or not a pe-probe resume state ({type(exc).__name__})") from None
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise CheckpointError(f"{path} is not a pe-probe resume state (format {STATE_FORMAT})")
+    return state
+
+
+# ---------------------------------------------------------------------------------------------- RNG
+def rng_state() -> dict:
+    """This process's Python, NumPy and torch (CPU and CUDA) random states, as weights-only-safe values."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    state = {
+        "python": [version, list(internal), gauss_next],
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what :func:`rng_state` returned."""
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ---------------------------------------------------------------------------------------------- reading
+@dataclass
+class Run:
+    """A run directory loaded back: the model in eval mode and the run's records.
+
+    Attributes:
+        run_dir: the directory.
+        model: the rebuilt model with the saved weights, in eval mode.
+        config: ``config.json`` as a dict.
+        summary: ``summary.json`` as a dict, or None if training did not complete.
+        data_config: timm-style data config: ``input_size`` (C, H, W), ``mean``, ``std``, ``interpolation``,
+            ``crop_pct``, plus ``dataset``.
+        metrics: the per-epoch records of ``metrics.jsonl``.
+    """
+
+    run_dir: Path
+    model: nn.Module
+    config: dict
+    summary: dict | None
+    data_config: dict
+    metrics: list[dict] = field(default_factory=list)
+
+
+def build_model_from_config(config: dict) -> nn.Module:
+    """A freshly initialised model of the architecture ``config`` describes."""
+    import pe_probe.models  # noqa: F401  (registers the pe_* variants)
+
+    name = config["model"]
+    if not timm.is_model(name):
+        raise CheckpointError(f"the run's model {name!r} is not a registered timm model")
+    kwargs = dict(config["model_kwargs"])
+    try:
+        return timm.create_model(name, pretrained=False, **kwargs)
+    except (TypeError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"cannot rebuild {name} from config.json: {exc}") from None
+
+
+def load_weights(model: nn.Module, path: Path) -> None:
+    """Load ``model.safetensors`` into ``model``; :class:`CheckpointError` if corrupt or for another model."""
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise CheckpointError(f"{path} does not exist (the run has not finished an epoch yet)")
+    try:
+        tensors = load_file(str(path))
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
+        raise CheckpointError(f"{path} is corrupt ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})") from None
+    load_state_dict_checked(model, tensors, path)
+
+
+def load_state_dict_checked(model: nn.Module, tensors: dict[str, torch.Tensor], source: Any) -> None:
+    """``model.load_state_dict(tensors)``, turning any mismatch into one-line :class:`CheckpointError`."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(tensors))
+    extra = sorted(set(tensors) - set(own))
+    shape = sorted(k for k in set(own) & set(tensors) if own[k].shape != tensors[k].shape)
+    if missing or extra or shape:
+        parts = []
+        if missing:
+            parts.append(f"missing {missing[:3]}")
+        if extra:
+            parts.append(f"unexpected {extra[:3]}")
+        if shape:
+            k = shape[0]
+            parts.append(f"shape of {k} is {tuple(tensors[k].shape)}, model has {tuple(own[k].shape)}")
+        raise CheckpointError(f"{source} does not fit the model: " + "; ".join(parts))
+    model.load_state_dict(tensors)
+
+
+def load_run(run_dir: str | os.PathLike, *, device: str | torch.device = "cpu") -> Run:
+    """Load a run directory: rebuild the model from ``config.json`` and load ``model.safetensors``.
+
+    Raises :class:`~pe_probe.errors.CheckpointError` when the directory, its config or its weights are
+    missing, corrupt, or do not fit the architecture.
+    """
+    rd = RunDir(run_dir)
+    config = rd.read_config()
+    model = build_model_from_config(config)
+    load_weights(model, rd.weights_path)
+    model.to(device).eval()
+    return Run(run_dir=rd.path, model=model, config=config, summary=rd.read_summary(),
+               data_config=rd.data_config(config), metrics=rd.read_metrics())
+
+
+def load_model(run_dir: str | os.PathLike, *, device: str | torch.device = "cpu") -> nn.Module:
+    """The trained model of a run directory, in eval mode (see :func:`load_run`)."""
+    return load_run(run_dir, device=device).model
+
+
+def load_checkpoint(
+    path: str | os.PathLike, model: str | None = None, *, device: str | torch.device = "cpu", **model_kwargs: Any
+) -> tuple[nn.Module, dict]:
+    """Load a checkpoint for probing: ``(model in eval mode, data dict)``.
+
+    ``path`` is a pe_probe run directory (the data dict is its ``config.json["data"]``; ``model`` must be None),
+    or a ``.safetensors`` state dict of the timm model named ``model`` (any timm ViT, e.g. a DeiT a user
+    trained; ``num_classes`` is read from ``head.weight`` unless given; the data dict is empty). Never
+    unpickles. Raises :class:`CheckpointError` / :class:`~pe_probe.errors.UnknownNameError` on bad input.
+    """
+    from safetensors.torch import load_file
+
+    from ..core.errors import UnknownNameError
+
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path} does not exist")
+    if path.is_dir():
+        if model:
+            raise CheckpointError("a run directory names its own model; pass a model name only with a .safetensors file")
+        run = load_run(path, device=device)
+        return run.model, dict(run.config.get("data") or {})
+    if path.suffix != ".safetensors":
+        raise CheckpointError(f"{path} is neither a run directory nor a .safetensors file")
+    if not model:
+        raise CheckpointError("a safetensors state dict needs a timm model name (--model NAME)")
+    import pe_probe.models  # noqa: F401  (registers the pe_* variants)
+
+    if not timm.is_model(model):
+        raise UnknownNameError(f"unknown timm model {model!r}")
+    try:
+        tensors = load_file(str(path))
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
+        raise CheckpointError(f"{path} is corrupt ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})") from None
+    if "head.weight" in tensors and "num_classes" not in model_kwargs:
+        model_kwargs["num_classes"] = int(tensors["head.weight"].shape[0])
+    try:
+        net = timm.create_model(model, pretrained=False, **model_kwargs)
+    except (TypeError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"cannot build {model} with {model_kwargs}: {exc}") from None
+    load_state_dict_checked(net, tensors, path)
+    return net.to(device).eval(), {}

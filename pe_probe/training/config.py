@@ -1,0 +1,150 @@
+"""What a user asks for: :class:`TrainConfig`, one flat frozen value with three parts, none of them spelled here.
+
+- :class:`RunOptions`: what to train on and how to run (output directory, model, data, seed, device, ...);
+- the PE knobs: :class:`~pe_probe.core.pe.PEKnobs`, generated from :class:`~pe_probe.core.pe.PEConfig`;
+- the hyperparameter overrides, generated from :class:`~pe_probe.training.recipes.Hyperparameters`
+  (None: the recipe's value).
+
+``pe-probe train`` builds one flag per field from these definitions (:mod:`pe_probe.cli._fields`), so a
+field cannot lack a flag. Every hyperparameter left as None comes from the recipe (:func:`recipe_for`);
+resolution happens once, before anything is written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from ..core.errors import UnknownNameError
+from ..core.pe import PEKnobs
+from .recipes import DEFAULT_RECIPE_FOR_DATASET, HYPERPARAMETERS, Hyperparameters, Recipe, get_recipe
+
+
+def _opt(default: Any, help: str, *, runtime: bool = False, **extra: Any) -> Any:
+    return field(default=default, metadata={"help": help, "runtime": runtime, **extra})
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunOptions:
+    """What to train on and how to run. Fields marked ``runtime`` only say how to run, not what is
+    trained: they may differ when a run is resumed."""
+
+    out: Optional[str | os.PathLike] = _opt(None, "the run directory to create (or to continue with --resume)",
+                                            runtime=True, required=True)
+    model: Optional[str] = _opt(None, "a registered timm model name (pe_* variants take the PE knobs); "
+                                      "default: the recipe's")
+    dataset: Optional[str] = _opt(None, "digits, cifar10, cifar100 or imagefolder; default: the recipe's")
+    data_dir: Optional[str | os.PathLike] = _opt(None, "folder of the data set's files (not needed for digits)",
+                                                 runtime=True)
+    recipe: Optional[str] = _opt(None, "named hyperparameter preset (default: chosen by the data set)")
+    model_kwargs: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "extra model constructor kwargs, KEY=VALUE (values read as JSON); merged over the recipe's, "
+                "which apply only to the recipe's own model", "runtime": False})
+    seed: int = _opt(0, "seeds Python, NumPy and torch; the data order is a function of (seed, epoch)")
+    deterministic: bool = _opt(False, "torch deterministic algorithms (bit-exact resume on CPU)")
+    device: Optional[str] = _opt(None, "cuda or cpu (default: cuda when available)", runtime=True)
+    amp: Optional[bool] = _opt(None, "bf16 autocast (default: on for CUDA, off on CPU)", runtime=True)
+    num_workers: Optional[int] = _opt(None, "data-loader worker processes (default: 0 for digits, else "
+                                            "min(4, CPUs))", runtime=True)
+    num_threads: Optional[int] = _opt(None, "torch CPU threads during the run (default: torch's)", runtime=True)
+    checkpoint_every: int = _opt(0, "also save the resume state every N optimizer steps (0: epoch ends only)",
+                                 runtime=True)
+    resume: bool = _opt(False, "continue the run in --out from its last saved state", runtime=True)
+    download: bool = _opt(False, "let torchvision download CIFAR into --data-dir", runtime=True)
+    progress: bool = _opt(True, "tqdm progress bars", runtime=True)
+    verbose: bool = _opt(True, "one summary line per epoch", runtime=True, negative="--quiet")
+
+
+def _overrides_of(cls: type) -> type:
+    """A dataclass with every field of ``cls`` made optional (default None: keep the recipe's value)."""
+    fields = [(f.name, Optional[f.type] if not isinstance(f.type, str) else f"Optional[{f.type}]",
+               field(default=None, metadata=dict(f.metadata))) for f in dataclasses.fields(cls)]
+    out = dataclasses.make_dataclass("HyperparameterOverrides", fields, frozen=True, kw_only=True)
+    out.__module__ = __name__
+    out.__doc__ = "One optional override per :class:`~pe_probe.training.recipes.Hyperparameters` field."
+    return out
+
+
+#: One optional override per hyperparameter (generated, so no hyperparameter is listed twice).
+HyperparameterOverrides = _overrides_of(Hyperparameters)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig(HyperparameterOverrides, PEKnobs, RunOptions):  # type: ignore[misc, valid-type]
+    """One training run: :class:`RunOptions` + the PE knobs (:class:`~pe_probe.core.pe.PEKnobs`) + one optional
+    override per hyperparameter (unset: the recipe's; ``randaugment="none"`` and ``clip_grad=0`` switch off what
+    the recipe turns on). ``TrainConfig.field_help()`` lists every field with its help text.
+    """
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        """A copy with some fields changed; unknown names raise ``ValueError``."""
+        unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
+        if unknown:
+            raise ValueError(f"unknown training option(s) {unknown}; see pe_probe.training.TrainConfig")
+        return dataclasses.replace(self, **changes)
+
+    def args(self) -> dict[str, Any]:
+        """The fields that define what is trained (no runtime fields), JSON-ready."""
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in RUNTIME_FIELDS}
+        d["model_kwargs"] = dict(self.model_kwargs)
+        if d["scale"] is not None:
+            d["scale"] = list(d["scale"])
+        return d
+
+    @classmethod
+    def field_help(cls) -> dict[str, str]:
+        """Every field's help text, by field name."""
+        return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
+
+
+#: Fields that only say how to run, not what is trained; they may differ when a run is resumed.
+RUNTIME_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(RunOptions) if f.metadata.get("runtime"))
+
+
+def recipe_for(cfg: TrainConfig) -> Recipe:
+    """The recipe named by ``cfg`` (or chosen by its data set), with ``cfg``'s hyperparameter overrides."""
+    if cfg.recipe is not None:
+        recipe = get_recipe(cfg.recipe)
+    elif cfg.dataset is not None:
+        if cfg.dataset not in DEFAULT_RECIPE_FOR_DATASET:
+            raise UnknownNameError(
+                f"unknown dataset {cfg.dataset!r}; valid names: {', '.join(DEFAULT_RECIPE_FOR_DATASET)}"
+            )
+        recipe = get_recipe(DEFAULT_RECIPE_FOR_DATASET[cfg.dataset])
+    else:
+        recipe = get_recipe("digits")
+    changes = {k: getattr(cfg, k) for k in HYPERPARAMETERS if getattr(cfg, k) is not None}
+    if "scale" in changes:
+        changes["scale"] = tuple(changes["scale"])
+    if str(changes.get("randaugment", "")).lower() == "none":  # "none" switches the recipe's RandAugment off
+        changes["randaugment"] = None
+    if changes.get("clip_grad") == 0:  # 0 switches clipping off
+        changes["clip_grad"] = None
+    base_epochs = recipe.epochs
+    recipe = recipe.replace(**changes)
+    if cfg.warmup_epochs is None and recipe.warmup_epochs > recipe.epochs:  # shortened run: scale the warm-up
+        recipe = recipe.replace(warmup_epochs=recipe.warmup_epochs * recipe.epochs / base_epochs)
+    _check_hyperparameters(recipe)
+    return recipe
+
+
+def _check_hyperparameters(r: Recipe) -> None:
+    checks = [
+        (r.epochs >= 1, f"epochs={r.epochs} must be at least 1"),
+        (r.batch_size >= 1, f"batch_size={r.batch_size} must be at least 1"),
+        (r.lr > 0, f"lr={r.lr} must be positive"),
+        (r.weight_decay >= 0, f"weight_decay={r.weight_decay} must be >= 0"),
+        (0 <= r.warmup_epochs <= r.epochs, f"warmup_epochs={r.warmup_epochs} must be in [0, epochs]"),
+        (0 <= r.label_smoothing < 1, f"label_smoothing={r.label_smoothing} must be in [0, 1)"),
+        (r.mixup >= 0 and r.cutmix >= 0, "mixup and cutmix alphas must be >= 0"),
+        (0 <= r.re_prob <= 1, f"re_prob={r.re_prob} must be in [0, 1]"),
+        (0 <= r.drop_path_rate < 1, f"drop_path_rate={r.drop_path_rate} must be in [0, 1)"),
+        (r.clip_grad is None or r.clip_grad > 0, f"clip_grad={r.clip_grad} must be positive"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise ValueError(msg)
+    if (r.mixup > 0 or r.cutmix > 0) and r.batch_size % 2:
+        raise ValueError(f"batch_size={r.batch_size} must be even with mixup/cutmix")

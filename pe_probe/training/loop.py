@@ -1,0 +1,436 @@
+"""The training loop: timm's AdamW, cosine schedule with warm-up, mixup/cutmix, label smoothing, RandAugment.
+
+One function, :func:`train`, runs single-process on CPU or CUDA (bf16 autocast) and multi-process under
+torchrun with DistributedDataParallel. Every input is checked before the run directory is created.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import timm
+import torch
+from timm.data import Mixup
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.optim import create_optimizer_v2
+from timm.scheduler import create_scheduler_v2
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from .._version import __version__
+from ..core.errors import CheckpointError, DataError, PEProbeError, UnknownNameError
+from ..core.pe import KNOB_NAMES, resolve_pe_config
+from ..core.rundir import RunDir
+from ..data import build_dataset, dataset_info
+from ..models import VARIANT_ARGS
+from .checkpoints import load_state, load_state_dict_checked, rng_state, save_state, save_weights, set_rng_state
+from .config import RUNTIME_FIELDS, TrainConfig, recipe_for
+from .distributed import DistEnv, all_gather, all_sum, barrier, init_distributed, shutdown
+from .evaluate import autocast_for, run_eval
+from .recipes import Recipe
+from .sampler import EpochSampler, SeededItems, _mix
+
+
+class TrainingDivergedError(PEProbeError, RuntimeError):
+    """The loss became NaN or infinite; the message names the step."""
+
+
+@dataclass
+class Plan:
+    """Everything a run needs, checked and built before anything is written."""
+
+    cfg: TrainConfig
+    recipe: Recipe
+    model: nn.Module
+    train_set: Dataset
+    val_set: Dataset
+    config: dict
+    steps_per_epoch: int
+
+
+# ---------------------------------------------------------------------------------------------- planning
+def _pe_kwargs(cfg: TrainConfig, kwargs: dict, model_name: str) -> dict:
+    """The model kwargs with every PE knob resolved (pe_* models) or a clear error (other timm models)."""
+    given = cfg.given()  # the PE knobs the user set (PEKnobs)
+    if model_name not in VARIANT_ARGS:
+        bad = sorted(k for k in given if k != "global_pool")
+        if bad:
+            raise ValueError(f"{model_name} is not a pe-probe model: the PE knobs {bad} apply to pe_* models only")
+        return {**kwargs, **given}
+    names = ("pe_mode", *KNOB_NAMES)
+    merged = {**{k: kwargs[k] for k in names if k in kwargs}, **given}
+    mode = merged.pop("pe_mode", "default")
+    pe = resolve_pe_config(mode, **merged)
+    out = {k: v for k, v in kwargs.items() if k not in names}
+    out.update(pe_mode=mode, **pe.to_kwargs())
+    return out
+
+
+def _image_format(model_name: str, kwargs: dict) -> tuple[int, int]:
+    """``(img_size, in_chans)`` of the model to build, from its kwargs or timm's default config."""
+    cfg = timm.models.get_pretrained_cfg(model_name)
+    default = (cfg.input_size if cfg is not None else None) or (3, 224, 224)
+    size = kwargs.get("img_size", default[-1])
+    if isinstance(size, (tuple, list)):
+        if len(set(size)) != 1:
+            raise ValueError(f"img_size={size} must be square")
+        size = size[0]
+    return int(size), int(kwargs.get("in_chans", default[0]))
+
+
+def plan_run(cfg: TrainConfig, env: DistEnv) -> Plan:
+    """Resolve the recipe, check names and data, build the data sets and the model. Writes nothing."""
+    recipe = recipe_for(cfg)
+    model_name = cfg.model or recipe.model
+    if model_name is None:
+        raise ValueError(f"recipe {recipe.name!r} has no default model; name one with --model")
+    if not timm.is_model(model_name):
+        raise UnknownNameError(
+            f"unknown model {model_name!r}; pe-probe's models: {', '.join(VARIANT_ARGS)} (or any timm model)"
+        )
+    dataset = cfg.dataset or recipe.dataset
+    info = dataset_info(dataset)
+
+    kwargs = dict(recipe.model_kwargs) if model_name == recipe.model else {}
+    kwargs.update(cfg.model_kwargs)
+    kwargs = _pe_kwargs(cfg, kwargs, model_name)
+    kwargs.setdefault("drop_path_rate", recipe.drop_path_rate)
+    img_size, in_chans = _image_format(model_name, kwargs)
+
+    aug = {}
+    if recipe.augment:
+        aug = dict(auto_augment=recipe.randaugment, re_prob=recipe.re_prob, scale=recipe.scale)
+    mean, std = info.normalization(in_chans) if in_chans in (1, 3) else (None, None)
+    common = dict(data_dir=cfg.data_dir, img_size=img_size, in_chans=in_chans, mean=mean, std=std)
+    train_set = build_dataset(dataset, train=True, augment=recipe.augment, download=cfg.download and env.is_main,
+                              **common, **aug)
+    val_set = build_dataset(dataset, train=False, augment=False, **common)
+    num_classes = int(train_set.num_classes)
+    if kwargs.setdefault("num_classes", num_classes) != num_classes:
+        raise ValueError(f"model_kwargs num_classes={kwargs['num_classes']} but {dataset} has {num_classes} classes")
+    kwargs.update(img_size=img_size, in_chans=in_chans)
+    steps = len(train_set) // (recipe.batch_size * env.world_size)
+    if steps == 0:
+        raise DataError(
+            f"the training set has {len(train_set)} images, fewer than one batch of {recipe.batch_size} "
+            f"on each of {env.world_size} process(es)"
+        )
+
+    _seed_everything(cfg.seed)  # the same initial weights on every process and every attempt
+    try:
+        model = timm.create_model(model_name, pretrained=False, **kwargs)
+    except TypeError as exc:
+        raise ValueError(f"cannot build {model_name}: {exc}") from None
+    pe_config = getattr(model, "pe_config", None)
+    config = {
+        "model": model_name,
+        "model_kwargs": kwargs,
+        "pe_config": dataclasses.asdict(pe_config) if pe_config is not None else None,
+        "num_classes": num_classes,
+        "data": {
+            "dataset": dataset, "img_size": img_size, "in_chans": in_chans, "mean": list(mean), "std": list(std),
+            "data_dir": str(Path(cfg.data_dir).expanduser().resolve()) if cfg.data_dir is not None else None,
+            "crop_pct": info.crop_pct, "interpolation": "bicubic",
+        },
+        "recipe": {"name": recipe.name, **recipe.hyperparameters(), "seed": cfg.seed, "deterministic": cfg.deterministic,
+                   "args": cfg.args()},
+        "pe_probe_version": __version__,
+    }
+    return Plan(cfg=cfg, recipe=recipe, model=model, train_set=train_set, val_set=val_set,
+                config=json.loads(json.dumps(config)), steps_per_epoch=steps)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _merge_resume(cfg: TrainConfig, stored: dict, run: RunDir) -> TrainConfig:
+    """The stored run's arguments, with ``cfg``'s runtime fields; a conflicting explicit value is an error."""
+    args = stored.get("recipe", {}).get("args")
+    if not isinstance(args, dict):
+        raise CheckpointError(f"{run.config_path} lacks recipe.args; it was not written by pe_probe.train")
+    defaults = TrainConfig()
+    given = cfg.args()
+    for key, value in given.items():
+        default = getattr(defaults, key)
+        default = dict(default) if isinstance(default, dict) else default
+        if value != default and key in args and value != args[key]:
+            raise ValueError(
+                f"{key}={value!r} differs from the run's {args[key]!r}; a resumed run keeps its configuration"
+            )
+    runtime = {k: getattr(cfg, k) for k in RUNTIME_FIELDS}
+    if runtime["data_dir"] is None:
+        runtime["data_dir"] = stored.get("data", {}).get("data_dir")
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    fields = {k: v for k, v in args.items() if k in known}
+    if fields.get("scale") is not None:
+        fields["scale"] = tuple(fields["scale"])
+    return TrainConfig(**fields, **runtime)
+
+
+# ---------------------------------------------------------------------------------------------- running
+def train(config: TrainConfig | None = None, /, **options: Any) -> Path:
+    """Train a model and return its run directory (``config.json``, ``model.safetensors``, ``metrics.jsonl``,
+    ``state.pt``, and ``summary.json`` once complete).
+
+    Pass a :class:`TrainConfig`, keyword options (its field names), or both (options override the config):
+    ``pe_probe.train(out="runs/mpvg", pe_mode="mpvg")`` trains the ``digits`` recipe's tiny ViT on CPU.
+    With ``resume=True`` an existing run continues from its last saved state with its stored configuration.
+    Bad input raises a :class:`~pe_probe.errors.PEProbeError` subclass or ``ValueError`` before anything is
+    written; a NaN loss raises :class:`TrainingDivergedError` naming the step.
+    """
+    cfg = config if config is not None else TrainConfig()
+    if not isinstance(cfg, TrainConfig):
+        raise ValueError(f"train() takes a TrainConfig or keyword options, not {type(cfg).__name__}")
+    if options:
+        cfg = cfg.replace(**options)
+    if cfg.out is None:
+        raise ValueError("train needs out=... (the run directory to create)")
+    if cfg.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    env = init_distributed(cfg.device)
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    threads = torch.get_num_threads()
+    if cfg.num_threads is not None:
+        if cfg.num_threads < 1:
+            raise ValueError(f"num_threads={cfg.num_threads} must be at least 1")
+        torch.set_num_threads(cfg.num_threads)
+    try:
+        return _train(cfg, RunDir(cfg.out), env)
+    finally:
+        torch.use_deterministic_algorithms(was_deterministic)
+        torch.set_num_threads(threads)
+        shutdown(env)
+
+
+def _train(cfg: TrainConfig, run: RunDir, env: DistEnv) -> Path:
+    out = run.path
+    stored = None
+    if run.config_path.exists():
+        if not cfg.resume:
+            raise ValueError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
+        stored = run.read_config()
+        cfg = _merge_resume(cfg, stored, run)
+    elif out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ValueError(f"{out} exists and is not a pe-probe run directory; choose another --out")
+    plan = plan_run(cfg, env)
+    if stored is not None:
+        _check_same_run(plan.config, stored, run)
+        if run.is_complete():
+            if env.is_main and cfg.verbose:
+                tqdm.write(f"{out}: training already complete")
+            return out
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    if env.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        if stored is None:
+            run.write_config(plan.config)
+    barrier(env)
+    _Trainer(plan, run, env).run()
+    return out
+
+
+def _check_same_run(new: dict, stored: dict, run: RunDir) -> None:
+    for key in ("model", "model_kwargs", "num_classes"):
+        if new[key] != stored.get(key):
+            raise CheckpointError(f"{run.config_path}: {key} does not match what this pe-probe version builds")
+    for key in ("dataset", "img_size", "in_chans"):
+        if new["data"][key] != stored["data"].get(key):
+            raise CheckpointError(f"{run.config_path}: data.{key} does not match the data set")
+
+
+class _Trainer:
+    """One run's mutable state: model, optimizer, schedule, counters."""
+
+    def __init__(self, plan: Plan, run: RunDir, env: DistEnv) -> None:
+        self.plan, self.cfg, self.r, self.run_dir, self.env = plan, plan.cfg, plan.recipe, run, env
+        self.device = env.device
+        self.amp = (self.device.type == "cuda") if self.cfg.amp is None else bool(self.cfg.amp)
+        self.model = plan.model.to(self.device)
+        self.ddp = (
+            DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            if env.distributed else self.model
+        )
+        r = self.r
+        self.optimizer = create_optimizer_v2(self.model, opt=r.opt, lr=r.lr, weight_decay=r.weight_decay)
+        self.steps = plan.steps_per_epoch
+        self.scheduler, _ = create_scheduler_v2(
+            self.optimizer, sched="cosine", num_epochs=r.epochs, warmup_epochs=r.warmup_epochs,
+            warmup_lr=r.warmup_lr, min_lr=r.min_lr, step_on_epochs=False, updates_per_epoch=self.steps,
+        )
+        num_classes = plan.config["num_classes"]
+        self.mixup = None
+        if r.mixup > 0 or r.cutmix > 0:
+            self.mixup = Mixup(mixup_alpha=r.mixup, cutmix_alpha=r.cutmix, prob=r.mixup_prob,
+                               switch_prob=r.mixup_switch_prob, label_smoothing=r.label_smoothing,
+                               num_classes=num_classes)
+            self.criterion: nn.Module = SoftTargetCrossEntropy()
+        elif r.label_smoothing > 0:
+            self.criterion = LabelSmoothingCrossEntropy(smoothing=r.label_smoothing)
+        else:
+            self.criterion = nn.CrossEntropyLoss()
+        nw = self.cfg.num_workers
+        self.num_workers = (0 if plan.config["data"]["dataset"] == "digits" else min(4, os.cpu_count() or 1)) \
+            if nw is None else nw
+        self.epoch, self.batch, self.global_step = 0, 0, 0
+        self.accum = {"loss_sum": 0.0, "n": 0.0, "time": 0.0}
+        self.records: list[dict] = []
+        self._restore()
+
+    # ------------------------------------------------------------------ state
+    def _restore(self) -> None:
+        state = load_state(self.run_dir) if self.cfg.resume else None
+        if state is None:
+            _seed_everything(self.cfg.seed + self.env.rank)
+            return
+        src = self.run_dir.state_path
+        try:
+            load_state_dict_checked(self.model, state["model"], src)
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.epoch, self.batch, self.global_step = int(state["epoch"]), int(state["batch"]), int(state["step"])
+            self.accum = {k: float(v) for k, v in state["accum"].items()}
+            rngs = state["rng"]
+        except (KeyError, ValueError, TypeError, RuntimeError) as exc:
+            raise CheckpointError(f"{src} does not fit this run ({type(exc).__name__}: {exc})") from None
+        if len(rngs) == self.env.world_size:
+            set_rng_state(rngs[self.env.rank])
+        else:  # another number of processes: the run goes on, but not bit-identically
+            _seed_everything(self.cfg.seed + self.env.rank + 7919 * self.global_step)
+        self.scheduler.step_update(num_updates=self.global_step)
+        self.records = [rec for rec in self.run_dir.read_metrics() if rec.get("epoch", 0) <= self.epoch]
+
+    def _save_state(self) -> None:
+        rngs = all_gather(rng_state(), self.env)
+        if self.env.is_main:
+            save_state(self.run_dir, {
+                "epoch": self.epoch, "batch": self.batch, "step": self.global_step,
+                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "accum": dict(self.accum), "rng": rngs, "world_size": self.env.world_size,
+            })
+
+    # ------------------------------------------------------------------ loop
+    def run(self) -> None:
+        r, env = self.r, self.env
+        show = self.cfg.progress and env.is_main
+        bar = tqdm(total=r.epochs, initial=self.epoch, desc="epochs", unit="ep", disable=not show, dynamic_ncols=True)
+        try:
+            while self.epoch < r.epochs:
+                self._train_epoch(show)
+                self._end_epoch()
+                bar.update(1)
+        finally:
+            bar.close()
+        self._finish()
+
+    def _loader(self) -> DataLoader:
+        cfg, env = self.cfg, self.env
+        sampler = EpochSampler(len(self.plan.train_set), self.r.batch_size, seed=cfg.seed, epoch=self.epoch,
+                               rank=env.rank, world_size=env.world_size, start_batch=self.batch)
+        return DataLoader(
+            SeededItems(self.plan.train_set, random=self.r.augment), batch_size=self.r.batch_size, sampler=sampler,
+            drop_last=True, num_workers=self.num_workers, pin_memory=self.device.type == "cuda",
+            generator=torch.Generator().manual_seed(_mix(cfg.seed, self.epoch)),
+        )
+
+    def _train_epoch(self, show: bool) -> None:
+        self.ddp.train()
+        every = self.cfg.checkpoint_every
+        steps_bar = tqdm(total=self.steps, initial=self.batch, desc=f"epoch {self.epoch + 1}/{self.r.epochs}",
+                         leave=False, disable=not show, dynamic_ncols=True)
+        t0 = time.perf_counter()
+        try:
+            for x, y in self._loader():
+                loss = self._step(x, y)
+                self.batch += 1
+                steps_bar.update(1)
+                steps_bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+                if every and self.global_step % every == 0 and self.batch < self.steps:
+                    now = time.perf_counter()
+                    self.accum["time"] += now - t0
+                    self._save_state()
+                    t0 = time.perf_counter()
+        finally:
+            steps_bar.close()
+        self.accum["time"] += time.perf_counter() - t0
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        target = y
+        if self.mixup is not None:
+            x, target = self.mixup(x, y)
+        with autocast_for(self.device, self.amp):
+            logits = self.ddp(x)
+        loss = self.criterion(logits.float(), target)
+        value = loss.item()
+        bad = 0.0 if math.isfinite(value) else 1.0
+        if all_sum([bad], self.env)[0] > 0:
+            raise TrainingDivergedError(
+                f"loss is {value if bad else 'not finite on another process'} at step {self.global_step + 1} "
+                f"(epoch {self.epoch + 1}, batch {self.batch + 1}); lower the learning rate or set clip_grad"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.r.clip_grad is not None:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.r.clip_grad)
+        self.optimizer.step()
+        self.global_step += 1
+        self.scheduler.step_update(num_updates=self.global_step)
+        self.accum["loss_sum"] += value * len(x)
+        self.accum["n"] += len(x)
+        return value
+
+    def _end_epoch(self) -> None:
+        env = self.env
+        loss_sum, n = all_sum([self.accum["loss_sum"], self.accum["n"]], env)
+        seconds = max(all_sum([self.accum["time"]], env)[0] / env.world_size, 1e-9)
+        val = run_eval(self.model, self.plan.val_set, batch_size=self.r.batch_size, device=self.device,
+                       amp=self.amp, env=env, num_workers=self.num_workers)
+        self.epoch += 1
+        self.batch = 0
+        record = {
+            "epoch": self.epoch, "train_loss": loss_sum / max(n, 1), "val_loss": val["loss"], "top1": val["top1"],
+            "top5": val["top5"], "lr": self.optimizer.param_groups[0]["lr"], "images_per_sec": n / seconds,
+            "step": self.global_step, "epoch_time_s": seconds,
+        }
+        self.records.append(record)
+        self.accum = {"loss_sum": 0.0, "n": 0.0, "time": 0.0}
+        if env.is_main:
+            save_weights(self.run_dir, self.model)
+            self.run_dir.write_metrics(self.records)
+        self._save_state()
+        if env.is_main and self.cfg.verbose:
+            tqdm.write(
+                f"epoch {self.epoch}/{self.r.epochs}  train_loss {record['train_loss']:.4f}  "
+                f"val_loss {record['val_loss']:.4f}  top1 {record['top1']:.2f}  top5 {record['top5']:.2f}  "
+                f"lr {record['lr']:.2e}  {record['images_per_sec']:.0f} img/s  {seconds:.1f}s"
+            )
+
+    def _finish(self) -> None:
+        if self.env.is_main:
+            last = self.records[-1] if self.records else {}
+            summary = {
+                "top1": last.get("top1"), "top5": last.get("top5"), "val_loss": last.get("val_loss"),
+                "train_loss": last.get("train_loss"), "epochs": self.r.epochs, "steps": self.global_step,
+                "best_top1": max((rec["top1"] for rec in self.records), default=None),
+                "train_time_s": sum(rec.get("epoch_time_s", 0.0) for rec in self.records),
+                "world_size": self.env.world_size, "device": self.device.type, "amp_bf16": self.amp,
+                "model": self.plan.config["model"], "pe_mode": self.plan.config["model_kwargs"].get("pe_mode"),
+                "dataset": self.plan.config["data"]["dataset"], "recipe": self.r.name,
+            }
+            self.run_dir.write_summary(summary)
+        barrier(self.env)

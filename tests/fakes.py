@@ -1,0 +1,91 @@
+"""Synthetic probe reports (real :class:`~pe_probe.core.report.ProbeReport` containers filled with seeded random
+arrays of the right shapes) and helpers that build RunResults like the ones ``pe_probe.train`` writes.
+Torch-free."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from pe_probe.analysis.runs import RunResult
+from pe_probe.core.pe import PRESETS as PE_PRESETS
+from pe_probe.core.report import ProbeReport
+
+#: The PE presets as the ``pe_config`` dicts of config.json.
+PRESETS = {name: dataclasses.asdict(cfg) for name, cfg in PE_PRESETS.items()}
+
+DEPTH, DIM, GRID, N_IMAGES = 4, 8, (3, 3), 4
+
+
+def fake_report(run: str, pe: dict, depth: int = DEPTH, dim: int = DIM, grid=GRID, seed: int = 0,
+                pe_mode: str = "pvg") -> ProbeReport:
+    """A report with seeded random maps (PE maps anti-correlated with the token maps), Last-LN parameters,
+    norm maps and moments; every array the analysis floor reads is present."""
+    rng = np.random.default_rng(seed)
+    prefix = 1 if pe["global_pool"] == "token" else 0
+    receiving = [i for i in range(depth) if i > 0 or pe["layer0"]] if pe["layerwise"] else []
+    meta = dict(run=run, model="pe_deit_tiny_patch16_224", pe_mode=pe_mode, global_pool=pe["global_pool"],
+                num_prefix_tokens=prefix, grid=list(grid), depth=depth, embed_dim=dim, n_images=N_IMAGES,
+                pe_derived=False, receiving_blocks=receiving, last_ln_pe=pe["last_ln_pe"])
+    t = prefix + grid[0] * grid[1]
+    arrays: dict[str, np.ndarray] = {}
+    has_pe = {**{l: l in receiving for l in range(depth)}, -1: pe["last_ln_pe"] is not None}
+    for layer in [*range(depth), -1]:
+        tok = rng.normal(size=(t, dim))
+        arrays[f"tok_map@{layer}"] = tok
+        arrays[f"tok_norm@{layer}"] = rng.uniform(1, 2, t)
+        arrays[f"resid_norm@{layer}"] = rng.uniform(2, 4, t)
+        if has_pe[layer]:
+            arrays[f"pe_map@{layer}"] = -0.5 * tok + rng.normal(size=(t, dim)) if layer >= 0 else rng.normal(size=(t, dim))
+            arrays[f"pe_norm@{layer}"] = rng.uniform(1, 2, t)
+            arrays[f"tok_pe_cos@{layer}"] = rng.uniform(-1, 1, t)
+            m = rng.uniform(-0.5, 0.5)
+            arrays[f"corr_img@{layer}"] = np.array([N_IMAGES, m, m * m + 0.01, m - 0.2, m + 0.2])
+            arrays[f"cos_moments@{layer}"] = np.array([N_IMAGES * t, m, m * m + 0.02])
+    arrays["out_norm@-1"] = rng.uniform(1, 2, t)
+    cos = float(rng.uniform(0, 1))
+    arrays["last_cos"] = np.array([N_IMAGES, cos, cos * cos + 0.01])
+    arrays["last_cos_ln"] = np.array([N_IMAGES, cos / 2, cos * cos / 4 + 0.01])
+    arrays["norm_before"] = rng.uniform(5, 10, (N_IMAGES, *grid))
+    arrays["norm_after"] = rng.uniform(0, 3, (N_IMAGES, *grid))
+    arrays["last_ln_gamma"] = rng.normal(1, 0.1, dim)
+    arrays["last_ln_beta"] = rng.normal(0, 0.3, dim)
+    arrays["pos_embed"] = rng.normal(size=(t, dim))
+    return ProbeReport(meta, arrays)
+
+
+def make_run(name: str, preset: str = "default", *, report: bool = True, top1: float | None = 80.0,
+             model: str = "pe_deit_tiny_patch16_224", dataset: str = "digits", seed: int = 0,
+             **changes) -> RunResult:
+    """A RunResult with a contract-shaped config.json dict; ``changes`` override PEConfig fields."""
+    pe = {**PRESETS[preset], **changes}
+    config = {
+        "model": model,
+        "model_kwargs": {"pe_mode": preset, "img_size": 12, "patch_size": 4, "embed_dim": DIM, "depth": DEPTH,
+                         "num_heads": 2, "global_pool": pe["global_pool"]},
+        "pe_config": pe,
+        "num_classes": 10,
+        "data": {"dataset": dataset, "img_size": 12, "in_chans": 1, "mean": [0.5], "std": [0.5]},
+        "recipe": {"epochs": 1},
+        "pe_probe_version": "0.1.0",
+    }
+    summary = {"top1": top1, "top5": 99.0, "epochs": 1} if top1 is not None else None
+    rep = fake_report(name, pe, seed=seed, pe_mode=preset) if report else None
+    return RunResult(name=name, config=config, summary=summary, report=rep)
+
+
+def paper_runs() -> list[RunResult]:
+    """Every run the shipped specs can use (the quick reproduction plus the ablations)."""
+    return [
+        make_run("default", "default", top1=70.0, seed=1),
+        make_run("gap", "default", global_pool="avg", top1=71.0, seed=2),
+        make_run("lape", "lape", top1=72.0, seed=3),
+        make_run("lape_gap", "lape", global_pool="avg", top1=70.5, seed=4),
+        make_run("pvg", "pvg", top1=73.0, seed=5),
+        make_run("pvg_token", "pvg", global_pool="token", top1=72.5, seed=6),
+        make_run("mpvg", "mpvg", top1=74.0, seed=7),
+        make_run("gap_last_ln_pe", "default", global_pool="avg", last_ln_pe=0, top1=70.8, seed=8),
+        make_run("mpvg_pos2", "mpvg", last_ln_pe=2, top1=73.5, seed=9),
+        make_run("mpvg_layer0", "mpvg", layer0=True, top1=73.2, seed=10),
+    ]

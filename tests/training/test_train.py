@@ -1,0 +1,148 @@
+"""Training on digits: it learns, the run directory follows docs/contracts.md, and loading gives the same model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import timm
+import torch
+from safetensors.torch import load_file
+
+import pe_probe
+from pe_probe.core.errors import CheckpointError
+from pe_probe.training import RECIPES, TrainConfig, TrainingDivergedError, get_recipe
+from pe_probe.training.config import recipe_for
+
+from .common import TINY_RUN
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """One tiny MPVG run shared by the tests of this module."""
+    out = tmp_path_factory.mktemp("runs") / "mpvg"
+    return pe_probe.train(out=out, pe_mode="mpvg", **TINY_RUN)
+
+
+def test_tiny_model_learns_digits(run_dir):
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["top1"] > 50, summary  # chance is 10 %
+    assert summary["epochs"] == 2 and summary["train_time_s"] < 60
+
+
+def test_run_directory_follows_the_contract(run_dir):
+    assert {p.name for p in run_dir.iterdir()} == {
+        "config.json", "model.safetensors", "metrics.jsonl", "state.pt", "summary.json"}
+    config = json.loads((run_dir / "config.json").read_text())
+    assert {"model", "model_kwargs", "pe_config", "num_classes", "data", "recipe", "pe_probe_version"} <= set(config)
+    assert config["model"] == "pe_vit_lite_7_4_32" and config["num_classes"] == 10
+    kw = config["model_kwargs"]
+    assert kw["pe_mode"] == "mpvg" and kw["last_ln_pe"] == 0 and kw["global_pool"] == "avg"
+    assert {"pe_input_add", "pe_layer0", "pe_hierarchical", "pe_type", "img_size", "in_chans"} <= set(kw)
+    assert config["pe_config"]["layerwise"] is True
+    data = config["data"]
+    assert (data["dataset"], data["img_size"], data["in_chans"]) == ("digits", 8, 1)
+    assert len(data["mean"]) == len(data["std"]) == 1
+    assert config["recipe"]["name"] == "digits" and config["recipe"]["epochs"] == 2
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [1, 2]
+    assert {"epoch", "train_loss", "val_loss", "top1", "top5", "lr", "images_per_sec"} <= set(lines[0])
+    state = torch.load(run_dir / "state.pt", weights_only=True)
+    assert (state["epoch"], state["batch"]) == (2, 0)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert {"top1", "top5", "epochs"} <= set(summary) and summary["top1"] == lines[-1]["top1"]
+
+
+def test_load_model_roundtrip_gives_identical_logits(run_dir):
+    run = pe_probe.load_run(run_dir)
+    assert not run.model.training and run.summary is not None and run.data_config["input_size"] == (1, 8, 8)
+    # the weights the trainer held at the end (resume state) in a model built from config.json
+    ref = timm.create_model(run.config["model"], **run.config["model_kwargs"])
+    ref.load_state_dict(torch.load(run_dir / "state.pt", weights_only=True)["model"])
+    ref.eval()
+    x = torch.randn(4, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(run.model(x), ref(x))
+        assert torch.equal(pe_probe.load_model(run_dir)(x), ref(x))
+    assert load_file(str(run_dir / "model.safetensors")).keys() == ref.state_dict().keys()
+
+
+def test_evaluate_run_and_model(run_dir):
+    res = pe_probe.evaluate(run_dir)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert res["n"] == 360 and res["top1"] == pytest.approx(summary["top1"])
+    assert res["loss"] == pytest.approx(summary["val_loss"], rel=1e-5)
+    res2 = pe_probe.evaluate(pe_probe.load_model(run_dir), dataset="digits")
+    assert res2["top1"] == pytest.approx(res["top1"]) and res2["top5"] >= res2["top1"]
+
+
+def test_existing_run_needs_resume_and_keeps_its_config(run_dir):
+    with pytest.raises(ValueError, match="--resume"):
+        pe_probe.train(out=run_dir, **TINY_RUN)
+    with pytest.raises(ValueError, match="lr=0.5 differs"):
+        pe_probe.train(out=run_dir, resume=True, **{**TINY_RUN, "lr": 0.5})
+    before = (run_dir / "metrics.jsonl").read_text()
+    assert pe_probe.train(out=run_dir, resume=True, progress=False, verbose=False) == run_dir  # complete: no-op
+    assert (run_dir / "metrics.jsonl").read_text() == before
+
+
+def test_corrupt_and_mismatched_checkpoints(run_dir, tmp_path):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(run_dir, bad)
+    (bad / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        pe_probe.load_model(bad)
+    (bad / "summary.json").unlink()
+    (bad / "state.pt").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="state.pt is corrupt"):
+        pe_probe.train(out=bad, resume=True, progress=False, verbose=False)
+    wrong = tmp_path / "wrong"
+    shutil.copytree(run_dir, wrong)
+    cfg = json.loads((wrong / "config.json").read_text())
+    cfg["model_kwargs"]["embed_dim"] = 48
+    (wrong / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="does not fit the model"):
+        pe_probe.load_run(wrong)
+    with pytest.raises(CheckpointError, match="not a pe-probe run directory"):
+        pe_probe.load_run(tmp_path)
+
+
+def test_nan_loss_names_the_step(tmp_path):
+    with pytest.raises(TrainingDivergedError, match=r"at step \d+ \(epoch 1, batch \d+\)"):
+        pe_probe.train(out=tmp_path / "nan", **{**TINY_RUN, "lr": 1e30, "warmup_epochs": 0})
+
+
+def test_train_config_and_options():
+    cfg = TrainConfig(out="x", lr=1e-3)
+    assert pe_probe.TrainConfig is TrainConfig and cfg.replace(lr=2e-3).lr == 2e-3
+    with pytest.raises(ValueError, match="unknown training option"):
+        cfg.replace(learning_rate=1)
+    with pytest.raises(ValueError, match="needs out"):
+        pe_probe.train(TrainConfig())
+    r = recipe_for(TrainConfig(dataset="cifar100", epochs=2, randaugment="none"))
+    assert (r.name, r.epochs, r.randaugment, r.lr) == ("vit_lite_cifar", 2, None, 6e-4)
+    with pytest.raises(ValueError, match="batch_size"):
+        recipe_for(TrainConfig(recipe="deit", batch_size=3))
+
+
+@pytest.mark.parametrize(
+    "name, lr, wd, batch, epochs, warmup",
+    [("deit", 5e-4, 0.05, 1024, 300, 5), ("swin", 1e-3, 0.05, 1024, 300, 20), ("t2t", 1e-3, 0.03, 512, 310, 10),
+     ("vit_lite_cifar", 6e-4, 0.06, 128, 310, 10)],
+)
+def test_paper_recipes(name, lr, wd, batch, epochs, warmup):
+    r = get_recipe(name)
+    assert (r.lr, r.weight_decay, r.batch_size, r.epochs, r.warmup_epochs, r.opt) == (lr, wd, batch, epochs, warmup,
+                                                                                       "adamw")
+    assert r.model is None or timm.is_model(r.model)
+    assert set(RECIPES) == {"deit", "swin", "t2t", "vit_lite_cifar", "digits"}
+
+
+def test_augmented_recipe_with_mixup_runs(tmp_path):
+    """Mixup, cutmix, RandAugment-free timm augmentation, label smoothing and drop path in one short run."""
+    out = pe_probe.train(out=tmp_path / "aug", pe_mode="lape", **{
+        **TINY_RUN, "epochs": 1, "batch_size": 64, "augment": True, "mixup": 0.8, "cutmix": 1.0, "drop_path_rate": 0.1, "re_prob": 0.25,
+        "clip_grad": 1.0})
+    assert json.loads((out / "summary.json").read_text())["epochs"] == 1
