@@ -140,9 +140,73 @@ def test_paper_recipes(name, lr, wd, batch, epochs, warmup):
     assert set(RECIPES) == {"deit", "swin", "t2t", "vit_lite_cifar", "digits"}
 
 
-def test_augmented_recipe_with_mixup_runs(tmp_path):
-    """Mixup, cutmix, RandAugment-free timm augmentation, label smoothing and drop path in one short run."""
-    out = pe_probe.train(out=tmp_path / "aug", pe_mode="lape", **{
-        **TINY_RUN, "epochs": 1, "batch_size": 64, "augment": True, "mixup": 0.8, "cutmix": 1.0, "drop_path_rate": 0.1, "re_prob": 0.25,
-        "clip_grad": 1.0})
-    assert json.loads((out / "summary.json").read_text())["epochs"] == 1
+def _recording_steps(monkeypatch) -> list[dict]:
+    """Patch the trainer's step to record the raw batch, the images the model sees and the loss targets."""
+    from pe_probe.training import loop
+
+    records: list[dict] = []
+    step = loop._Trainer._step
+
+    def spy(self, x, y):
+        rec = {"raw": x.clone(), "y": y.clone()}
+        model, criterion = self.ddp, self.criterion
+
+        def see(inp):
+            rec["input"] = inp.detach().clone()
+            return model(inp)
+
+        def score(logits, target):
+            rec["target"] = target.detach().clone()
+            return criterion(logits, target)
+
+        self.ddp, self.criterion = see, score
+        try:
+            return step(self, x, y)
+        finally:
+            self.ddp, self.criterion = model, criterion
+            records.append(rec)
+
+    monkeypatch.setattr(loop._Trainer, "_step", spy)
+    return records
+
+
+def test_mixup_cutmix_and_label_smoothing_reach_the_loss(tmp_path, monkeypatch):
+    """Every batch is mixed (mixup or cutmix, both seen) and its targets are smoothed and mixed by the same lam,
+    checked against the formulas (timm's Mixup, DeiT's recipe), not against the trainer's own objects."""
+    records = _recording_steps(monkeypatch)
+    ls, classes = 0.1, 10
+    pe_probe.train(out=tmp_path / "aug", pe_mode="lape", **{
+        **TINY_RUN, "epochs": 1, "batch_size": 64, "augment": True, "mixup": 0.8, "cutmix": 1.0, "mixup_prob": 1.0,
+        "mixup_switch_prob": 0.5, "label_smoothing": ls, "drop_path_rate": 0.1, "re_prob": 0.25, "clip_grad": 1.0})
+    off, on = ls / classes, 1 - ls + ls / classes
+    kinds = []
+    for rec in records:
+        raw, inp, t, y = rec["raw"], rec["input"], rec["target"], rec["y"]
+        flip, y2 = raw.flip(0), y.flip(0)
+        smooth = lambda labels: torch.full((len(labels), classes), off).scatter_(1, labels[:, None], on)  # noqa: E731
+        i = int(torch.nonzero(y != y2)[0])
+        lam = float((t[i, y[i]] - off) / (on - off))
+        torch.testing.assert_close(t, lam * smooth(y) + (1 - lam) * smooth(y2), rtol=0, atol=1e-5)
+        assert t.min() >= off - 1e-6  # label smoothing: no class gets 0
+        if torch.allclose(inp, lam * raw + (1 - lam) * flip, atol=1e-5) and lam < 1 - 1e-6:
+            kinds.append("mixup")
+            continue
+        box = (inp != raw).any(0).any(0)  # pixels replaced in some image and channel
+        rows, cols = torch.nonzero(box.any(1)).ravel(), torch.nonzero(box.any(0)).ravel()
+        assert len(rows) and len(cols), "a batch was not mixed"
+        sl = (slice(None), slice(None), slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1))
+        torch.testing.assert_close(inp[sl], flip[sl], rtol=0, atol=0)
+        area = len(rows) * len(cols) / box.numel()
+        assert lam == pytest.approx(1 - area, abs=1e-6)  # timm's corrected lam: the box's share
+        kinds.append("cutmix")
+    assert len(records) == 1437 // 64 and {"mixup", "cutmix"} == set(kinds), kinds
+
+
+def test_mpvg_without_a_last_ln_pe_is_built_as_asked(tmp_path):
+    """timm.create_model drops None kwargs; last_ln_pe=None must still reach the model (not the preset's 0)."""
+    out = pe_probe.train(out=tmp_path / "mpvg_none", pe_mode="mpvg", last_ln_pe="none", **{**TINY_RUN, "epochs": 1})
+    config = json.loads((out / "config.json").read_text())
+    assert config["pe_config"]["last_ln_pe"] is None
+    model = pe_probe.load_model(out)
+    assert model.pe_config.last_ln_pe is None and model.last_pe_norm is None
+    assert not any(k.startswith("last_pe_norm") for k in load_file(str(out / "model.safetensors")))
