@@ -12,8 +12,6 @@ from PIL import Image
 from pe_probe.data import DATASETS, build_dataset, dataset_info
 from pe_probe.core.errors import DataError, UnknownNameError
 
-CIFAR_MINI = Path(__file__).resolve().parents[3] / "shared" / "data" / "cifar10-mini"
-
 
 @pytest.mark.parametrize("in_chans", [1, 3])
 @pytest.mark.parametrize("img_size", [8, 16])
@@ -76,11 +74,13 @@ def test_imagefolder_single_folder_split_is_deterministic(tmp_path):
     assert va.indices == va2.indices and not set(va.indices) & set(tr.indices)
 
 
-@pytest.mark.skipif(not CIFAR_MINI.is_dir(), reason="shared cifar10-mini not present")
-def test_imagefolder_on_cifar10_mini():
-    va = build_dataset("imagefolder", data_dir=CIFAR_MINI, train=False, img_size=32, mean=DATASETS["cifar10"].mean,
+def test_imagefolder_on_cifar10_mini(cifar10_mini):
+    va = build_dataset("imagefolder", data_dir=cifar10_mini, train=False, img_size=32, mean=DATASETS["cifar10"].mean,
                        std=DATASETS["cifar10"].std)
     assert len(va) == 1000 and va.num_classes == 10 and va[0][0].shape == (3, 32, 32)
+    assert va.classes[:2] == ["airplane", "automobile"]
+    tr = build_dataset("imagefolder", data_dir=cifar10_mini, train=True, img_size=32)
+    assert len(tr) == 4000 and tr.classes == va.classes
 
 
 def test_unknown_dataset():
