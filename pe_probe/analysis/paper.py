@@ -116,7 +116,7 @@ TABLE6 = Reported(
 TABLE6_OTHERS_RANGE: tuple[float, float] = (73.28, 73.48)
 
 
-#: Every reference by the name specs use for it (``paper = "..."`` in ``analyses/specs/*.toml``).
+#: Every reference by the name specs use for it (``paper = "..."`` in the figure specs, ``pe_probe/figures/specs/*.toml``).
 REFERENCES: dict[str, Reported] = {
     "accuracy": ACCURACY,
     "fig1": FIG1,

@@ -58,7 +58,7 @@ class RunResult:
 
     @property
     def backbone(self) -> str:
-        """The paper backbone this run used (``pe_probe.paper.backbone_of``)."""
+        """The paper backbone this run used (``pe_probe.analysis.paper.backbone_of``)."""
         return backbone_of(self.config)
 
     def fields(self) -> dict[str, Any]:

@@ -19,8 +19,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir", help="data directory for probing runs trained on cifar/imagefolder data")
     p.add_argument("--max-images", type=int, default=None, help="probe at most this many validation images per run")
     p.add_argument("--reprobe", action="store_true", help="probe again even where RUN/probe is saved")
-    p.add_argument("--spec", action="append", default=None, metavar="TOML",
-                   help="render only these spec files (default: every spec in analyses/specs); repeatable")
+    p.add_argument("--spec", action="append", default=None, metavar="PATH",
+                   help="a spec file, a folder of spec files, or 'builtin' (the shipped specs); repeatable. "
+                        "Default: the shipped specs; with --spec, only the ones given (add 'builtin' to keep them)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 

@@ -36,7 +36,7 @@ def build_dataset(
     ``mean``/``std`` default to the data set's own statistics (:func:`dataset_info`). ``augment`` switches on
     timm's training transform; ``aug`` passes its options (``auto_augment``, ``re_prob``, ``scale``, ``hflip``,
     ... see :data:`AUG_KEYS`). The returned data set has ``num_classes`` and ``classes`` attributes.
-    ``download`` fetches CIFAR only when asked; otherwise missing files raise :class:`~pe_probe.errors.DataError`.
+    ``download`` fetches CIFAR only when asked; otherwise missing files raise :class:`~pe_probe.core.errors.DataError`.
     """
     info = dataset_info(name)
     if in_chans not in (1, 3):

@@ -66,7 +66,7 @@ DATASETS: dict[str, DatasetInfo] = {
 
 
 def dataset_info(name: str) -> DatasetInfo:
-    """The :class:`DatasetInfo` of ``name``; :class:`~pe_probe.errors.UnknownNameError` if unknown."""
+    """The :class:`DatasetInfo` of ``name``; :class:`~pe_probe.core.errors.UnknownNameError` if unknown."""
     try:
         return DATASETS[name]
     except KeyError:

@@ -320,7 +320,7 @@ class RunningStats:
         parts.pes = [None] * len(parts.pes)  # the PE tensors are not kept past the batch
 
     def feed(self) -> BatchFeed:
-        """A store for :func:`~pe_probe.probe.hooks.recording` that reduces each block as the forward pass fills it.
+        """A store for :func:`~pe_probe.probing.hooks.recording` that reduces each block as the forward pass fills it.
 
         Call ``feed.reset(derived)`` before each forward pass and :meth:`update` ``(feed)`` after it. A block
         is reduced as soon as its tensors are in, while they are still in the CPU cache, and its tensors are

@@ -155,7 +155,7 @@ def view_model(model: nn.Module, adapter: AdapterKind = "auto") -> ModelView:
 
     ``adapter="timm"`` can be forced on a pe_probe model too (then its PEs are derived from ``norm1``,
     e.g. to compare a default model with LaPE's derived maps). Unsupported models raise
-    :class:`~pe_probe.errors.CheckpointError`.
+    :class:`~pe_probe.core.errors.CheckpointError`.
     """
     if adapter not in ADAPTERS:
         raise UnknownNameError(f"adapter={adapter!r} is unknown; valid values: {ADAPTERS}")

@@ -19,7 +19,7 @@ def hook_names(model: nn.Module, adapter: AdapterKind = "auto") -> list[str]:
     ``blocks.{i}.hook_pe`` (only blocks that receive a PE), ``blocks.{i}.hook_resid_post``, then
     ``hook_last_ln_in``, ``hook_last_ln_out``, ``hook_last_pe`` (only with a PE in the Last LN) and
     ``hook_pooled``. Other timm ViTs get the same names, with every ``hook_pe`` derived (see
-    :func:`pe_probe.probe.adapter.view_model`) and no ``hook_last_pe``.
+    :func:`pe_probe.probing.adapter.view_model`) and no ``hook_last_pe``.
     """
     return view_model(model, adapter).names()
 
@@ -30,7 +30,7 @@ def recording(view: ModelView, names: Iterable[str],
     """Register forward hooks that store the named module activations into the yielded dict.
 
     ``store``: the dict to fill (default: a new one), e.g. a
-    :meth:`~pe_probe.probe.accumulate.RunningStats.feed` that consumes each block as it arrives. Every
+    :meth:`~pe_probe.probing.accumulate.RunningStats.feed` that consumes each block as it arrives. Every
     handle is removed on exit, also when the body (or a registration) raises. Derived names are not
     filled here (they need no forward pass); see :func:`fill_derived`.
     """
@@ -93,8 +93,8 @@ def capture(
     """Run one batch through ``model`` (eval mode, inference mode) and return the named activations.
 
     ``images``: (B, C, H, W) at the model's input size (checked before the model runs;
-    :class:`~pe_probe.errors.DataError` otherwise). ``names``: hook names (default: all of
-    :func:`hook_names`); unknown names raise :class:`~pe_probe.errors.UnknownNameError` before any hook is
+    :class:`~pe_probe.core.errors.DataError` otherwise). ``names``: hook names (default: all of
+    :func:`hook_names`); unknown names raise :class:`~pe_probe.core.errors.UnknownNameError` before any hook is
     registered. Block tensors are (B, T, D) with the prefix tokens first; PE tensors are (1, T, D);
     ``hook_pooled`` is (B, D). Tensors are detached copies on the model's device. No hook survives the call.
     """

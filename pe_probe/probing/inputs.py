@@ -18,7 +18,7 @@ IMAGE_KEYS = ("image", "images", "pixel_values", "x")
 def check_images(images: Any, view: ModelView) -> torch.Tensor:
     """Return ``images`` on the model's device and dtype after checking they fit the model.
 
-    Raises :class:`~pe_probe.errors.DataError` naming the expected and actual shape when ``images`` is not
+    Raises :class:`~pe_probe.core.errors.DataError` naming the expected and actual shape when ``images`` is not
     a floating (B, C, H, W) tensor with C = the model's input channels and (H, W) = its input size.
     """
     want = f"(B, {view.in_chans}, {view.img_size[0]}, {view.img_size[1]})"

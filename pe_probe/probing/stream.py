@@ -68,9 +68,9 @@ def probe(
     ``Dataset``, or a data-set name built with ``pe_probe.data.build_dataset`` (``data_dir``; ``mean`` and
     ``std`` as the model was trained with, None for the data set's own statistics). Runs in eval mode under
     ``torch.inference_mode()`` (the train flag is restored after) and keeps only float64 running sums (see
-    :class:`~pe_probe.probe.accumulate.RunningStats`): memory does not depend on the number of images,
+    :class:`~pe_probe.probing.accumulate.RunningStats`): memory does not depend on the number of images,
     results do not depend on ``batch_size``. Every batch is checked before it reaches the model
-    (:class:`~pe_probe.errors.DataError`). ``max_images`` stops early; ``n_norm_maps`` images keep their
+    (:class:`~pe_probe.core.errors.DataError`). ``max_images`` stops early; ``n_norm_maps`` images keep their
     per-token norm maps; ``run`` is recorded in the metadata. Hooks are removed even on errors.
     """
     view = view_model(model, adapter)

@@ -152,7 +152,7 @@ def load_state_dict_checked(model: nn.Module, tensors: dict[str, torch.Tensor], 
 def load_run(run_dir: str | os.PathLike, *, device: str | torch.device = "cpu") -> Run:
     """Load a run directory: rebuild the model from ``config.json`` and load ``model.safetensors``.
 
-    Raises :class:`~pe_probe.errors.CheckpointError` when the directory, its config or its weights are
+    Raises :class:`~pe_probe.core.errors.CheckpointError` when the directory, its config or its weights are
     missing, corrupt, or do not fit the architecture.
     """
     rd = RunDir(run_dir)
@@ -177,7 +177,7 @@ def load_checkpoint(
     ``path`` is a pe_probe run directory (the data dict is its ``config.json["data"]``; ``model`` must be None),
     or a ``.safetensors`` state dict of the timm model named ``model`` (any timm ViT, e.g. a DeiT a user
     trained; ``num_classes`` is read from ``head.weight`` unless given; the data dict is empty). Never
-    unpickles. Raises :class:`CheckpointError` / :class:`~pe_probe.errors.UnknownNameError` on bad input.
+    unpickles. Raises :class:`CheckpointError` / :class:`~pe_probe.core.errors.UnknownNameError` on bad input.
     """
     from safetensors.torch import load_file
 

@@ -189,7 +189,7 @@ def train(config: TrainConfig | None = None, /, **options: Any) -> Path:
     Pass a :class:`TrainConfig`, keyword options (its field names), or both (options override the config):
     ``pe_probe.train(out="runs/mpvg", pe_mode="mpvg")`` trains the ``digits`` recipe's tiny ViT on CPU.
     With ``resume=True`` an existing run continues from its last saved state with its stored configuration.
-    Bad input raises a :class:`~pe_probe.errors.PEProbeError` subclass or ``ValueError`` before anything is
+    Bad input raises a :class:`~pe_probe.core.errors.PEProbeError` subclass or ``ValueError`` before anything is
     written; a NaN loss raises :class:`TrainingDivergedError` naming the step.
     """
     cfg = config if config is not None else TrainConfig()

@@ -1,6 +1,6 @@
 """Named training recipes, as data: the paper's (Table 7) plus a small CPU recipe on digits.
 
-A recipe fills every hyperparameter a :class:`~pe_probe.train.TrainConfig` leaves unset. Learning rates are
+A recipe fills every hyperparameter a :class:`~pe_probe.training.TrainConfig` leaves unset. Learning rates are
 absolute for the recipe's batch size (per process); they are not rescaled when the batch size changes.
 """
 
@@ -129,7 +129,7 @@ DEFAULT_RECIPE_FOR_DATASET = {"digits": "digits", "cifar10": "vit_lite_cifar", "
 
 
 def get_recipe(name: str) -> Recipe:
-    """The named recipe; :class:`~pe_probe.errors.UnknownNameError` if unknown."""
+    """The named recipe; :class:`~pe_probe.core.errors.UnknownNameError` if unknown."""
     try:
         return RECIPES[name]
     except KeyError:

@@ -56,7 +56,7 @@ def layer_metrics(tok: np.ndarray, resid: np.ndarray, pe: np.ndarray | None, P: 
 
 
 def expected_metrics(cap: dict[str, torch.Tensor], norm: torch.nn.Module, depth: int, P: int, pool: str) -> dict:
-    """{(layer, metric): value} for every row ProbeReport.to_frame() must have."""
+    """{(layer, metric): value} for every row summary_frame(report) must have."""
     exp = {}
     for l in range(depth):
         pe = cap.get(f"blocks.{l}.hook_pe")

@@ -51,7 +51,7 @@ def test_timm_state_dict(tmp_path, fake_data, capsys):
 
 
 def write_run(run, model_kwargs: dict) -> PEVisionTransformer:
-    """A run directory in the docs/contracts.md format (config.json + model.safetensors)."""
+    """A run directory (RunDir: config.json + model.safetensors)."""
     model = timm.create_model("pe_deit_tiny_patch16_224", pretrained=False, **model_kwargs)
     run.mkdir()
     config = {"model": "pe_deit_tiny_patch16_224", "model_kwargs": model_kwargs, "pe_config": {},

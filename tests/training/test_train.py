@@ -1,4 +1,4 @@
-"""Training on digits: it learns, the run directory follows docs/contracts.md, and loading gives the same model."""
+"""Training on digits: it learns, the run directory has the files RunDir names, and loading gives the same model."""
 
 from __future__ import annotations
 
