@@ -28,12 +28,12 @@ _LAZY = {
     # probing (torch)
     "capture": "probing", "hook_names": "probing", "probe": "probing", "mpvg_constant_offset_check": "probing",
     # training (torch)
-    "TrainConfig": "training", "train": "training", "evaluate": "training", "load_checkpoint": "training",
+    "TrainConfig": "training", "evaluate": "training", "load_checkpoint": "training",
     "load_model": "training", "load_run": "training",
     # analysis (numpy/pandas)
     "summary_frame": "analysis", "save_report": "analysis",
-    # pipeline
-    "reproduce": "pipeline", "render_figures": "pipeline",
+    # pipeline (train: the training loop plus probing during training)
+    "train": "pipeline", "reproduce": "pipeline", "render_figures": "pipeline", "ProbeHistory": "pipeline",
 }
 
 __all__ = [

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import pandas as pd
 
 from pe_probe.analysis.runs import RunResult
 from pe_probe.core.pe import PRESETS as PE_PRESETS
@@ -55,10 +56,22 @@ def fake_report(run: str, pe: dict, depth: int = DEPTH, dim: int = DIM, grid=GRI
     return ProbeReport(meta, arrays)
 
 
+def fake_history(pe: dict, seed: int, depth: int = DEPTH, epochs=(2, 4)) -> pd.DataFrame:
+    """A ``probe_history.csv`` frame: every correlation metric at every PE block and a norm, per epoch."""
+    rng = np.random.default_rng(seed + 1000)
+    blocks = [i for i in range(depth) if i > 0 or pe["layer0"]] if pe["layerwise"] else []
+    rows = [dict(epoch=e, layer=l, metric=m, value=float(rng.uniform(-1, 1)))
+            for e in epochs for l in blocks for m in ("tok_pe_corr", "tok_pe_corr_position", "tok_pe_corr_channel")]
+    rows += [dict(epoch=e, layer=l, metric="tok_norm_mean", value=float(rng.uniform(1, 2)))
+             for e in epochs for l in [*range(depth), -1]]
+    return pd.DataFrame(rows, columns=["epoch", "layer", "metric", "value"])
+
+
 def make_run(name: str, preset: str = "default", *, report: bool = True, top1: float | None = 80.0,
              model: str = "pe_deit_tiny_patch16_224", dataset: str = "digits", seed: int = 0,
-             **changes) -> RunResult:
-    """A RunResult with a contract-shaped config.json dict; ``changes`` override PEConfig fields."""
+             train_seed: int = 0, history: bool = True, **changes) -> RunResult:
+    """A RunResult with a config.json-shaped dict (``train_seed`` is its training seed, ``seed`` seeds the fake
+    numbers) and, by default, a fake report and probe history; ``changes`` override PEConfig fields."""
     pe = {**PRESETS[preset], **changes}
     config = {
         "model": model,
@@ -67,16 +80,31 @@ def make_run(name: str, preset: str = "default", *, report: bool = True, top1: f
         "pe_config": pe,
         "num_classes": 10,
         "data": {"dataset": dataset, "img_size": 12, "in_chans": 1, "mean": [0.5], "std": [0.5]},
-        "recipe": {"epochs": 1},
+        "recipe": {"epochs": 1, "seed": train_seed},
         "pe_probe_version": "0.1.0",
     }
     summary = {"top1": top1, "top5": 99.0, "epochs": 1} if top1 is not None else None
     rep = fake_report(name, pe, seed=seed, pe_mode=preset) if report else None
-    return RunResult(name=name, config=config, summary=summary, report=rep)
+    hist = fake_history(pe, seed) if history and pe["layerwise"] else None
+    return RunResult(name=name, config=config, summary=summary, report=rep, history=hist)
+
+
+def seeded_runs(seeds: int = 3) -> list[RunResult]:
+    """The quick reproduction's eight configurations, each trained with ``seeds`` seeds (``<name>-seed<k>``)."""
+    configs = [("default", "default", {}), ("gap", "default", dict(global_pool="avg")), ("lape", "lape", {}),
+               ("lape_gap", "lape", dict(global_pool="avg")), ("pvg", "pvg", {}),
+               ("pvg_token", "pvg", dict(global_pool="token")), ("mpvg", "mpvg", {}),
+               ("gap_last_ln_pe", "default", dict(global_pool="avg", last_ln_pe=0))]
+    runs = []
+    for k in range(seeds):
+        for i, (name, preset, changes) in enumerate(configs):
+            runs.append(make_run(f"{name}-seed{k}", preset, seed=100 * k + i, train_seed=k, top1=70.0 + i + 0.5 * k,
+                                 **changes))
+    return runs
 
 
 def paper_runs() -> list[RunResult]:
-    """Every run the shipped specs can use (the quick reproduction plus the ablations)."""
+    """Every run the shipped specs can use (the quick reproduction plus the ablations), one seed each."""
     return [
         make_run("default", "default", top1=70.0, seed=1),
         make_run("gap", "default", global_pool="avg", top1=71.0, seed=2),

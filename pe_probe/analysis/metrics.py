@@ -44,6 +44,21 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float:
     return float((ac * bc).sum() / den) if den > 0 else float("nan")
 
 
+def correlation_parts(tok: np.ndarray, pe: np.ndarray) -> tuple[float, float, float]:
+    """``(r, r_position, r_channel)`` of two (rows x channels) mean maps over the same rows.
+
+    - ``r``: ``pearson(tok, pe)`` over all rows x channels (the paper's number);
+    - ``r_position``: Pearson correlation after subtracting each channel's mean over the rows from each map,
+      ``pearson(tok - mean_rows(tok), pe - mean_rows(pe))``: what varies with position;
+    - ``r_channel``: ``pearson(mean_rows(tok), mean_rows(pe))``, the correlation of the two per-channel mean
+      vectors (D entries): the per-channel offsets shared by every row (LayerNorm biases, the average token).
+    """
+    tok = np.asarray(tok, dtype=np.float64)
+    pe = np.asarray(pe, dtype=np.float64)
+    t_mean, p_mean = tok.mean(axis=0), pe.mean(axis=0)
+    return pearson(tok, pe), pearson(tok - t_mean, pe - p_mean), pearson(t_mean, p_mean)
+
+
 def cosine_matrix(x: np.ndarray) -> np.ndarray:
     """(n, n) cosine similarity between the rows of ``x`` (n, D)."""
     x = np.asarray(x, dtype=np.float64)
@@ -79,7 +94,10 @@ def tok_pe_correlation(report: Any) -> pd.DataFrame:
 
     - ``tok_pe_corr``: ``pearson(Tok[R], PE[R])`` over the PE rows R (class-token row included where it
       has a PE) x all D channels: the correlation of the mean maps the paper plots.
-    - ``tok_pe_corr_patch``: the same over the patch rows only (rows P..T-1).
+    - ``tok_pe_corr_position``: the same after subtracting each channel's mean over the rows R from each map
+      (what varies with position); ``tok_pe_corr_channel``: the correlation of the two per-channel mean
+      vectors over R (the offsets). See :func:`correlation_parts`.
+    - ``tok_pe_corr_patch``: ``tok_pe_corr`` over the patch rows only (rows P..T-1).
     - ``tok_pe_corr_img_mean`` / ``_std`` / ``_min`` / ``_max``: distribution over images of the per-image
       correlation ``pearson(tok[b][R], pe[R])`` (std with ddof=0).
     """
@@ -90,7 +108,8 @@ def tok_pe_correlation(report: Any) -> pd.DataFrame:
             continue
         tok, pe = report.arrays[f"tok_map@{l}"], report.arrays[f"pe_map@{l}"]
         rows = pe_rows(pe)
-        out.append((l, "tok_pe_corr", pearson(tok[rows], pe[rows])))
+        r, r_pos, r_chan = correlation_parts(tok[rows], pe[rows])
+        out += [(l, "tok_pe_corr", r), (l, "tok_pe_corr_position", r_pos), (l, "tok_pe_corr_channel", r_chan)]
         out.append((l, "tok_pe_corr_patch", pearson(tok[P:], pe[P:])))
         count, mean, mean_sq, lo, hi = report.arrays[f"corr_img@{l}"]
         out += [(l, "tok_pe_corr_img_mean", mean), (l, "tok_pe_corr_img_std", std_from_moments(mean, mean_sq)),

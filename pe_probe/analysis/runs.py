@@ -6,9 +6,13 @@ directory, :class:`~pe_probe.core.rundir.RunDir`) and an optional ``ProbeReport`
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
+
+import pandas as pd
 
 from ..core.report import ProbeReport
 from ..core.rundir import RunDir
@@ -32,11 +36,29 @@ class RunResult:
     role: str | None = None
     label: str | None = None
     path: Path | None = None
+    history: pd.DataFrame | None = None  #: ``probe_history.csv`` (epoch, layer, metric, value), if recorded
 
     @property
     def display(self) -> str:
-        """The label figures show: ``label`` if given, else ``name``."""
-        return self.label or self.name
+        """The label figures show: ``label`` if given, else :attr:`family`."""
+        return self.label or self.family
+
+    @property
+    def family(self) -> str:
+        """The run's name without a trailing seed suffix (``mpvg-seed2`` -> ``mpvg``): what its seeds share."""
+        return _SEED_SUFFIX.sub("", self.name) or self.name
+
+    @property
+    def config_key(self) -> str:
+        """What was trained, without the seed and the data location: equal for the seeds of one configuration."""
+        cfg = self.config
+        recipe = {k: v for k, v in (cfg.get("recipe") or {}).items() if k != "seed"}
+        if isinstance(recipe.get("args"), Mapping):
+            recipe["args"] = {k: v for k, v in recipe["args"].items() if k != "seed"}
+        data = {k: v for k, v in (cfg.get("data") or {}).items() if k != "data_dir"}
+        key = {"model": cfg.get("model"), "model_kwargs": cfg.get("model_kwargs"), "pe_config": cfg.get("pe_config"),
+               "data": data, "recipe": recipe}
+        return json.dumps(key, sort_keys=True, default=str)
 
     @property
     def pe_config(self) -> dict[str, Any]:
@@ -112,8 +134,10 @@ class RunResult:
     def from_dir(cls, path: str | Path | RunDir, report: ProbeReport | None = None, **kwargs: Any) -> "RunResult":
         """Read ``config.json`` and (if present) ``summary.json`` of a run directory."""
         run = path if isinstance(path, RunDir) else RunDir(path)
+        history = pd.read_csv(run.probe_history_path) if run.probe_history_path.is_file() else None
         return cls(name=kwargs.pop("name", run.name), config=run.read_config(), summary=run.read_summary(),
-                   report=report, path=run.path, **kwargs)
+                   report=report, path=run.path, history=history, **kwargs)
 
 
 _MISSING = object()
+_SEED_SUFFIX = re.compile(r"[-_.]?seed[-_]?\d+$")

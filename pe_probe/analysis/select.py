@@ -16,7 +16,7 @@ from typing import Any
 from ..core.pe import PEConfig
 from .runs import RunResult
 
-NEEDS = ("summary", "report")
+NEEDS = ("summary", "report", "history")
 TAKES = ("all", "one")
 
 #: Flat selector fields (``RunResult.fields()``); anything else must be a dotted path under ``ROOTS``.
@@ -45,7 +45,7 @@ class SeriesSpec:
     label: str
     select: Mapping[str, Any]
     required: bool = True
-    take: str = "all"
+    take: str = "all"  #: "all" matching runs, or "one" configuration (the first match's, with all its seeds)
     prefer: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -235,6 +235,8 @@ def _has(run: RunResult, need: str) -> bool:
         return run.top1 is not None
     if need == "report":
         return run.report is not None
+    if need == "history":
+        return run.history is not None and len(run.history) > 0
     raise ValueError(f"unknown need {need!r}")
 
 
@@ -267,8 +269,9 @@ class Selection:
 
 
 def _needs_text(needs: Sequence[str]) -> str:
-    return (" with " + " and ".join({"summary": "a summary (finished training)", "report": "a probe report"}[n]
-                                    for n in needs)) if needs else ""
+    what = {"summary": "a summary (finished training)", "report": "a probe report",
+            "history": "a probe history (trained with --probe-every)"}
+    return (" with " + " and ".join(what[n] for n in needs)) if needs else ""
 
 
 def _pick(query: RunQuery, series: SeriesSpec, runs: Sequence[RunResult], sel: Selection) -> None:
@@ -280,10 +283,14 @@ def _pick(query: RunQuery, series: SeriesSpec, runs: Sequence[RunResult], sel: S
         if r not in usable:
             lacking = [n for n in query.needs if not _has(r, n)]
             sel.notes.append(f"run {r.name!r} matches series {series.key!r} but has no {' or '.join(lacking)}")
-    if series.take == "one" and len(usable) > 1:
-        sel.notes.append(f"series {series.key!r}: used run {usable[0].name!r}; also matched "
-                         + ", ".join(repr(r.name) for r in usable[1:]))
-        usable = usable[:1]
+    if series.take == "one" and usable:  # one configuration: the first run's, with all its seeds
+        chosen = [r for r in usable if r.config_key == usable[0].config_key]
+        others = [r for r in usable if r.config_key != usable[0].config_key]
+        if others:
+            sel.notes.append(f"series {series.key!r}: used run {usable[0].name!r}"
+                             + (f" and its {len(chosen) - 1} other seed(s)" if len(chosen) > 1 else "")
+                             + "; also matched " + ", ".join(repr(r.name) for r in others))
+        usable = chosen
     sel.runs[series.key] = usable
 
 

@@ -111,3 +111,30 @@ def field_values(args: argparse.Namespace, cls: type, names: Iterable[str] | Non
             continue
         out[name] = value
     return out
+
+
+def to_flags(cls: type, values: Any, names: Iterable[str] | None = None) -> list[str]:
+    """The flags that give the fields of ``values`` (an instance of dataclass ``cls``) that differ from their
+    defaults: the inverse of :func:`add_fields` + :func:`field_values` (``pe-probe reproduce --plan``)."""
+    import json
+
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    out: list[str] = []
+    for name in (names if names is not None else fields):
+        f, value = fields[name], getattr(values, name)
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)  # type: ignore[misc]
+        if value == default or (isinstance(value, dict) and not value and default is None):
+            continue
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            out.append(flag if value else f"--no-{name.replace('_', '-')}")
+        elif isinstance(value, dict):
+            out += [flag, *(f"{k}={json.dumps(v)}" for k, v in value.items())]
+        elif isinstance(value, (tuple, list)):
+            out += [flag, *(str(v) for v in value)]
+        elif value is None:
+            out += [flag, "none"]  # only nullable knobs reach here (their default is "preset")
+        else:
+            out += [flag, str(value)]
+    return out

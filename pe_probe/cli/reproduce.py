@@ -1,49 +1,92 @@
-"""``pe-probe reproduce --out DIR``: train, probe and render the paper's evidence in one command."""
+"""``pe-probe reproduce --out DIR``: train, probe and render the paper's evidence in one command (or, with
+``--plan``, print the commands that do it, for a cluster's scheduler)."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import shlex
 
-from ..pipeline import PRESET_NAMES
-from ._args import parse_kv
+from ._fields import add_fields, field_values, to_flags
+
+#: Hyperparameters reproduce passes through to every run (flags generated from the training config).
+_HYPER = "hyperparameters for every run (unset: the recipe's)"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``reproduce`` subcommand."""
+    from ..pipeline import PRESET_NAMES
+    from ..pipeline.run import DEFAULT_SEEDS, PROBE_EVERY, PROBE_IMAGES
+    from ..training import HyperparameterOverrides
+
     p = sub.add_parser(
         "reproduce",
         help="train the runs the paper's figures need, probe them and render every figure",
-        description="Quick preset: 8 tiny ViTs on scikit-learn's digits (CPU, a few minutes), probed and "
-                    "rendered into OUT/figures/index.md. 'ablations' adds the Table 5/6 runs; 'paper' runs the "
-                    "paper's recipes (GPU; --dataset cifar100 or imagefolder with --data-dir). Runs already "
-                    "complete under OUT/runs are reused; interrupted ones resume.",
+        description="Quick preset: 8 tiny ViTs on scikit-learn's digits, each with 3 seeds (CPU, minutes), probed "
+                    "and rendered into OUT/figures/index.md with a claims table. 'ablations' adds the Table 5/6 runs; "
+                    "'paper' runs the paper's recipes (GPU; --dataset cifar100 or imagefolder with --data-dir). Runs "
+                    "already complete under OUT/runs are reused; interrupted ones resume. --plan prints one "
+                    "command per run instead (then run `pe-probe figures OUT/runs --out OUT/figures`).",
     )
     p.add_argument("--out", required=True, help="output directory (runs/ and figures/ go inside)")
     p.add_argument("--preset", choices=PRESET_NAMES, default="quick")
+    p.add_argument("--seeds", type=int, default=None,
+                   help="seeds per run (default: " + ", ".join(f"{k} {v}" for k, v in DEFAULT_SEEDS.items()) + ")")
+    p.add_argument("--seed", type=int, default=0, help="the first seed (runs use SEED, SEED+1, ...)")
     p.add_argument("--dataset", default="digits", help="digits (embedded), cifar10, cifar100 or imagefolder")
     p.add_argument("--data-dir", help="data directory (not needed for digits)")
     p.add_argument("--recipe", help="training recipe name (default: chosen by data set)")
     p.add_argument("--model", help="registered model name (default: the recipe's)")
-    p.add_argument("--model-kwargs", nargs="*", default=[], metavar="KEY=VALUE",
+    p.add_argument("--model-kwargs", nargs="+", action="extend", metavar="KEY=VALUE",
                    help="model constructor kwargs for every run (VALUE parsed as JSON when possible)")
-    p.add_argument("--epochs", type=int, help="override the recipe's epochs")
     p.add_argument("--device", help="cuda or cpu (default: cuda when available)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-images", type=int, help="probe at most this many validation images per run")
+    p.add_argument("--probe-every", type=int, default=PROBE_EVERY,
+                   help=f"record each run's probe history every N epochs (default {PROBE_EVERY})")
+    p.add_argument("--probe-images", type=int, default=PROBE_IMAGES,
+                   help=f"validation images probed during training (default {PROBE_IMAGES})")
+    p.add_argument("--max-images", type=int, help="probe at most this many validation images per run for the figures")
+    p.add_argument("--plan", action="store_true", help="print one pe-probe train command per run and exit")
+    p.add_argument("--nproc-per-node", type=int, metavar="K",
+                   help="with --plan: launch each run with torchrun --nproc-per-node K")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_fields(p.add_argument_group(_HYPER), HyperparameterOverrides, defaults_none=True)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``pe-probe reproduce``."""
+    """Run ``pe-probe reproduce`` (or print its plan)."""
+    from ..training import HyperparameterOverrides, TrainConfig
+
+    hyper = field_values(args, HyperparameterOverrides, skip_none=True)
+    options = dict(preset=args.preset, seeds=args.seeds, seed=args.seed, dataset=args.dataset, data_dir=args.data_dir,
+                   recipe=args.recipe, model=args.model, model_kwargs=field_values(args, _KW)["model_kwargs"],
+                   device=args.device, probe_every=args.probe_every, probe_images=args.probe_images, **hyper)
+    if args.plan:
+        from ..pipeline.run import plan_runs
+
+        launcher = (["torchrun", "--nproc-per-node", str(args.nproc_per_node), "-m", "pe_probe"]
+                    if args.nproc_per_node else ["pe-probe"])
+        names = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in ("progress", "verbose", "resume")]
+        for p in plan_runs(args.out, **options):
+            print(shlex.join([*launcher, "train", *to_flags(TrainConfig, p.config, names), "--resume"]))
+        print(shlex.join(["pe-probe", "figures", str(p.run.path.parent), "--out", f"{args.out}/figures"]))
+        return 0
+    if args.nproc_per_node:
+        raise ValueError("--nproc-per-node only applies with --plan (reproduce itself trains one run at a time)")
     from .. import reproduce
 
-    res = reproduce(
-        args.out, preset=args.preset, dataset=args.dataset, data_dir=args.data_dir, recipe=args.recipe,
-        model=args.model, model_kwargs=parse_kv(args.model_kwargs), epochs=args.epochs, device=args.device,
-        seed=args.seed, max_images=args.max_images, progress=not args.no_progress,
-    )
+    res = reproduce(args.out, max_images=args.max_images, progress=not args.no_progress, **options)
     fig = res.figures
+    verdicts = [c.verdict for c in fig.claims]
     print(f"reproduce: {len(res.trained)} trained, {len(res.reused)} reused, {len(fig.rendered)} figures/tables, "
-          f"{len(fig.skipped)} skipped, {len(fig.failed)} failed in {res.seconds:.0f} s -> {fig.index}")
+          f"{len(fig.skipped)} skipped, {len(fig.failed)} failed in {res.seconds:.0f} s; claims: "
+          + ", ".join(f"{verdicts.count(v)} {v}" for v in ("supported", "contradicted", "inconclusive"))
+          + f" -> {fig.index}")
     return 1 if fig.failed else 0
+
+
+@dataclasses.dataclass
+class _KW:
+    """The one run option reproduce parses with the generated helpers (so ``--model-kwargs`` parses as in train)."""
+
+    model_kwargs: dict = dataclasses.field(default_factory=dict)

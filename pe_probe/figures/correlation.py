@@ -1,29 +1,38 @@
-"""Correlation of the token and PE maps per layer, one line per model (Fig 4)."""
+"""Correlation of the token and PE maps per layer, one line per configuration: the mean over seeds with its 95%
+band, each seed as a thin line (Fig 4)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
 import pandas as pd
+import seaborn as sns
 
+from ..analysis.stats import ci_bounds
 from ._axes import current_ax
 
 
-def correlation_lines(data: pd.DataFrame, ax=None, *, x: str = "layer", y: str = "correlation",
-                      hue: str = "series", paper: Mapping[int, float] | None = None,
-                      paper_label: str = "paper"):
-    """One line per ``hue`` value through (``x``, ``y``) points sorted by ``x``; ``paper`` ({layer: r})
-    is drawn as black dashed markers. Returns ``ax``."""
+def correlation_lines(data: pd.DataFrame, ax=None, *, x: str = "layer", y: str = "value",
+                      hue: str = "series", units: str | None = "run", paper: Mapping[int, float] | None = None,
+                      paper_label: str = "paper", ylabel: str = "Pearson r (token map vs PE map)"):
+    """One line per ``hue`` value through the mean of ``y`` per ``x`` (rows: one per seed), with the 95% t band
+    (:func:`pe_probe.analysis.stats.ci_bounds`, drawn by seaborn) and each ``units`` value (seed run) as a thin
+    line; ``paper`` ({layer: r}) as black dashed markers. Returns ``ax``."""
     ax = current_ax(ax)
-    for i, (name, df) in enumerate(data.groupby(hue, sort=False)):
-        df = df.sort_values(x)
-        ax.plot(df[x].to_numpy(), df[y].to_numpy(dtype=float), marker="o", color=f"C{i}", label=str(name))
+    order = list(dict.fromkeys(data[hue]))
+    palette = {name: f"C{i}" for i, name in enumerate(order)}
+    if len(data):
+        if units is not None and data.groupby(hue)[units].nunique().max() > 1:
+            sns.lineplot(data=data, x=x, y=y, hue=hue, units=units, estimator=None, palette=palette,
+                         hue_order=order, linewidth=0.6, alpha=0.35, legend=False, ax=ax)
+        sns.lineplot(data=data, x=x, y=y, hue=hue, hue_order=order, palette=palette, errorbar=ci_bounds,
+                     marker="o", ax=ax)
     if paper:
         layers = sorted(paper)
         ax.plot(layers, [paper[k] for k in layers], linestyle="--", marker="s", color="black", label=paper_label)
     ax.axhline(0.0, color="0.7", linewidth=0.8, zorder=0)
     ax.set_xlabel("layer (block index)")
-    ax.set_ylabel("Pearson r (token map vs PE map)")
+    ax.set_ylabel(ylabel)
     ax.set_ylim(-1.05, 1.05)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
     return ax

@@ -18,7 +18,8 @@ def map_heatmap(array: np.ndarray, ax=None, *, title: str | None = None, caption
         raise ValueError(f"a heatmap needs a 2-D array, got shape {arr.shape}")
     im = ax.imshow(arr, aspect="auto", interpolation="nearest", cmap=cmap, vmin=vmin, vmax=vmax)
     if colorbar:
-        ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+        cb = ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+        cb.ax.tick_params(labelsize=6)
     if title:
         ax.set_title(title, fontsize=8)
     ax.set_xlabel(caption if caption is not None else (xlabel or ""), fontsize=8)
@@ -31,11 +32,12 @@ def map_heatmap(array: np.ndarray, ax=None, *, title: str | None = None, caption
 
 def heatmap_grid(panels: pd.DataFrame, axes=None, *, figure=None, row: str = "row", col: str = "column",
                  value: str = "map", caption: str = "caption", title: str | None = "title",
-                 cmap: str = "viridis", colorbar: bool = False, panel_size=(2.2, 2.2),
+                 cmap: str = "RdBu_r", colorbar: bool = True, panel_size=(2.2, 2.2),
                  xlabel: str | None = "channel", ylabel: str | None = "token") -> np.ndarray:
     """A grid of heatmaps, one per row of ``panels`` (columns ``row``, ``column``, ``map`` (2-D array),
-    optional ``caption`` and ``title``). Grid rows/columns follow first appearance; empty cells are blank.
-    Returns the (rows, columns) array of axes."""
+    optional ``caption``, ``title`` and the colour range ``vmin`` / ``vmax``, which panels meant to be compared
+    share). Every heatmap gets a colour bar (``colorbar``). Grid rows/columns follow first appearance; empty
+    cells are blank. Returns the (rows, columns) array of axes."""
     rows = list(dict.fromkeys(panels[row]))
     cols = list(dict.fromkeys(panels[col]))
     grid = axes_grid(len(rows), len(cols), axes, figure, panel_size)
@@ -44,7 +46,9 @@ def heatmap_grid(panels: pd.DataFrame, axes=None, *, figure=None, row: str = "ro
         i, j = rows.index(rec[row]), cols.index(rec[col])
         cap = rec.get(caption) if caption in panels else None
         ttl = rec.get(title) if title and title in panels else f"{rec[row]} | {rec[col]}"
+        lo, hi = rec.get("vmin"), rec.get("vmax")
         map_heatmap(rec[value], grid[i, j], title=ttl, caption=None if _blank(cap) else str(cap), cmap=cmap,
+                    vmin=None if _blank(lo) else lo, vmax=None if _blank(hi) else hi,
                     colorbar=colorbar, xlabel=xlabel, ylabel=ylabel if j == 0 else None)
         used[i, j] = True
     for ax in grid[~used]:

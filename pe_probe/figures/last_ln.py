@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ._axes import current_ax, fmt_num
+from ._axes import current_ax
 
 
 def last_ln_channels(data: pd.DataFrame, ax=None, *, param: str = "beta", hue: str = "series",
-                     stats: pd.DataFrame | None = None, digits: int = 4):
+                     stats: pd.DataFrame | None = None, digits: int = 3):
     """One line per ``hue`` value of ``data[param]`` over ``data["channel"]``.
 
-    ``stats`` (columns ``series`` and any of ``var_beta``, ``cosine``, ``paper_var_beta``, ``paper_cosine``)
-    is written into each series' legend entry, e.g. ``PVG: var(beta)=0.2387 (paper 0.2387)``, and the
-    legend then sits outside the axes on the right. Returns ``ax``.
+    ``stats`` (columns ``series`` and any of ``var_beta``, ``cosine`` with their ``_ci_low`` / ``_ci_high``,
+    ``n_seeds``, ``paper_var_beta``, ``paper_cosine``) is written into each series' legend entry, e.g.
+    ``PVG: var(beta)=0.239 [0.2, 0.28] (paper 0.2387)``, with ``digits`` significant digits, and the legend then
+    sits outside the axes on the right. Returns ``ax``.
     """
     ax = current_ax(ax)
     by = {} if stats is None else {r["series"]: r for r in stats.to_dict("records")}
@@ -31,15 +32,23 @@ def last_ln_channels(data: pd.DataFrame, ax=None, *, param: str = "beta", hue: s
     return ax
 
 
-def stat_text(row, digits: int = 4) -> str:
-    """``var(beta)=... (paper ...), cos(before, after)=... (paper ...)`` for one stats row."""
+def _sig(value, digits: int) -> str:
+    return "n/a" if value is None or value != value else f"{value:.{digits}g}"
+
+
+def stat_text(row, digits: int = 3) -> str:
+    """``var(beta)=m [lo, hi] (paper p)\ncos(before, after)=...`` for one stats row, with ``digits``
+    significant digits (small variances stay readable)."""
     parts = []
     for key, label in (("var_beta", "var(beta)"), ("cosine", "cos(before, after)")):
         if key not in row:
             continue
-        text = f"{label}={fmt_num(row[key], digits)}"
+        text = f"{label}={_sig(row[key], digits)}"
+        lo, hi = row.get(f"{key}_ci_low"), row.get(f"{key}_ci_high")
+        if lo is not None and lo == lo:
+            text += f" [{_sig(lo, digits)}, {_sig(hi, digits)}]"
         ref = row.get(f"paper_{key}")
         if ref is not None and not (isinstance(ref, float) and ref != ref):
-            text += f" (paper {fmt_num(ref, digits)})"
+            text += f" (paper {_sig(ref, 4)})"
         parts.append(text)
-    return ", ".join(parts)
+    return "\n".join(parts)

@@ -8,6 +8,7 @@ title, and return a ``matplotlib.figure.Figure`` (figures) or Markdown text (tab
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -55,12 +56,19 @@ def _titled(title: str, subject: str) -> str:
     return f"{title} ({subject})" if subject else title
 
 
+def _wrap(title: str, width_in: float, fontsize: float = 10) -> str:
+    """``title`` wrapped to lines that fit ``width_in`` inches at ``fontsize`` (never clipped at the edges)."""
+    chars = max(20, int(width_in * 72 / (0.7 * fontsize)))
+    return "\n".join(textwrap.wrap(title, chars))
+
+
 def draw_accuracy_bars(fd: FigureData, options: Mapping[str, Any], title: str) -> Figure:
-    """One bar per run, the paper's values as markers."""
-    fig = _figure(max(4.0, 1.2 * len(fd.data) + 1.5), 3.8)
+    """One bar per configuration (mean over seeds, 95% CI), its seeds as dots, the paper's values as markers."""
+    width = max(4.5, 1.2 * fd.data["label"].nunique() + 2.0)
+    fig = _figure(width, 4.0)
     ax = fig.subplots()
     accuracy_bars(fd.data, ax, digits=options["digits"], paper_label=options["paper_label"])
-    ax.set_title(title, fontsize=10)
+    ax.set_title(_wrap(title, width), fontsize=10)
     return fig
 
 
@@ -69,37 +77,69 @@ def draw_map_grid(fd: FigureData, options: Mapping[str, Any], title: str) -> Fig
     panels = fd.panels
     fig = _figure(2.3 * panels["column"].nunique(), 5.2)
     heatmap_grid(panels, figure=fig)
-    fig.suptitle(_titled(title, fd.subject), fontsize=10)
+    fig.suptitle(_wrap(_titled(title, fd.subject), fig.get_figwidth()), fontsize=10)
     return fig
 
 
 def draw_last_ln_maps(fd: FigureData, options: Mapping[str, Any], title: str) -> Figure:
     """One row of maps per series: LN(x_L), the Last-LN PE, their sum."""
-    fig = _figure(7.5, 2.6 * fd.panels["row"].nunique())
+    fig = _figure(8.5, 2.6 * fd.panels["row"].nunique())
     heatmap_grid(fd.panels, figure=fig)
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(_wrap(title, fig.get_figwidth()), fontsize=10)
     return fig
 
 
+_PART_TITLES = {"tok_pe_corr": "r (the paper's number)", "tok_pe_corr_position": "positional part",
+                "tok_pe_corr_channel": "per-channel part"}
+
+
 def draw_correlation_lines(fd: FigureData, options: Mapping[str, Any], title: str) -> Figure:
-    """One line per run; the paper's values (rows without a run) dashed."""
+    """One panel per metric (r and its two parts), one line per configuration (mean over seeds, 95% band, each
+    seed thin); the paper's values (rows without a run) dashed on the r panel."""
     data = fd.data
     paper_rows = data["run"].isna()
-    paper = dict(zip(data.loc[paper_rows, "layer"], data.loc[paper_rows, "correlation"])) or None
-    fig = _figure(5.0, 3.6)
-    ax = fig.subplots()
-    correlation_lines(data[~paper_rows], ax, paper=paper, paper_label=options["paper_label"])
-    ax.set_title(title, fontsize=10)
+    metrics = [m for m in _PART_TITLES if m in set(data.loc[~paper_rows, "metric"])] or ["tok_pe_corr"]
+    fig = _figure(4.2 * len(metrics), 3.8)
+    axes = np.atleast_1d(fig.subplots(1, len(metrics), sharey=True))
+    for ax, metric in zip(axes, metrics):
+        part = data[~paper_rows & (data["metric"] == metric)]
+        ref = data[paper_rows & (data["metric"] == metric)]
+        paper = dict(zip(ref["layer"], ref["value"])) or None
+        correlation_lines(part, ax, paper=paper, paper_label=options["paper_label"],
+                          ylabel="Pearson r (token map vs PE map)" if ax is axes[0] else "")
+        ax.set_title(_PART_TITLES[metric], fontsize=9)
+    fig.suptitle(_wrap(title, 4.2 * len(metrics)), fontsize=10)
+    return fig
+
+
+def draw_history(fd: FigureData, options: Mapping[str, Any], title: str) -> Figure:
+    """Rows: configurations; columns: r and its two parts; x: epoch; one line per PE block (mean over seeds,
+    95% band)."""
+    data = fd.data
+    series = list(dict.fromkeys(data["series"]))
+    metrics = [m for m in _PART_TITLES if m in set(data["metric"])]
+    fig = _figure(3.6 * len(metrics), 2.6 * len(series) + 0.6)
+    axes = np.asarray(fig.subplots(len(series), len(metrics), squeeze=False, sharex=True, sharey=True))
+    for i, name in enumerate(series):
+        for j, metric in enumerate(metrics):
+            part = data[(data["series"] == name) & (data["metric"] == metric)]
+            ax = axes[i, j]
+            correlation_lines(part, ax, x="epoch", hue="layer", units="run", ylabel=f"{name}\nr" if j == 0 else "")
+            ax.set_xlabel("epoch" if i == len(series) - 1 else "")
+            if i == 0:
+                ax.set_title(_PART_TITLES[metric], fontsize=9)
+            ax.legend(title="block", fontsize=6, title_fontsize=6, ncols=2)
+    fig.suptitle(_wrap(title, 3.6 * len(metrics)), fontsize=10)
     return fig
 
 
 def draw_last_ln_params(fd: FigureData, options: Mapping[str, Any], title: str) -> Figure:
     """Gamma and beta per channel, one line per series, with the per-series statistics in the legend."""
-    fig = _figure(11.0, 3.8)
+    fig = _figure(12.0, 4.0)
     ax_g, ax_b = fig.subplots(1, 2)
     last_ln_channels(fd.data, ax_g, param="gamma")
     last_ln_channels(fd.data, ax_b, param="beta", stats=fd.stats)
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(_wrap(title, 12.0), fontsize=10)
     return fig
 
 
@@ -107,7 +147,7 @@ def draw_token_norms(fd: FigureData, options: Mapping[str, Any], title: str) -> 
     """Per-token norm maps, rows = images, columns = series x stage."""
     fig = _figure(1.0, 1.0)
     token_norm_grid(fd.panels, figure=fig)
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(_wrap(title, fig.get_figwidth()), fontsize=10)
     return fig
 
 
@@ -120,7 +160,7 @@ def draw_pe_similarity(fd: FigureData, options: Mapping[str, Any], title: str) -
         pe_similarity_matrix(p["map"], axes[0, j], title=f"layer {p['layer']}: PE cosine")
         pe_similarity_row(p["map"], p["token"], p["grid"], axes[1, j], title=f"layer {p['layer']}: token {p['token']}")
     fig.colorbar(axes[0, -1].images[0], ax=list(axes.ravel()), shrink=0.6, label="cosine")
-    fig.suptitle(_titled(title, fd.subject), fontsize=10)
+    fig.suptitle(_wrap(_titled(title, fd.subject), 2.4 * len(panels)), fontsize=10)
     return fig
 
 
@@ -137,13 +177,14 @@ PLOTS: dict[str, Plot] = {p.name: p for p in (
     Plot("layer_maps", "figure", fd_.layer_map_panels, draw_map_grid,
          {"layers": [1, 4, 7, 9, 11], "patch_only": False, "paper_depth": 12}),
     Plot("correlation_lines", "figure", fd_.correlation_by_layer, draw_correlation_lines,
-         {"patch_only": False, "paper_label": "paper (DeiT-Ti)"}),
+         {"patch_only": False, "paper_label": "paper (DeiT-Ti)", "paper_depth": 12}),
     Plot("last_ln_maps", "figure", fd_.last_ln_map_panels, draw_last_ln_maps, {"patch_only": False}),
     Plot("last_ln_params", "figure", fd_.last_ln_channels, draw_last_ln_params,
          {"cosine_metric": "last_ln_cos_before_after", "cosine_paper_series": ["pvg_token", "pvg"]}),
     Plot("token_norms", "figure", fd_.token_norm_panels, draw_token_norms, {"n_images": 3}),
     Plot("pe_similarity", "figure", fd_.pe_similarity_panels, draw_pe_similarity,
          {"layers": "receiving", "max_layers": 4, "token": "center"}),
+    Plot("history", "figure", fd_.history_by_epoch, draw_history, {}),
     Plot("accuracy_table", "table", fd_.accuracy_table, draw_table,
          {"backbones": ["DeiT-Ti", "DeiT-S", "DeiT-B"], "digits": 2}),
     Plot("ablation_table", "table", fd_.ablation_table, draw_table, {"paper_rows": True, "digits": 2},

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..analysis.claims import ClaimResult, evaluate_claim
 from ..analysis.paper import reference
 from ..analysis.runs import RunResult
 from ..analysis.select import select_runs
@@ -27,13 +28,16 @@ FIGURE_FORMATS = ("png", "pdf")
 
 @dataclass
 class Rendered:
-    """A spec that was drawn: its files by extension and the runs it used."""
+    """A spec that was drawn: its files by extension, the runs it used, what its data shows (``findings``) and
+    its claims evaluated on those runs."""
 
     spec: Spec
     files: dict[str, Path]
     runs: list[str]
     notes: list[str] = field(default_factory=list)
     table: str | None = None
+    findings: list[str] = field(default_factory=list)
+    claims: list[ClaimResult] = field(default_factory=list)
 
 
 @dataclass
@@ -62,6 +66,12 @@ class RenderResult:
     skipped: list[Skipped] = field(default_factory=list)
     failed: list[Failed] = field(default_factory=list)
     index: Path | None = None
+    claims_csv: Path | None = None
+
+    @property
+    def claims(self) -> list[ClaimResult]:
+        """Every claim evaluated, figure by figure."""
+        return [c for r in self.rendered for c in r.claims]
 
     @property
     def ok(self) -> bool:
@@ -71,7 +81,7 @@ class RenderResult:
     def files(self) -> list[Path]:
         """Every file written, index included."""
         out = [p for r in self.rendered for p in r.files.values()]
-        return out + ([self.index] if self.index else [])
+        return out + [p for p in (self.claims_csv, self.index) if p is not None]
 
 
 def _as_specs(specs: Sequence[Spec | str | os.PathLike] | None, spec_dir: str | Path | None) -> list[Spec]:
@@ -107,8 +117,9 @@ def render_spec(spec: Spec, runs: Sequence[RunResult], out_dir: str | Path, *, d
         table = drawn
         files["md"] = out_dir / f"{spec.id}.md"
         write_text(files["md"], f"# {spec.title}\n\n{spec.caption}\n\n{table}")
+    claims = [evaluate_claim(c, sel, spec.id) for c in spec.claims]
     return Rendered(spec=spec, files=files, runs=[r.name for r in sel.all_runs()], notes=sel.notes + data.notes,
-                    table=table)
+                    table=table, findings=data.findings, claims=claims)
 
 
 def render_all(
@@ -139,9 +150,56 @@ def render_all(
             result.failed.append(Failed(spec=spec, error=f"{type(exc).__name__}: {exc}".splitlines()[0]))
             continue
         (result.rendered if isinstance(item, Rendered) else result.skipped).append(item)
+    result.claims_csv = out_dir / "claims.csv"
+    write_text(result.claims_csv, claims_frame(result).to_csv(index=False))
     result.index = out_dir / "index.md"
     write_text(result.index, index_markdown(result, runs))
     return result
+
+
+def claims_frame(result: RenderResult):
+    """Every claim of every spec as one row: evaluated ones with their values and verdicts, claims of skipped
+    or failed specs as ``not tested``."""
+    import pandas as pd
+
+    rows = [c.row(_labels(r.spec)) for r in result.rendered for c in r.claims]
+    for item, why in [(s, "figure skipped: " + "; ".join(s.needs)) for s in result.skipped] + \
+                     [(f, f"figure failed: {f.error}") for f in result.failed]:
+        rows += [{"figure": item.spec.id, "claim_id": c.id, "claim": c.claim, "quantity": "", "value": float("nan"),
+                  "ci_low": float("nan"), "ci_high": float("nan"), "n_seeds": "0", "expect": c.expect,
+                  "paper": c.paper, "verdict": "not tested", "reason": why} for c in item.spec.claims]
+    cols = ["figure", "claim_id", "claim", "quantity", "value", "ci_low", "ci_high", "n_seeds", "expect", "paper",
+            "verdict", "reason"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def _labels(spec: Spec) -> dict[str, str]:
+    return {s.key: s.label for s in spec.query.series}
+
+
+def _claims_markdown(result: RenderResult) -> list[str]:
+    frame = claims_frame(result)
+    if frame.empty:
+        return []
+    lines = ["## Claims", "",
+             "Each claim of the paper that a figure tests, measured on these runs: the quantity, its mean and 95% "
+             "confidence interval over seeds (Student's t; Welch's for a difference), the paper's number, and the "
+             "verdict of a rule fixed in the figure's spec: **supported** when the interval lies entirely on the "
+             "claimed side of 0, **contradicted** when entirely on the other side, **inconclusive** when it "
+             "contains 0 or a series has fewer than 2 seeds.", "",
+             "| figure | claim (paper) | measured | value [95% CI] (seeds) | paper | verdict |", "|---|---|---|---|---|---|"]
+    for row in frame.to_dict("records"):
+        if row["verdict"] == "not tested":
+            value = "-"
+        elif row["value"] != row["value"]:
+            value = "n/a"
+        else:
+            ci = f" [{row['ci_low']:.3g}, {row['ci_high']:.3g}]" if row["ci_low"] == row["ci_low"] else ""
+            value = f"{row['value']:.3g}{ci} ({row['n_seeds']})"
+        cells = [row["figure"], row["claim"], row["quantity"] or "-", value, row["paper"] or "-",
+                 f"**{row['verdict']}** ({row['reason']})"]
+        lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |")
+    return lines + ["", "Data: [claims.csv](claims.csv).", ""]
 
 
 def index_markdown(result: RenderResult, runs: Sequence[RunResult] = ()) -> str:
@@ -149,6 +207,7 @@ def index_markdown(result: RenderResult, runs: Sequence[RunResult] = ()) -> str:
     lines = ["# pe-probe figures", ""]
     if runs:
         lines += [f"Rendered from {len(runs)} run(s): " + ", ".join(f"`{r.name}`" for r in runs) + ".", ""]
+    lines += _claims_markdown(result)
     figures = [r for r in result.rendered if r.spec.kind == "figure"]
     tables = [r for r in result.rendered if r.spec.kind == "table"]
     if figures:
@@ -156,12 +215,12 @@ def index_markdown(result: RenderResult, runs: Sequence[RunResult] = ()) -> str:
     for r in figures:
         links = " · ".join(f"[{ext.upper()}]({p.name})" for ext, p in r.files.items() if ext != "png")
         lines += [f"### {r.spec.title}", "", f"![{r.spec.id}]({r.files['png'].name})", "",
-                  f"{r.spec.caption} Runs: {', '.join(f'`{n}`' for n in r.runs)}. {links}", ""]
+                  f"{r.spec.caption} {_shown(r)}Runs: {', '.join(f'`{n}`' for n in r.runs)}. {links}", ""]
         lines += [f"- {n}" for n in r.notes] + ([""] if r.notes else [])
     if tables:
         lines += ["## Tables", ""]
     for r in tables:
-        lines += [f"### {r.spec.title}", "", f"{r.spec.caption} Data: [CSV]({r.files['csv'].name}).", "",
+        lines += [f"### {r.spec.title}", "", f"{r.spec.caption} {_shown(r)}Data: [CSV]({r.files['csv'].name}).", "",
                   (r.table or "").rstrip(), ""]
         lines += [f"- {n}" for n in r.notes] + ([""] if r.notes else [])
     lines += ["## Skipped", ""]
@@ -176,3 +235,10 @@ def index_markdown(result: RenderResult, runs: Sequence[RunResult] = ()) -> str:
         lines += [f"- **{f.spec.id}** ({f.spec.title}): {f.error}" for f in result.failed]
         lines.append("")
     return "\n".join(lines)
+
+
+def _shown(r: Rendered) -> str:
+    """The caption's second half: what this data shows, from the figure's data and its claims."""
+    parts = [f.rstrip(".") + "." for f in r.findings]
+    parts += [f"{c.spec.claim}: {c.verdict} (Claims table)." for c in r.claims]
+    return ("Measured: " + " ".join(parts) + " ") if parts else ""

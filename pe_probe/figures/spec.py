@@ -18,6 +18,7 @@ from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
+from ..analysis.claims import ClaimSpec, parse_claim
 from ..analysis.paper import REFERENCES
 from ..analysis.select import RunQuery, parse_query
 from ..core.errors import UnknownNameError
@@ -25,7 +26,8 @@ from .plots import PLOTS
 
 KINDS = ("figure", "table")
 #: Spec keys: the figure's own, plus the run-query keys (``series``, ``group``, ``needs``, ``require``).
-_TOP_KEYS = {"id", "title", "caption", "kind", "plot", "paper", "options", "series", "group", "needs", "require"}
+_TOP_KEYS = {"id", "title", "caption", "kind", "plot", "paper", "options", "claims", "series", "group", "needs",
+             "require"}
 #: Where the shipped specs live inside the package.
 BUILTIN = "builtin"
 
@@ -42,6 +44,7 @@ class Spec:
     query: RunQuery
     paper: str | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
+    claims: tuple[ClaimSpec, ...] = ()
     source: str = "<memory>"
 
 
@@ -141,5 +144,12 @@ def parse_spec(raw: Mapping[str, Any], source: str = "<memory>") -> Spec:
     bad = sorted(set(options) - set(entry.options))
     if bad:
         raise fail(f"option(s) {bad} unknown to plot {raw['plot']!r}; valid options: {sorted(entry.options)}")
+    keys = [s.key for s in query.series]
+    claims = tuple(parse_claim(c, i, keys, fail) for i, c in enumerate(raw.get("claims", [])))
+    ids = [c.id for c in claims]
+    if len(set(ids)) != len(ids):
+        raise fail(f"claim ids must be unique, got {ids}")
+    if any(c.needs_report for c in claims) and "report" not in query.needs:
+        raise fail("a claim measures probe reports: add \"report\" to needs")
     return Spec(id=raw["id"], title=raw["title"], caption=raw["caption"], kind=raw["kind"], plot=raw["plot"],
-                query=query, paper=paper, options={**entry.options, **options}, source=source)
+                query=query, paper=paper, options={**entry.options, **options}, claims=claims, source=source)

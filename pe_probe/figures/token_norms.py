@@ -11,8 +11,10 @@ from ._axes import axes_grid
 def token_norm_grid(data: pd.DataFrame, axes=None, *, figure=None, cmap: str = "magma",
                     colorbar: bool = True) -> np.ndarray:
     """Rows = images, columns = ``series`` x ``stage`` (before/after); ``data`` has columns ``series``,
-    ``stage``, ``image`` and ``map`` (an (h, w) array). Each column shares one colour scale (and colour
-    bar), since norms before and after the LN differ in scale. Returns the (images, columns) axes array."""
+    ``stage``, ``image`` and ``map`` (an (h, w) array), and optionally the colour range ``vmin`` / ``vmax`` of
+    each panel (the analysis gives every panel of a stage the same range, so series are compared on one
+    scale); without them each column uses its own range. Each column gets a colour bar. Returns the
+    (images, columns) axes array."""
     cols = list(dict.fromkeys(zip(data["series"], data["stage"])))
     images = list(dict.fromkeys(data["image"]))
     grid = axes_grid(len(images), len(cols), axes, figure, panel_size=(1.9, 1.7))
@@ -21,6 +23,8 @@ def token_norm_grid(data: pd.DataFrame, axes=None, *, figure=None, cmap: str = "
         part = data[(data["series"] == series) & (data["stage"] == stage)]
         stack = np.stack([np.asarray(m, dtype=float) for m in part["map"]])
         vmin, vmax = float(stack.min()), float(stack.max())
+        if "vmin" in part and "vmax" in part and part["vmin"].notna().all() and part["vmax"].notna().all():
+            vmin, vmax = float(part["vmin"].min()), float(part["vmax"].max())
         im = None
         for rec in part.to_dict("records"):
             i = images.index(rec["image"])

@@ -22,8 +22,9 @@ from ..core.rundir import RunDir
 from ..figures.render import RenderResult, render_all
 from ..models import VARIANT_ARGS
 from ..probing import probe
-from ..training import load_run, train
+from ..training import TrainConfig, load_run
 from ..training.recipes import DEFAULT_RECIPE_FOR_DATASET, get_recipe
+from .history import train
 from .presets import RunPlan, preset_plans
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,13 @@ class ReproduceResult:
     seconds: float = 0.0
 
 
+#: Seeds per run when ``seeds`` is not given: three for the quick preset (intervals need at least two), one for
+#: the GPU-sized presets (pass ``seeds`` to get intervals there too).
+DEFAULT_SEEDS = {"quick": 3, "ablations": 1, "paper": 1}
+#: Probing during training in reproduce: every this many epochs (and the last), on this many validation images.
+PROBE_EVERY, PROBE_IMAGES = 4, 128
+
+
 def _recipe_depth(dataset: str, recipe: str | None, model: str | None, model_kwargs: dict) -> int:
     """Number of blocks the runs will have (needed to place the Table 5 runs)."""
     r = get_recipe(recipe or DEFAULT_RECIPE_FOR_DATASET.get(dataset, "digits"))
@@ -48,54 +56,88 @@ def _recipe_depth(dataset: str, recipe: str | None, model: str | None, model_kwa
     return int(kwargs.get("depth", VARIANT_ARGS.get(name, {}).get("depth", 12)))
 
 
-def reproduce(
+@dataclass(frozen=True)
+class PlannedRun:
+    """One training run of a reproduction: its run directory, its label in the figures and its TrainConfig."""
+
+    run: RunDir
+    label: str
+    config: TrainConfig
+
+
+def plan_runs(
     out: str | os.PathLike,
     *,
     preset: str = "quick",
+    seeds: int | None = None,
+    seed: int = 0,
     dataset: str = "digits",
     data_dir: str | os.PathLike | None = None,
     recipe: str | None = None,
     model: str | None = None,
     model_kwargs: dict[str, Any] | None = None,
-    epochs: int | None = None,
     device: str | None = None,
-    seed: int = 0,
-    max_images: int | None = None,
-    progress: bool = True,
-) -> ReproduceResult:
-    """Train (or reuse) every run of ``preset`` under ``out/runs``, probe them and render ``out/figures``.
-
-    ``preset``: ``quick`` (the runs behind every figure), ``ablations`` (adds Table 5/6 runs) or ``paper``
-    (the ablations run list with the paper's recipes: needs ``dataset`` ``cifar100`` or ``imagefolder``).
-    Runs already complete are reused; interrupted ones resume. ``dataset``/``data_dir``/``recipe``/``model``/
-    ``epochs`` override the preset's defaults for every run.
-    """
+    probe_every: int = PROBE_EVERY,
+    probe_images: int = PROBE_IMAGES,
+    **overrides: Any,
+) -> list[PlannedRun]:
+    """Every run ``reproduce`` trains: each run of ``preset`` once per seed (``seed``, ``seed + 1``, ...), in
+    ``out/runs/<name>-seed<k>``, with the same options; ``overrides`` are TrainConfig hyperparameters (e.g.
+    ``epochs``). Checks names and numbers; writes nothing."""
     if preset == "paper" and dataset == "digits":
         raise DataError("the paper preset runs the paper's recipes: pass --dataset cifar100 or imagefolder "
                         "with --data-dir")
-    t0 = time.perf_counter()
-    out = Path(out)
+    n = DEFAULT_SEEDS.get(preset, 1) if seeds is None else seeds
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"seeds={seeds!r} must be a positive integer")
     model_kwargs = dict(model_kwargs or {})
     plans: Sequence[RunPlan] = preset_plans(preset, _recipe_depth(dataset, recipe, model, model_kwargs))
-    result = ReproduceResult(runs_dir=out / "runs")
-    bar = tqdm(plans, desc=f"reproduce[{preset}]", unit="run", disable=not progress)
-    for plan in bar:
-        run = RunDir(result.runs_dir / plan.name)
-        bar.set_postfix_str(plan.name)
-        if run.is_complete():
-            result.reused.append(plan.name)
+    runs_dir = Path(out) / "runs"
+    planned = []
+    for plan in plans:
+        for k in range(seed, seed + n):
+            cfg = TrainConfig(out=str(runs_dir / f"{plan.name}-seed{k}"), dataset=dataset, data_dir=data_dir,
+                              recipe=recipe, model=model, model_kwargs=model_kwargs, device=device, seed=k,
+                              probe_every=probe_every, probe_images=probe_images, **overrides, **plan.options)
+            planned.append(PlannedRun(RunDir(cfg.out), plan.label, cfg))
+    return planned
+
+
+def reproduce(
+    out: str | os.PathLike,
+    *,
+    preset: str = "quick",
+    seeds: int | None = None,
+    data_dir: str | os.PathLike | None = None,
+    max_images: int | None = None,
+    progress: bool = True,
+    **options: Any,
+) -> ReproduceResult:
+    """Train (or reuse) every run of ``preset`` under ``out/runs``, once per seed, probe them and render
+    ``out/figures`` (every figure, its claims table and ``index.md``).
+
+    ``preset``: ``quick`` (the runs behind every figure; 3 seeds by default), ``ablations`` (adds Table 5/6
+    runs) or ``paper`` (the ablations run list with the paper's recipes: needs ``dataset`` ``cifar100`` or
+    ``imagefolder``). ``seeds``: seeds per run (default :data:`DEFAULT_SEEDS`). Every run also records its probe
+    history (``probe_every``, ``probe_images``). ``options`` are those of :func:`plan_runs` (``dataset``,
+    ``recipe``, ``model``, ``model_kwargs``, ``device``, ``seed``, and hyperparameters such as ``epochs``),
+    applied to every run. Runs already complete are reused; interrupted ones resume.
+    """
+    t0 = time.perf_counter()
+    planned = plan_runs(out, preset=preset, seeds=seeds, data_dir=data_dir, **options)
+    result = ReproduceResult(runs_dir=Path(out) / "runs")
+    bar = tqdm(planned, desc=f"reproduce[{preset}]", unit="run", disable=not progress)
+    for p in bar:
+        bar.set_postfix_str(p.run.name)
+        if p.run.is_complete():
+            result.reused.append(p.run.name)
             continue
-        train(
-            out=run.path, dataset=dataset, data_dir=data_dir, recipe=recipe, model=model,
-            model_kwargs=model_kwargs, epochs=epochs, device=device, seed=seed,
-            resume=run.is_run(), progress=False, verbose=progress, **plan.options,
-        )
-        result.trained.append(plan.name)
+        train(p.config.replace(resume=p.run.is_run(), progress=False, verbose=progress))
+        result.trained.append(p.run.name)
     bar.close()
-    labels = {p.name: p.label for p in plans}
-    result.figures = render_figures(result.runs_dir, out / "figures", data_dir=data_dir, labels=labels,
-                             max_images=max_images, progress=progress,
-                             only=[p.name for p in plans])
+    labels = {p.run.name: p.label for p in planned}
+    result.figures = render_figures(result.runs_dir, Path(out) / "figures", data_dir=data_dir, labels=labels,
+                                    max_images=max_images, progress=progress, only=list(labels))
     result.seconds = time.perf_counter() - t0
     return result
 

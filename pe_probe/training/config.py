@@ -51,6 +51,11 @@ class RunOptions:
     num_threads: Optional[int] = _opt(None, "torch CPU threads during the run (default: torch's)", runtime=True)
     checkpoint_every: int = _opt(0, "also save the resume state every N optimizer steps (0: epoch ends only)",
                                  runtime=True)
+    probe_every: int = _opt(0, "probe the first --probe-images validation images after every N epochs (and after "
+                               "the last) and append every report metric to RUN/probe_history.csv (0: off)",
+                            runtime=True)
+    probe_images: int = _opt(256, "how many validation images --probe-every probes (the first ones: the images "
+                                  "pe-probe probe RUN --max-images K streams)", runtime=True)
     resume: bool = _opt(False, "continue the run in --out from its last saved state", runtime=True)
     download: bool = _opt(False, "let torchvision download CIFAR into --data-dir", runtime=True)
     progress: bool = _opt(True, "tqdm progress bars", runtime=True)

@@ -14,7 +14,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import timm
@@ -182,7 +182,12 @@ def _merge_resume(cfg: TrainConfig, stored: dict, run: RunDir) -> TrainConfig:
 
 
 # ---------------------------------------------------------------------------------------------- running
-def train(config: TrainConfig | None = None, /, **options: Any) -> Path:
+#: ``callback(model=, epoch=, epochs=, run=, config=)``, called on the main process at the end of every epoch,
+#: after the evaluation and before the resume state is saved (so a resumed run repeats it for that epoch).
+EpochCallback = Callable[..., Any]
+
+
+def train(config: TrainConfig | None = None, /, *, callbacks: Sequence[EpochCallback] = (), **options: Any) -> Path:
     """Train a model and return its run directory (``config.json``, ``model.safetensors``, ``metrics.jsonl``,
     ``state.pt``, and ``summary.json`` once complete).
 
@@ -190,7 +195,9 @@ def train(config: TrainConfig | None = None, /, **options: Any) -> Path:
     ``pe_probe.train(out="runs/mpvg", pe_mode="mpvg")`` trains the ``digits`` recipe's tiny ViT on CPU.
     With ``resume=True`` an existing run continues from its last saved state with its stored configuration.
     Bad input raises a :class:`~pe_probe.core.errors.PEProbeError` subclass or ``ValueError`` before anything is
-    written; a NaN loss raises :class:`TrainingDivergedError` naming the step.
+    written; a NaN loss raises :class:`TrainingDivergedError` naming the step. ``callbacks`` run at the end of
+    every epoch (:data:`EpochCallback`); ``probe_every`` needs the one :func:`pe_probe.train` adds (the probe
+    history is computed by the analysis floor, above this one).
     """
     cfg = config if config is not None else TrainConfig()
     if not isinstance(cfg, TrainConfig):
@@ -199,6 +206,8 @@ def train(config: TrainConfig | None = None, /, **options: Any) -> Path:
         cfg = cfg.replace(**options)
     if cfg.out is None:
         raise ValueError("train needs out=... (the run directory to create)")
+    if cfg.probe_every and not callbacks:
+        raise ValueError("probe_every records a probe history: train with pe_probe.train, which adds it")
     if cfg.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     env = init_distributed(cfg.device)
@@ -209,14 +218,14 @@ def train(config: TrainConfig | None = None, /, **options: Any) -> Path:
             raise ValueError(f"num_threads={cfg.num_threads} must be at least 1")
         torch.set_num_threads(cfg.num_threads)
     try:
-        return _train(cfg, RunDir(cfg.out), env)
+        return _train(cfg, RunDir(cfg.out), env, tuple(callbacks))
     finally:
         torch.use_deterministic_algorithms(was_deterministic)
         torch.set_num_threads(threads)
         shutdown(env)
 
 
-def _train(cfg: TrainConfig, run: RunDir, env: DistEnv) -> Path:
+def _train(cfg: TrainConfig, run: RunDir, env: DistEnv, callbacks: tuple[EpochCallback, ...] = ()) -> Path:
     out = run.path
     stored = None
     if run.config_path.exists():
@@ -241,7 +250,7 @@ def _train(cfg: TrainConfig, run: RunDir, env: DistEnv) -> Path:
         if stored is None:
             run.write_config(plan.config)
     barrier(env)
-    _Trainer(plan, run, env).run()
+    _Trainer(plan, run, env, callbacks).run()
     return out
 
 
@@ -257,8 +266,9 @@ def _check_same_run(new: dict, stored: dict, run: RunDir) -> None:
 class _Trainer:
     """One run's mutable state: model, optimizer, schedule, counters."""
 
-    def __init__(self, plan: Plan, run: RunDir, env: DistEnv) -> None:
+    def __init__(self, plan: Plan, run: RunDir, env: DistEnv, callbacks: tuple[EpochCallback, ...] = ()) -> None:
         self.plan, self.cfg, self.r, self.run_dir, self.env = plan, plan.cfg, plan.recipe, run, env
+        self.callbacks = callbacks
         self.device = env.device
         self.amp = (self.device.type == "cuda") if self.cfg.amp is None else bool(self.cfg.amp)
         self.model = plan.model.to(self.device)
@@ -409,6 +419,13 @@ class _Trainer:
         }
         self.records.append(record)
         self.accum = {"loss_sum": 0.0, "n": 0.0, "time": 0.0}
+        if env.is_main and self.callbacks:
+            t0 = time.perf_counter()
+            for callback in self.callbacks:
+                callback(model=self.model, epoch=self.epoch, epochs=self.r.epochs, run=self.run_dir,
+                         config=self.plan.config)
+            record["callback_time_s"] = time.perf_counter() - t0
+        barrier(env)
         if env.is_main:
             save_weights(self.run_dir, self.model)
             self.run_dir.write_metrics(self.records)

@@ -98,6 +98,14 @@ def test_every_metric_on_a_hand_report():
     # patch rows only: (1,2,3,4) vs (1,0,1,1): centred (-1.5,-.5,.5,1.5) . (.25,-.75,.25,.25) = .5;
     # sums of squares 5 and .75 -> .5 / sqrt(3.75)
     assert v[(-1, "tok_pe_corr_patch")] == pytest.approx(0.5 / np.sqrt(3.75))
+    # its two parts, by hand. Channel means over the 3 rows: Tok (5/3, 8/3), PE (2/3, 1/3): two points per
+    # vector, one going down, one up -> r_channel = -1. Positional part: Tok - means = (-2/3,-2/3,-2/3,-2/3,4/3,4/3)
+    # and PE - means = (-2/3,-1/3,1/3,-1/3,1/3,2/3): dot = (4+2-2+2+4+8)/9 = 2, sums of squares 48/9 and 12/9
+    assert v[(-1, "tok_pe_corr_channel")] == pytest.approx(-1.0)
+    assert v[(-1, "tok_pe_corr_position")] == pytest.approx(0.75)  # 2 / sqrt(48/9 * 12/9)
+    # layer 0: exact opposites on every row: the positional part is -1 too; both channel means are (1, 1) and
+    # (-1, -1), constant vectors, so their correlation is undefined (NaN), not a number made up
+    assert v[(0, "tok_pe_corr_position")] == pytest.approx(-1.0) and np.isnan(v[(0, "tok_pe_corr_channel")])
     assert v[(-1, "tok_pe_corr_img_std")] == pytest.approx(0.0)
     assert v[(-1, "pe_norm_mean")] == pytest.approx(2 / 3)
     assert v[(-1, "last_ln_out_norm_mean")] == pytest.approx(4.0)

@@ -11,7 +11,7 @@ from pe_probe.figures import builtin_specs_dir, load_spec, render_all
 
 from ..fakes import make_run, paper_runs
 
-FIGURES = ["fig1", "fig2", "fig4", "fig5", "fig6", "fig7", "fig8", "lape_pe_similarity"]
+FIGURES = ["fig1", "fig2", "fig4", "fig5", "fig6", "fig7", "fig8", "history", "lape_pe_similarity"]
 TABLES = ["table1", "table5", "table6"]
 
 
@@ -62,11 +62,13 @@ def test_figure_data_matches_runs(rendered):
     assert fig1.loc["mpvg", "top1"] == 74.0 and fig1.loc["mpvg", "paper"] == 73.51
     assert np.isnan(fig1.loc["gap_layerwise", "paper"])
 
-    fig4 = pd.read_csv(out / "fig4.csv")
-    row = fig4[(fig4.run == "pvg") & (fig4.layer == 2)].iloc[0]
+    fig4 = pd.read_csv(out / "fig4.csv").set_index(["run", "layer", "metric"])
     tok, pe = by_name["pvg"].report.mean_maps(2)
-    assert row.correlation == pytest.approx(np.corrcoef(tok.ravel(), pe.ravel())[0, 1])
-    assert set(fig4[fig4.run.isna()].correlation) == {-0.37, -0.67, -0.82, -0.85, -0.95}
+    assert fig4.loc[("pvg", 2, "tok_pe_corr"), "value"] == pytest.approx(np.corrcoef(tok.ravel(), pe.ravel())[0, 1])
+    tc, pc = tok - tok.mean(0), pe - pe.mean(0)
+    assert fig4.loc[("pvg", 2, "tok_pe_corr_position"), "value"] == pytest.approx(np.corrcoef(tc.ravel(), pc.ravel())[0, 1])
+    assert fig4.loc[("pvg", 2, "tok_pe_corr_channel"), "value"] == pytest.approx(np.corrcoef(tok.mean(0), pe.mean(0))[0, 1])
+    assert fig4.reset_index().run.notna().all()  # the paper's 12-block values are not drawn beside 4-block runs
 
     fig6 = pd.read_csv(out / "fig6.csv")
     pvg = fig6[fig6.run == "pvg"]
@@ -99,7 +101,7 @@ def test_missing_runs_are_skipped_not_crashed(tmp_path):
     assert "**fig5**" in index and "**lape_pe_similarity**" in index
 
     empty = render_all([], tmp_path / "none")
-    assert not empty.rendered and len(empty.skipped) == 12
+    assert not empty.rendered and len(empty.skipped) == 13
     assert "## Skipped" in empty.index.read_text()
 
 

@@ -10,7 +10,7 @@ from pe_probe.analysis.select import condition_holds, describe, matches, select_
 
 from ..fakes import make_run, paper_runs
 
-SHIPPED = {"fig1", "fig2", "fig4", "fig5", "fig6", "fig7", "fig8", "lape_pe_similarity",
+SHIPPED = {"fig1", "fig2", "fig4", "fig5", "fig6", "fig7", "fig8", "history", "lape_pe_similarity",
            "table1", "table2", "table5", "table6"}
 
 
@@ -112,12 +112,14 @@ def test_selection_needs_summary_and_report():
     assert any("'pvg' matches series 'pvg' but has no report" in n for n in sel.notes)
 
 
-def test_take_one_notes_the_others():
+def test_take_one_keeps_the_seeds_of_one_configuration_and_notes_the_others():
     spec = load_spec(builtin_specs_dir() / "fig7.toml")
-    runs = paper_runs() + [make_run("pvg_seed2", "pvg", seed=11)]
+    other = make_run("pvg_ls", "pvg", seed=12)
+    other.config["recipe"]["label_smoothing"] = 0.2  # another configuration, same PE structure
+    runs = paper_runs() + [make_run("pvg-seed2", "pvg", seed=11, train_seed=2), other]
     sel = select_runs(spec.query, runs)
-    assert [r.name for r in sel.runs["pvg"]] == ["pvg"]
-    assert any("also matched 'pvg_seed2'" in n for n in sel.notes)
+    assert [r.name for r in sel.runs["pvg"]] == ["pvg", "pvg-seed2"]  # the first match's seeds
+    assert any("used run 'pvg' and its 1 other seed(s); also matched 'pvg_ls'" in n for n in sel.notes)
 
 
 def test_group_series_from_data():

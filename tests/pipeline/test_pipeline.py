@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,8 @@ from pe_probe.analysis import summary_frame
 from pe_probe.cli import main
 from pe_probe.pipeline import QUICK, ablation_plans, preset_plans, table5_layers
 
-TINY_RUN = dict(model_kwargs={"embed_dim": 16, "depth": 3, "num_heads": 2}, epochs=1)
+TINY_RUN = dict(model_kwargs={"embed_dim": 16, "depth": 3, "num_heads": 2}, epochs=1, seeds=2)
+RUN_NAMES = sorted(f"{p.name}-seed{k}" for p in QUICK for k in range(2))
 
 
 @pytest.fixture(scope="module")
@@ -28,11 +30,17 @@ def quick(tmp_path_factory):
 @pytest.mark.slow
 def test_reproduce_writes_every_promised_file_and_an_index(quick):
     out, res = quick
-    assert sorted(res.trained) == sorted(p.name for p in QUICK) and not res.reused
+    assert sorted(res.trained) == RUN_NAMES and not res.reused
     fig = res.figures
     assert not fig.failed
     rendered = {r.spec.id for r in fig.rendered}
-    assert {"fig1", "fig2", "fig4", "fig5", "fig6", "fig7", "fig8", "lape_pe_similarity", "table1"} <= rendered
+    assert {"fig1", "fig2", "fig4", "fig5", "fig6", "fig7", "fig8", "history", "lape_pe_similarity",
+            "table1"} <= rendered
+    # two seeds per run: intervals everywhere, a verdict for every claim of a rendered figure
+    assert set(pd.read_csv(out / "figures" / "fig1.csv").n_seeds) == {2}
+    claims = pd.read_csv(out / "figures" / "claims.csv")
+    assert len(claims) >= 13 and set(claims.verdict) <= {"supported", "contradicted", "inconclusive"}
+    assert (out / "runs" / "mpvg-seed1" / "probe_history.csv").is_file()
     index = (out / "figures" / "index.md").read_text()
     for r in fig.rendered:
         exts = ("csv", "md") if r.spec.kind == "table" else ("png", "pdf", "csv")
@@ -56,11 +64,12 @@ def test_figure_data_come_from_the_runs(quick):
         summary = json.loads((runs / row["run"] / "summary.json").read_text())
         assert row["top1"] == pytest.approx(summary["top1"])
     fig4 = pd.read_csv(out / "figures" / "fig4.csv")
+    fig4 = fig4[fig4.run.notna() & (fig4.metric == "tok_pe_corr")]
     for run, part in fig4.groupby("run"):
         report = ProbeReport.load(runs / run / "probe")
         frame = summary_frame(report)
         ours = frame[(frame.metric == "tok_pe_corr") & frame.layer.isin(part.layer)].set_index("layer")["value"]
-        np.testing.assert_allclose(part.set_index("layer")["correlation"].sort_index(), ours.sort_index(), rtol=1e-6)
+        np.testing.assert_allclose(part.set_index("layer")["value"].sort_index(), ours.sort_index(), rtol=1e-6)
         # and the correlation is the Pearson r of the saved mean maps (independent numpy computation)
         layer = int(part.layer.iloc[-1])
         tok, pe = report.mean_maps(layer)
@@ -72,7 +81,7 @@ def test_rerun_reuses_complete_runs(quick):
     out, _ = quick
     before = {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/model.safetensors")}
     res = pe_probe.reproduce(out, progress=False, max_images=96, **TINY_RUN)
-    assert not res.trained and sorted(res.reused) == sorted(p.name for p in QUICK)
+    assert not res.trained and sorted(res.reused) == RUN_NAMES
     assert before == {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/model.safetensors")}
 
 
@@ -93,6 +102,25 @@ def test_figures_cli_bad_input_is_one_line_exit_2(tmp_path, capsys):
     assert main(["figures", str(tmp_path / "empty"), "--out", str(tmp_path / "o")]) == 2
     assert "no complete run" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+def test_plan_prints_the_commands_reproduce_runs(quick, tmp_path, capsys):
+    out, _ = quick
+    args = ["reproduce", "--out", str(tmp_path), "--seeds", "2", "--epochs", "1", "--model-kwargs", "embed_dim=16",
+            "depth=3", "num_heads=2", "--plan"]
+    assert main(args) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == len(RUN_NAMES) + 1 and lines[-1].startswith("pe-probe figures")
+    assert not (tmp_path / "runs").exists()  # a plan writes nothing
+    # the command of one run, executed, trains exactly what reproduce trained
+    cmd = next(line for line in lines if "/mpvg-seed1 " in line)
+    assert main(shlex.split(cmd)[1:] + ["--no-progress", "--quiet"]) == 0
+    ours, theirs = (json.loads((d / "mpvg-seed1" / "config.json").read_text()) for d in (tmp_path / "runs", out / "runs"))
+    ours["data"].pop("data_dir"), theirs["data"].pop("data_dir")
+    assert ours == theirs
+    assert main(args + ["--nproc-per-node", "4"]) == 0
+    assert capsys.readouterr().out.startswith("torchrun --nproc-per-node 4 -m pe_probe train")
 
 
 def test_reproduce_cli_rejects_paper_preset_on_digits(tmp_path, capsys):

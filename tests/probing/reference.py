@@ -43,8 +43,11 @@ def layer_metrics(tok: np.ndarray, resid: np.ndarray, pe: np.ndarray | None, P: 
     nrm = np.linalg.norm(pe[P:], axis=1)
     sim = sim / np.outer(nrm, nrm)
     off = sim[~np.eye(len(sim), dtype=bool)]
+    tm, pm = tok_map[rows], pe[rows]
     out.update({
-        "tok_pe_corr": corr(tok_map[rows], pe[rows]),
+        "tok_pe_corr": corr(tm, pm),
+        "tok_pe_corr_position": corr(tm - tm.mean(axis=0, keepdims=True), pm - pm.mean(axis=0, keepdims=True)),
+        "tok_pe_corr_channel": corr(tm.mean(axis=0), pm.mean(axis=0)),
         "tok_pe_corr_patch": corr(tok_map[P:], pe[P:]),
         "tok_pe_corr_img_mean": per_img.mean(), "tok_pe_corr_img_std": per_img.std(),
         "tok_pe_corr_img_min": per_img.min(), "tok_pe_corr_img_max": per_img.max(),
