@@ -61,3 +61,11 @@ def test_train_step_tiny(capsys):
 def test_reproduce_time_command_parses(extra, capsys):
     assert load("reproduce_time").main(["--dry-run", *extra]) is None
     assert "pe_probe reproduce" in capsys.readouterr().out
+
+
+def test_probe_history_cost_tiny(capsys):
+    result = load("probe_history_cost").main(["--repeats", "1", "--epochs", "2", "--probe-every", "1",
+                                              "--probe-images", "16", "--model-kwargs", "embed_dim=16", "depth=2",
+                                              "num_heads=2"])
+    assert set(result) == {"ratio", "share"} and result["ratio"] > 0 and 0 < result["share"] < 1
+    assert "in-run share" in capsys.readouterr().out

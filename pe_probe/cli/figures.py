@@ -32,6 +32,8 @@ def run(args: argparse.Namespace) -> int:
 
     result = render_figures(args.runs_dir, args.out, data_dir=args.data_dir, max_images=args.max_images,
                      reprobe=args.reprobe, specs=args.spec, progress=not args.no_progress)
-    print(f"{len(result.rendered)} rendered, {len(result.skipped)} skipped, {len(result.failed)} failed: "
-          f"{result.index}")
+    verdicts = [c.verdict for c in result.claims]
+    print(f"{len(result.rendered)} rendered, {len(result.skipped)} skipped, {len(result.failed)} failed; claims: "
+          + ", ".join(f"{verdicts.count(v)} {v}" for v in ("supported", "contradicted", "inconclusive"))
+          + f": {result.index}")
     return 1 if result.failed else 0

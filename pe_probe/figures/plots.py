@@ -128,7 +128,10 @@ def draw_history(fd: FigureData, options: Mapping[str, Any], title: str) -> Figu
             ax.set_xlabel("epoch" if i == len(series) - 1 else "")
             if i == 0:
                 ax.set_title(_PART_TITLES[metric], fontsize=9)
-            ax.legend(title="block", fontsize=6, title_fontsize=6, ncols=2)
+            if j == 0:
+                ax.legend(title="block", fontsize=6, title_fontsize=6, ncols=2)
+            elif ax.get_legend() is not None:
+                ax.get_legend().remove()
     fig.suptitle(_wrap(title, 3.6 * len(metrics)), fontsize=10)
     return fig
 

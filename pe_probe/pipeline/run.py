@@ -46,6 +46,9 @@ class ReproduceResult:
 DEFAULT_SEEDS = {"quick": 3, "ablations": 1, "paper": 1}
 #: Probing during training in reproduce: every this many epochs (and the last), on this many validation images.
 PROBE_EVERY, PROBE_IMAGES = 4, 128
+#: Epochs of the quick preset on digits (the digits recipe has 20): 3 seeds x 8 runs must fit in about 10 minutes
+#: on a 2-core CPU (BENCHMARKS.md, "reproduce"). An explicit ``epochs`` wins.
+QUICK_DIGITS_EPOCHS = 12
 
 
 def _recipe_depth(dataset: str, recipe: str | None, model: str | None, model_kwargs: dict) -> int:
@@ -88,6 +91,8 @@ def plan_runs(
         raise DataError("the paper preset runs the paper's recipes: pass --dataset cifar100 or imagefolder "
                         "with --data-dir")
     n = DEFAULT_SEEDS.get(preset, 1) if seeds is None else seeds
+    if preset == "quick" and dataset == "digits" and recipe in (None, "digits"):
+        overrides.setdefault("epochs", QUICK_DIGITS_EPOCHS)
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"seeds={seeds!r} must be a positive integer")
     model_kwargs = dict(model_kwargs or {})

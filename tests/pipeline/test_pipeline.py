@@ -116,6 +116,7 @@ def test_plan_prints_the_commands_reproduce_runs(quick, tmp_path, capsys):
     # the command of one run, executed, trains exactly what reproduce trained
     cmd = next(line for line in lines if "/mpvg-seed1 " in line)
     assert main(shlex.split(cmd)[1:] + ["--no-progress", "--quiet"]) == 0
+    capsys.readouterr()
     ours, theirs = (json.loads((d / "mpvg-seed1" / "config.json").read_text()) for d in (tmp_path / "runs", out / "runs"))
     ours["data"].pop("data_dir"), theirs["data"].pop("data_dir")
     assert ours == theirs
