@@ -46,8 +46,9 @@ class RunOptions:
     deterministic: bool = _opt(False, "torch deterministic algorithms (bit-exact resume on CPU)")
     device: Optional[str] = _opt(None, "cuda or cpu (default: cuda when available)", runtime=True)
     amp: Optional[bool] = _opt(None, "bf16 autocast (default: on for CUDA, off on CPU)", runtime=True)
-    num_workers: Optional[int] = _opt(None, "data-loader worker processes (default: 0 for digits, else "
-                                            "min(4, CPUs))", runtime=True)
+    num_workers: Optional[int] = _opt(None, "data-loader worker processes (default: fits the machine: 0 for "
+                                            "digits and on CPU with <= 2 cores, on CUDA cores - 1 up to 8)",
+                                      runtime=True)
     num_threads: Optional[int] = _opt(None, "torch CPU threads during the run (default: torch's)", runtime=True)
     checkpoint_every: int = _opt(0, "also save the resume state every N optimizer steps (0: epoch ends only)",
                                  runtime=True)
