@@ -142,7 +142,7 @@ def plan_run(cfg: TrainConfig, env: DistEnv) -> Plan:
         "data": {
             "dataset": dataset, "img_size": img_size, "in_chans": in_chans, "mean": list(mean), "std": list(std),
             "data_dir": str(Path(cfg.data_dir).expanduser().resolve()) if cfg.data_dir is not None else None,
-            "crop_pct": info.crop_pct, "interpolation": "bicubic",
+            "crop_pct": info.crop_pct, "interpolation": "bicubic", "signature": train_set.signature.to_dict(),
         },
         "recipe": {"name": recipe.name, **recipe.hyperparameters(), "seed": cfg.seed, "deterministic": cfg.deterministic,
                    "args": cfg.args()},
