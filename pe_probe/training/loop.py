@@ -144,8 +144,8 @@ def plan_run(cfg: TrainConfig, env: DistEnv) -> Plan:
             "data_dir": str(Path(cfg.data_dir).expanduser().resolve()) if cfg.data_dir is not None else None,
             "crop_pct": info.crop_pct, "interpolation": "bicubic", "signature": train_set.signature.to_dict(),
         },
-        "recipe": {"name": recipe.name, **recipe.hyperparameters(), "seed": cfg.seed, "deterministic": cfg.deterministic,
-                   "args": cfg.args()},
+        "recipe": {"name": recipe.name, "reason": recipe.reason, **recipe.hyperparameters(), "seed": cfg.seed,
+                   "deterministic": cfg.deterministic, "args": cfg.args()},
         "pe_probe_version": __version__,
     }
     return Plan(cfg=cfg, recipe=recipe, model=model, train_set=train_set, val_set=val_set,
