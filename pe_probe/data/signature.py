@@ -31,12 +31,13 @@ class DataSignature:
     channels: int | None
     num_classes: int | None
 
-    def describe(self) -> str:
-        """e.g. ``"32x32 colour images, 10 classes"``."""
-        size = f"{self.size[0]}x{self.size[1]}" if self.size else "variable-size"
-        kind = {1: " grey", 3: " colour"}.get(self.channels, "")
-        classes = f", {self.num_classes} classes" if self.num_classes is not None else ""
-        return f"{size}{kind} images{classes}"
+    def describe(self, no_size: str = "variable-size ") -> str:
+        """e.g. ``"32x32 colour images, 10 classes"``; ``no_size`` stands for a size of None."""
+        size = f"{self.size[0]}x{self.size[1]} " if self.size else no_size
+        kind = {1: "grey ", 3: "colour "}.get(self.channels, "")
+        classes = f"{self.num_classes} classes" if self.num_classes is not None else ""
+        images = f"{size}{kind}images" if size or kind else ""
+        return ", ".join(p for p in (images, classes) if p) or "any images"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: ``{"size": [H, W] | None, "channels": ..., "num_classes": ...}``."""
@@ -69,10 +70,12 @@ def files_signature(paths: Sequence[str], num_classes: int | None) -> DataSignat
     return DataSignature(size, channels, num_classes)
 
 
-def check_fits(expected: DataSignature, got: DataSignature, what: str) -> None:
+def check_fits(expected: DataSignature, got: DataSignature, what: str,
+               against: str = "the run was trained on") -> None:
     """Raise a one-line :class:`DataError` when ``got`` (the data about to be used, named ``what``) differs
-    from ``expected`` (what the run was trained on) in image size, channels or class count. Fields that are
-    None in ``expected`` are not compared; a fixed expected size needs the same fixed size."""
+    from ``expected`` (what the run was trained on; ``against`` says so in the message) in image size, channels
+    or class count. Fields that are None in ``expected`` are not compared; a fixed expected size needs the same
+    fixed size."""
     bad = []
     if expected.size is not None and got.size != expected.size:
         bad.append("image size")
@@ -81,5 +84,6 @@ def check_fits(expected: DataSignature, got: DataSignature, what: str) -> None:
     if expected.num_classes is not None and got.num_classes is not None and got.num_classes != expected.num_classes:
         bad.append("class count")
     if bad:
-        raise DataError(f"{what} does not fit the model ({' and '.join(bad)}): it has {got.describe()}; "
-                        f"the run was trained on {expected.describe()}")
+        which = bad[0] if len(bad) == 1 else f"{', '.join(bad[:-1])} and {bad[-1]}"
+        raise DataError(f"{what} does not fit the model ({which}): it has {got.describe()}; "
+                        f"{against} {expected.describe(no_size='')}")

@@ -115,8 +115,8 @@ def evaluate(
     run's own (``config.json``); data whose images differ from the run's training images in size, channels
     or class count is refused (:class:`~pe_probe.core.errors.DataError`), and a split that holds the run's own
     training images gives a :class:`~pe_probe.core.errors.DataWarning`. For a bare model pass ``dataset``
-    (normalization: the data set's default unless ``mean``/``std`` are given; only the class count is checked). ``num_workers`` None picks
-    :func:`~pe_probe.data.workers.default_num_workers` for the device.
+    (normalization: the data set's default unless ``mean``/``std`` are given; only the class count is
+    checked). ``num_workers`` None picks :func:`~pe_probe.data.workers.default_num_workers` for the device.
     Returns ``{"top1": %, "top5": %, "loss": mean cross-entropy, "n": images, "dataset", "data_dir", "split"}``.
     """
     from .checkpoints import Run, load_run
@@ -151,13 +151,13 @@ def evaluate(
     ds = build_dataset(dataset, data_dir=data_dir, split=split, img_size=img_size, in_chans=in_chans,
                        mean=mean, std=std, augment=False, download=download)
     where = f"{dataset} {data_dir} ({split})" if data_dir is not None else f"{dataset} ({split})"
-    check_fits(expected, ds.signature, where)
+    check_fits(expected, ds.signature, where, "the run was trained on" if run_data is not None else "the model has")
     if run_data is not None and reads_training_images(run_data, dataset, data_dir, split):
         warnings.warn(f"{where} holds images the run was trained on ({describe_split(dataset, data_dir, split)}); "
                       "its score says how well the run fits its training data, not how it generalises",
                       DataWarning, stacklevel=2)
     model.to(dev)
-    workers = default_num_workers(dev) if num_workers is None else num_workers
+    workers = default_num_workers(dev, in_memory=dataset == "digits") if num_workers is None else num_workers
     result = run_eval(model, ds, batch_size=batch_size, device=dev, amp=dev.type == "cuda" if amp is None else amp,
                       num_workers=workers, progress=progress)
     data_dir_text = str(Path(data_dir).expanduser().resolve()) if data_dir is not None else None

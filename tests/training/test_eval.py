@@ -100,7 +100,8 @@ def test_the_runs_own_data_defaults_to_val_and_training_images_warn(run, capsys)
     ("grey", "channels"),
     ("small", "image size"),
     ("classes", "class count"),
-    ("digits", "image size and channels"),
+    ("digits", "(image size, channels and class count): it has 8x8 grey images, 10 classes; the run was trained "
+               "on 12x12 colour images, 3 classes"),
 ])
 def test_data_that_does_not_fit_the_run_is_refused(run, tmp_path, capsys, case, match):
     out, _ = run
