@@ -37,8 +37,8 @@ _LAZY = {
 }
 
 __all__ = [
-    "CheckpointError", "DataError", "DataWarning", "KNOBS", "PEConfig", "PEKnobs", "PEProbeError", "PE_MODES", "PRESETS",
-    "ProbeReport", "RunDir", "UnknownNameError", "__version__", "resolve_pe_config", *_LAZY,
+    "CheckpointError", "DataError", "DataWarning", "KNOBS", "PEConfig", "PEKnobs", "PEProbeError", "PE_MODES",
+    "PRESETS", "ProbeReport", "RunDir", "UnknownNameError", "__version__", "resolve_pe_config", *_LAZY,
 ]
 
 

@@ -12,7 +12,7 @@ from .loop import TrainingDivergedError, train
 from .recipes import HYPERPARAMETERS, RECIPES, Hyperparameters, Recipe, get_recipe
 
 __all__ = [
-    "CheckpointInfo", "HYPERPARAMETERS", "HyperparameterOverrides", "Hyperparameters", "RECIPES", "RUNTIME_FIELDS", "Recipe", "Run",
-    "RunOptions", "TrainConfig", "TrainingDivergedError", "evaluate", "get_recipe", "load_checkpoint", "load_model",
+    "CheckpointInfo", "HYPERPARAMETERS", "HyperparameterOverrides", "Hyperparameters", "RECIPES", "RUNTIME_FIELDS",
+    "Recipe", "Run", "RunOptions", "TrainConfig", "TrainingDivergedError", "evaluate", "get_recipe", "load_checkpoint", "load_model",
     "load_run", "train",
 ]

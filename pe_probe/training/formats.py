@@ -220,8 +220,8 @@ def read_weights(file: Path, *, use_ema: bool) -> tuple[dict[str, torch.Tensor],
     elif not _is_state_dict(ckpt):
         key = next((k for k in WEIGHT_KEYS if isinstance(ckpt.get(k), dict)), None)
         if key is None:
-            raise CheckpointError(f"{file} holds no weights pe-probe knows: top-level keys {sorted(map(str, ckpt))[:8]}; "
-                                  f"expected a state dict, or a checkpoint with {', '.join(WEIGHT_KEYS + EMA_KEYS)}")
+            raise CheckpointError(f"{file} holds no weights pe-probe knows: top-level keys "
+                                  f"{sorted(map(str, ckpt))[:8]}; expected a state dict, or a checkpoint with {', '.join(WEIGHT_KEYS + EMA_KEYS)}")
     sd = ckpt if key is None else ckpt[key]
     if not _is_state_dict(sd):
         raise CheckpointError(f"{file}: {key or 'the file'} is not a state dict (name -> tensor)")
@@ -506,7 +506,8 @@ def load_checkpoint(
                               f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
 
     own = PELayout.of(net.state_dict())
-    if (own.pe_blocks, own.last_pe) != (layout.pe_blocks, layout.last_pe) or (is_pe and own.cls_token != layout.cls_token):
+    pe_differs = (own.pe_blocks, own.last_pe) != (layout.pe_blocks, layout.last_pe)
+    if pe_differs or (is_pe and own.cls_token != layout.cls_token):
         fit = layout.fitting_kwargs()
         if is_pe:
             how = f"as pe_mode={net.pe_mode!r} ({scheme_source})"

@@ -79,7 +79,8 @@ def test_run_directory(tmp_path, fake_data, capsys):
     assert report.meta["model"] == "pe_deit_tiny_patch16_224" and report.meta["n_images"] == 10
     assert report.meta["checkpoint_format"] == "run" and report.meta["split"] == "val"
     assert report.meta["scheme"]["pe_mode"] == "mpvg" and report.meta["pos_embed_resampled"] is None
-    assert main(["probe", str(tmp_path / "run"), "--model", "deit_tiny_patch16_224", "--out", str(tmp_path / "r2")]) == 2
+    argv = ["probe", str(tmp_path / "run"), "--model", "deit_tiny_patch16_224", "--out", str(tmp_path / "r2")]
+    assert main(argv) == 2
     assert "names its own model" in capsys.readouterr().err and not (tmp_path / "r2").exists()
 
 

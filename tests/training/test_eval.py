@@ -77,7 +77,8 @@ def test_plain_test_folder_is_scored_whole(run, tmp_path, capsys):
     assert entry[0]["data_dir"] == str(test.resolve())
     # --split val reads the 10 % held out per class instead; both evaluations are kept
     assert main(["eval", str(out), "--dataset", "imagefolder", "--data-dir", str(test), "--split", "val"]) == 0
-    splits = sorted(e["split"] for e in json.loads((out / "eval.json").read_text()) if e["data_dir"] == str(test.resolve()))
+    records = json.loads((out / "eval.json").read_text())
+    splits = sorted(e["split"] for e in records if e["data_dir"] == str(test.resolve()))
     assert splits == ["all", "val"] and "n 3" in capsys.readouterr().out
 
 

@@ -321,7 +321,7 @@ def test_malicious_pickle_never_runs(tmp_path, how):
     if how == "torch.save":
         torch.save(payload, path)
     else:
-        path.write_bytes(pickle.dumps({"state_dict": Evil(str(marker))}))
+        path.write_bytes(pickle.dumps({"state_dict": Evil(str(marker))}, protocol=2))
     with pytest.raises(CheckpointError, match="never unpickles code|corrupt"):
         pe_probe.load_checkpoint(path, TIMM_NAME, **TIMM_ARCH)
     assert not marker.exists()

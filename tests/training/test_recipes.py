@@ -81,7 +81,8 @@ def test_imagefolder_recipe_follows_the_image_size(tmp_path, size, model, kwargs
     assert recipe.name == expected
     side = kwargs.get("img_size") or (224 if model == "pe_deit_tiny_patch16_224" else 32 if model else size)
     assert f"{side} px" in recipe.reason and ("<=" if expected == "vit_lite_cifar" else ">") in recipe.reason
-    assert recipe_for(TrainConfig(dataset="imagefolder", data_dir=folder, recipe="deit")).reason == "named with --recipe"
+    named = recipe_for(TrainConfig(dataset="imagefolder", data_dir=folder, recipe="deit"))
+    assert named.reason == "named with --recipe"
 
 
 def test_small_image_folder_run_records_its_recipe_and_why(tmp_path):
