@@ -27,7 +27,7 @@ def default_num_workers(device: torch.device | str, *, in_memory: bool = False, 
     - CUDA: the GPU computes while workers decode, so use every core but one (for the main process), at most
       :data:`MAX_WORKERS_CUDA`.
     - CPU: the model's own operations already run on every core (torch's intra-op threads), so workers only
-      compete with them: on a 2-core machine 2 workers made training 2.7x slower than none (BENCHMARKS.md,
+      compete with them: on a 2-core machine 2 workers trained 13-22 % slower than none (BENCHMARKS.md,
       section 5). Workers pay off only with spare cores: 0 up to 2 cores, then a quarter of the cores, at
       most :data:`MAX_WORKERS_CPU`.
 

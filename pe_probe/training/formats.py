@@ -459,8 +459,9 @@ def load_checkpoint(
     - ``model_kwargs`` override the recorded constructor kwargs (``img_size=...``, ``pe_mode=...``);
       ``num_classes`` defaults to the rows of ``head.weight``.
 
-    Raises :class:`CheckpointError` / :class:`~pe_probe.core.errors.UnknownNameError` on bad input, before
-    any unsafe pickle is opened and without changing anything on disk.
+    Raises :class:`CheckpointError` / :class:`~pe_probe.core.errors.UnknownNameError` on bad input; a pickle
+    that needs other globals than tensors and ``argparse.Namespace`` is refused before any of it runs.
+    Nothing on disk is changed.
     """
     from ..models import VARIANT_ARGS
 
