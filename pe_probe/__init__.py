@@ -16,7 +16,7 @@ import importlib
 import sys
 
 from ._version import __version__
-from .core.errors import CheckpointError, DataError, PEProbeError, UnknownNameError
+from .core.errors import CheckpointError, DataError, DataWarning, PEProbeError, UnknownNameError
 from .core.pe import KNOBS, PE_MODES, PRESETS, PEConfig, PEKnobs, resolve_pe_config
 from .core.report import ProbeReport
 from .core.rundir import RunDir
@@ -37,8 +37,8 @@ _LAZY = {
 }
 
 __all__ = [
-    "CheckpointError", "DataError", "KNOBS", "PEConfig", "PEKnobs", "PEProbeError", "PE_MODES", "PRESETS",
-    "ProbeReport", "RunDir", "UnknownNameError", "__version__", "resolve_pe_config", *_LAZY,
+    "CheckpointError", "DataError", "DataWarning", "KNOBS", "PEConfig", "PEKnobs", "PEProbeError", "PE_MODES",
+    "PRESETS", "ProbeReport", "RunDir", "UnknownNameError", "__version__", "resolve_pe_config", *_LAZY,
 ]
 
 

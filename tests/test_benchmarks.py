@@ -57,6 +57,16 @@ def test_train_step_tiny(capsys):
     assert "# profile, 1 steps each" in out and "aten::" in out
 
 
+def test_train_throughput_tiny(capsys):
+    ratios = load("train_throughput").main(["--synthetic", "--images", "16", "--batch-size", "8", "--repeats", "1",
+                                            "--warmup", "0", "--workers", "auto", "0", "--model-kwargs", TINY_TRAIN,
+                                            "--threads", "1"])
+    assert set(ratios) == {"pe-probe (workers 0)", *(k for k in ratios if k.endswith("auto)"))} and len(ratios) == 2
+    assert all(r > 0 for r in ratios.values())
+    out = capsys.readouterr().out
+    assert "hand loop" in out and "ratio vs hand loop" in out and "default workers here" in out
+
+
 @pytest.mark.parametrize("extra", [[], ["--", "--epochs", "1", "--max-images", "8"]])
 def test_reproduce_time_command_parses(extra, capsys):
     assert load("reproduce_time").main(["--dry-run", *extra]) is None

@@ -20,3 +20,8 @@ class UnknownNameError(PEProbeError, KeyError):
 
     def __str__(self) -> str:  # KeyError quotes its message; keep it readable
         return str(self.args[0]) if self.args else ""
+
+
+class DataWarning(UserWarning):
+    """Data that works but may mislead (e.g. evaluating a run on its own training images). The CLI prints it
+    as one ``warning:`` line."""

@@ -56,39 +56,153 @@ def _has_class_folders(folder: Path) -> bool:
     return folder.is_dir() and any(p.is_dir() and not p.name.startswith(".") for p in folder.iterdir())
 
 
+#: File extensions counted as images when sampling a folder (torchvision's ImageFolder reads the same ones).
+_IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+#: The parts of a data set ``build_dataset(split=...)`` reads.
+SPLITS = ("train", "val", "all")
+
+
+def folder_layout(data_dir: Path) -> str:
+    """``"train+val"`` (ImageNet layout), ``"train"`` or ``"val"`` (one of the two), ``"plain"`` (a folder of
+    class folders) or ``"none"``."""
+    tr, va = _has_class_folders(data_dir / "train"), _has_class_folders(data_dir / "val")
+    if tr or va:
+        return "train+val" if tr and va else ("train" if tr else "val")
+    if (data_dir / "train").exists() or (data_dir / "val").exists():
+        return "none"  # train/ or val/ without class folders: not a folder of classes named "train"
+    return "plain" if _has_class_folders(data_dir) else "none"
+
+
+def split_root(data_dir: Path, split: str) -> tuple[Path, str]:
+    """Where ``split`` of an image folder comes from: ``(folder of class folders, part)`` with part ``"all"``
+    (every image of that folder) or ``"train"``/``"val"`` (the fixed per-class 90/10 split of it).
+
+    - ``train/`` and ``val/``: train -> ``train/``, val -> ``val/``; ``all`` is refused (pick one).
+    - ``train/`` alone, or a plain folder of class folders: train / val -> its 90 % / 10 % per class,
+      ``all`` -> every image.
+    - ``val/`` alone: val and all -> ``val/``.
+    """
+    if split not in SPLITS:
+        raise DataError(f"split={split!r} is unknown; valid: {', '.join(SPLITS)}")
+    layout = folder_layout(data_dir)
+    if layout == "none":
+        raise DataError(f"{data_dir} holds no class folders (expected train/<class>/ and val/<class>/, or <class>/)")
+    if layout == "train+val":
+        if split == "all":
+            raise DataError(f"{data_dir} has train/ and val/; split 'all' reads a plain folder of class folders: "
+                            "choose --split val or train (or point --data-dir at one folder of classes)")
+        return data_dir / split, "all"
+    if layout == "val":
+        if split == "train":
+            raise DataError(f"{data_dir} has val/ but no train/ to take a train split from")
+        return data_dir / "val", "all"
+    root = data_dir / "train" if layout == "train" else data_dir
+    return root, split
+
+
+def default_split(name: str, data_dir: str | os.PathLike | None, *, own: bool) -> str:
+    """The split an evaluation or a probe reads when none is named: ``"all"`` for a plain folder of class
+    folders that is not the run's own training data (a user's test set: every image counts), else ``"val"``."""
+    if name == "imagefolder" and data_dir is not None and not own:
+        path = Path(data_dir).expanduser()
+        if path.is_dir() and folder_layout(path) == "plain":
+            return "all"
+    return "val"
+
+
+def describe_split(name: str, data_dir: str | os.PathLike | None, split: str) -> str:
+    """What ``split`` reads, in words (for messages and printed results)."""
+    if name != "imagefolder" or data_dir is None:
+        return {"train": "the training split", "val": "the validation split"}.get(split, split)
+    try:
+        root, part = split_root(Path(data_dir).expanduser(), split)
+    except DataError:
+        return split
+    if part == "all":
+        return f"every image in {root}"
+    pct = round(100 * (1 - FOLDER_VAL_FRACTION)) if part == "train" else round(100 * FOLDER_VAL_FRACTION)
+    return f"{pct}% of each class of {root} ({'held out from' if part == 'val' else 'used for'} training)"
+
+
+def reads_training_images(run_data: dict, name: str, data_dir: str | os.PathLike | None, split: str) -> bool:
+    """Whether ``split`` of data set ``name`` in ``data_dir`` contains images the run (``config.json``'s
+    ``data``) was trained on."""
+    run_name, run_dir = run_data.get("dataset"), run_data.get("data_dir")
+    if name != "imagefolder" or run_name != "imagefolder":
+        same_dir = data_dir is None or run_dir is None or _same(data_dir, run_dir)
+        return name == run_name and same_dir and split == "train"
+    if data_dir is None or run_dir is None:
+        return False
+    try:
+        tr_root, tr_part = split_root(Path(run_dir).expanduser(), "train")
+        ev_root, ev_part = split_root(Path(data_dir).expanduser(), split)
+    except DataError:
+        return False
+    tr_root, ev_root = tr_root.resolve(), ev_root.resolve()
+    if tr_root == ev_root:
+        return not (tr_part == "train" and ev_part == "val")
+    return tr_root.is_relative_to(ev_root) or ev_root.is_relative_to(tr_root)
+
+
+def _same(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+
+
+def folder_image_size(data_dir: str | os.PathLike | None) -> int | None:
+    """The side in pixels of the training images of an image folder (the longer side; None when the sampled
+    images differ in size or the folder cannot be read: building the data set then reports the problem).
+    Opens at most :data:`~pe_probe.data.signature.SAMPLE_FILES` image headers, spread over the classes."""
+    from .signature import SAMPLE_FILES, files_signature
+
+    if data_dir is None:
+        return None
+    try:
+        root, _ = split_root(Path(data_dir).expanduser(), "train")
+        classes = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        per_class = max(1, SAMPLE_FILES // max(1, len(classes)))
+        paths = []
+        for c in classes[:SAMPLE_FILES]:
+            files = sorted(f for f in c.iterdir() if f.suffix.lower() in _IMAGE_EXTENSIONS)
+            paths.extend(str(f) for f in files[:per_class])
+        size = files_signature(paths, None).size
+    except (DataError, OSError):
+        return None
+    return None if size is None else max(size)
+
+
 def build_imagefolder(
-    data_dir: Path, *, train: bool, transform: Callable, in_chans: int
+    data_dir: Path, *, split: str, transform: Callable, in_chans: int
 ) -> Dataset:
     """ImageNet layout (``data_dir/train/<class>/*``, ``data_dir/val/<class>/*``) or one folder of classes.
 
-    A single folder of class subfolders (or a ``train/`` without ``val/``) is split per class with a fixed
-    seed: ``FOLDER_VAL_FRACTION`` of each class goes to validation, always the same files.
+    ``split`` is ``train``, ``val`` or ``all`` (see :func:`split_root`). A single folder of class subfolders
+    (or a ``train/`` without ``val/``) is split per class with a fixed seed: ``FOLDER_VAL_FRACTION`` of each
+    class goes to validation, always the same files; ``all`` reads every image. The data set has
+    ``num_classes``, ``classes`` and ``signature`` (:class:`~pe_probe.data.signature.DataSignature`).
     """
     from torchvision.datasets import ImageFolder
 
+    from .signature import files_signature
+
     loader = _Loader("L" if in_chans == 1 else "RGB")
-    tr, va = data_dir / "train", data_dir / "val"
-    if _has_class_folders(tr) and _has_class_folders(va):
-        root, split = (tr if train else va), False
-    elif _has_class_folders(tr):
-        root, split = tr, True
-    elif _has_class_folders(data_dir) and not tr.exists():
-        root, split = data_dir, True
-    else:
-        raise DataError(f"{data_dir} holds no class folders (expected train/<class>/ and val/<class>/, or <class>/)")
+    root, part = split_root(data_dir, split)
     try:
         ds = ImageFolder(str(root), transform=transform, loader=loader)
     except (FileNotFoundError, RuntimeError) as exc:
         raise DataError(f"no images found under {root}: {str(exc).splitlines()[0]}") from None
     num_classes = len(ds.classes)
-    if split:
-        idx = _split_indices(ds.targets, train)
+    paths = [p for p, _ in ds.samples]
+    if part != "all":
+        idx = _split_indices(ds.targets, part == "train")
         sub = Subset(ds, idx)
         sub.classes, sub.targets = ds.classes, [ds.targets[i] for i in idx]
+        paths = [paths[i] for i in idx]
         ds = sub
     if len(ds) == 0:
-        raise DataError(f"the {'train' if train else 'val'} split of {data_dir} is empty")
+        raise DataError(f"the {split} split of {data_dir} is empty")
     ds.num_classes = num_classes
+    ds.signature = files_signature(paths, num_classes)
     return ds
 
 

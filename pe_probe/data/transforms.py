@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from PIL import Image, ImageOps
+from timm.data import auto_augment as timm_aa
 from timm.data import create_transform
 
 from .registry import DatasetInfo
@@ -41,11 +43,55 @@ def build_transform(
             aug.setdefault("hflip", 0.0)
         if len(mean) == 1:  # colour jitter and RandAugment assume RGB; grey images get geometric aug only
             aug.setdefault("color_jitter", 0.0)
-        return create_transform(
+        transform = create_transform(
             img_size, is_training=True, interpolation=interpolation, mean=mean, std=std, **aug
         )
+        allow_zero_bit_posterize(transform)
+        return transform
     return create_transform(img_size, is_training=False, interpolation=interpolation, mean=mean, std=std,
                             crop_pct=crop_pct)
+
+
+def posterize_any_bits(img: Image.Image, bits_to_keep: int, **__: Any) -> Image.Image:
+    """timm's ``posterize`` op, also for ``bits_to_keep <= 0``: what Pillow <= 12 returned there (all black).
+
+    Why: timm's RandAugment asks for 0 bits. With ``inc1`` policies (DeiT's ``rand-m9-mstd0.5-inc1``)
+    ``PosterizeIncreasing`` keeps ``4 - int(m / 10 * 4)`` bits, which is 0 whenever the Gaussian magnitude
+    draw reaches 10 (about 1 image in 660); AutoAugment ``v0`` asks for 0 bits too. Pillow <= 12 applied the
+    mask ``~(2 ** (8 - bits) - 1)``, i.e. 0 for bits <= 0, and returned an all-black image; Pillow 13's
+    ``ImageOps.posterize`` raises ``ValueError`` instead, which kills a data-loader worker mid-epoch. Returning
+    the old result keeps the augmentation policy exactly as published, with no Pillow pin.
+    """
+    if bits_to_keep >= 8:
+        return img
+    if bits_to_keep >= 1:
+        return ImageOps.posterize(img, bits_to_keep)
+    return img.point([0] * 256 * len(img.getbands()))
+
+
+def allow_zero_bit_posterize(transform: Any) -> int:
+    """Give every posterize op inside ``transform`` :func:`posterize_any_bits`; returns how many were changed.
+
+    Walks ``Compose.transforms``, ``RandAugment.ops``, ``AugMixAugment.ops`` and ``AutoAugment.policy``
+    (a list of sub-policies). Only the op instances of this transform change (their ``aug_fn``), not timm's
+    module state; the random draws (op choice, probability, magnitude) happen before ``aug_fn`` and are
+    untouched, so the images are the same as before wherever the old code did not raise.
+    """
+    changed, stack = 0, [transform]
+    while stack:
+        t = stack.pop()
+        if isinstance(t, (list, tuple)):
+            stack.extend(t)
+        elif isinstance(t, timm_aa.AugmentOp):
+            if t.aug_fn is timm_aa.posterize:
+                t.aug_fn = posterize_any_bits
+                changed += 1
+        else:
+            for attr in ("transforms", "ops", "policy"):
+                sub = getattr(t, attr, None)
+                if isinstance(sub, (list, tuple)):
+                    stack.append(sub)
+    return changed
 
 
 class ConvertThen:

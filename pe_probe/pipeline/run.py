@@ -177,6 +177,7 @@ def probe_run(
     report = probe(
         run.model, data["dataset"], data_dir=data_dir or data.get("data_dir"), mean=data.get("mean"),
         std=data.get("std"), batch_size=batch_size, max_images=max_images, run=rd.name, progress=progress,
+        trained_on=data,
     )
     save_report(report, rd.probe_dir)
     return report

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import torch
@@ -66,28 +67,50 @@ def open_data(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     num_workers: int = 0,
+    split: str | None = None,
+    trained_on: dict | None = None,
+    source: dict | None = None,
 ) -> tuple[Any, int | None]:
     """Turn ``data`` into an iterable of batches plus the number of images when known.
 
-    A data-set name is built with ``pe_probe.data.build_dataset(name, data_dir=..., train=False, ...)``
-    (imported here, lazily) at the model's input size and channels, with the given mean/std (None: the
-    data set's own statistics).
+    A data-set name is built with ``pe_probe.data.build_dataset(name, data_dir=..., split=...)`` (imported
+    here, lazily) at the model's input size and channels, with the given mean/std (None: the data set's own
+    statistics). ``split`` None picks ``all`` for a plain image folder that is not the run's own data and
+    ``val`` otherwise (:func:`pe_probe.data.folders.default_split`). ``trained_on``: the run's ``config.json``
+    ``data`` (with its ``signature``); a data set whose images differ from it in size, channels or class count
+    raises :class:`~pe_probe.core.errors.DataError`. ``source``, when given, receives ``data``, ``data_dir``
+    and ``split`` of a named data set.
     """
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise DataError(f"batch_size must be a positive int, got {batch_size!r}")
     if isinstance(data, torch.Tensor):
         check_images(data[:1] if data.ndim == 4 and len(data) else data, view)  # shape check up front
         return (data[i:i + batch_size] for i in range(0, len(data), batch_size)), len(data)
+    what = type(data).__name__
     if isinstance(data, str):
         try:
             from ..data import build_dataset
+            from ..data.folders import default_split
         except ImportError as exc:  # pragma: no cover - depends on the data package being present
             raise DataError(f"data set names need pe_probe.data.build_dataset, which is not available: {exc}") from exc
         if view.img_size[0] != view.img_size[1]:
             raise DataError(f"data set names need a square input size; the model takes {view.img_size}")
-        data = build_dataset(data, data_dir=data_dir, train=False, img_size=view.img_size[0],
+        run_dir = (trained_on or {}).get("data_dir")
+        own = trained_on is not None and data == trained_on.get("dataset") and (
+            data_dir is None or run_dir is None
+            or Path(data_dir).expanduser().resolve() == Path(run_dir).expanduser().resolve())
+        split = split or default_split(data, data_dir, own=own)
+        what = f"{data} {data_dir} ({split})" if data_dir is not None else f"{data} ({split})"
+        if source is not None:
+            source.update(data=data, data_dir=data_dir, split=split)
+        data = build_dataset(data, data_dir=data_dir, split=split, img_size=view.img_size[0],
                              in_chans=view.in_chans, mean=None if mean is None else tuple(mean),
                              std=None if std is None else tuple(std))
+    if trained_on is not None and isinstance(trained_on.get("signature"), dict) \
+            and getattr(data, "signature", None) is not None:
+        from ..data.signature import DataSignature, check_fits
+
+        check_fits(DataSignature.from_dict(trained_on["signature"]), data.signature, what)
     if isinstance(data, Dataset) and not isinstance(data, DataLoader):
         data = DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     total = None

@@ -10,11 +10,16 @@ from tqdm.auto import tqdm
 
 from .._version import __version__
 from ..core.errors import DataError
-from ..core.report import ProbeReport
+from ..core.report import META_KEYS, ProbeReport
 from .accumulate import RunningStats
 from .adapter import AdapterKind, ModelView, view_model
 from .hooks import eval_inference, fill_derived, recording
 from .inputs import iter_images, open_data
+
+
+#: Metadata keys the probe computes itself (``probe(meta=...)`` may add others, not these).
+COMPUTED_META = (*META_KEYS, "adapter", "img_size", "in_chans", "pe_probe_version", "n_norm_maps", "data",
+                 "data_dir", "split")
 
 
 def model_name(model: nn.Module) -> str:
@@ -60,6 +65,9 @@ def probe(
     n_norm_maps: int = 8,
     run: str | os.PathLike | None = None,
     progress: bool = True,
+    split: str | None = None,
+    trained_on: dict | None = None,
+    meta: dict | None = None,
 ) -> ProbeReport:
     """Stream ``data`` through ``model`` and return the PE statistics as a :class:`~pe_probe.core.report.ProbeReport`.
 
@@ -72,14 +80,27 @@ def probe(
     results do not depend on ``batch_size``. Every batch is checked before it reaches the model
     (:class:`~pe_probe.core.errors.DataError`). ``max_images`` stops early; ``n_norm_maps`` images keep their
     per-token norm maps; ``run`` is recorded in the metadata. Hooks are removed even on errors.
+
+    For a data-set name, ``split`` says which part is read (``val``, ``train`` or ``all``; None: ``all`` for a
+    plain image folder that is not the run's own data, else ``val``) and the report's metadata records
+    ``data``, ``data_dir`` and ``split``. ``trained_on``: the run's ``config.json`` ``data``; data whose images
+    differ from the run's training images in size, channels or class count is refused (``DataError``).
+    ``meta``: extra metadata merged into the report's (e.g. the checkpoint it came from:
+    ``CheckpointInfo.meta()``); it may not replace the keys the probe computes.
     """
+    extra_meta = dict(meta or {})
+    clash = sorted(set(extra_meta) & set(COMPUTED_META))
+    if clash:
+        raise ValueError(f"meta may not set {clash}: the probe computes them")
     view = view_model(model, adapter)
     if max_images is not None and (not isinstance(max_images, int) or max_images < 1):
         raise DataError(f"max_images must be a positive int or None, got {max_images!r}")
     stats = RunningStats(view, n_norm_maps=n_norm_maps)
     names = stats.hook_names()
+    source: dict = {}
     batches, total = open_data(data, view, batch_size=batch_size, data_dir=None if data_dir is None else str(data_dir),
-                               mean=mean, std=std, num_workers=num_workers)
+                               mean=mean, std=std, num_workers=num_workers, split=split, trained_on=trained_on,
+                               source=source)
     if total is not None and max_images is not None:
         total = min(total, max_images)
     with eval_inference(model):
@@ -99,5 +120,5 @@ def probe(
             feed.reset()
     if stats.n_images == 0:
         raise DataError("the data yielded no images")
-    meta = build_meta(view, stats.n_images, run, n_norm_maps=stats.n_maps)
-    return ProbeReport(meta, stats.arrays())
+    computed = build_meta(view, stats.n_images, run, n_norm_maps=stats.n_maps, **source)
+    return ProbeReport({**extra_meta, **computed}, stats.arrays())

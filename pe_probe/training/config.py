@@ -19,7 +19,10 @@ from typing import Any, Optional
 
 from ..core.errors import UnknownNameError
 from ..core.pe import PEKnobs
-from .recipes import DEFAULT_RECIPE_FOR_DATASET, HYPERPARAMETERS, Hyperparameters, Recipe, get_recipe
+from .recipes import (
+    DEFAULT_RECIPE_FOR_DATASET, HYPERPARAMETERS, SMALL_IMAGE_MAX, SMALL_IMAGE_RECIPE, Hyperparameters, Recipe,
+    get_recipe,
+)
 
 
 def _opt(default: Any, help: str, *, runtime: bool = False, **extra: Any) -> Any:
@@ -38,7 +41,10 @@ class RunOptions:
     dataset: Optional[str] = _opt(None, "digits, cifar10, cifar100 or imagefolder; default: the recipe's")
     data_dir: Optional[str | os.PathLike] = _opt(None, "folder of the data set's files (not needed for digits)",
                                                  runtime=True)
-    recipe: Optional[str] = _opt(None, "named hyperparameter preset (default: chosen by the data set)")
+    recipe: Optional[str] = _opt(None, "named hyperparameter preset (default: digits -> digits, cifar10/cifar100 "
+                                       "-> vit_lite_cifar, imagefolder -> vit_lite_cifar when the model's input "
+                                       "(without --model: the folder's images) is at most 64 px, else deit; "
+                                       "config.json records the choice and why as recipe.name and recipe.reason)")
     model_kwargs: dict[str, Any] = field(default_factory=dict, metadata={
         "help": "extra model constructor kwargs, KEY=VALUE (values read as JSON); merged over the recipe's, "
                 "which apply only to the recipe's own model", "runtime": False})
@@ -46,8 +52,9 @@ class RunOptions:
     deterministic: bool = _opt(False, "torch deterministic algorithms (bit-exact resume on CPU)")
     device: Optional[str] = _opt(None, "cuda or cpu (default: cuda when available)", runtime=True)
     amp: Optional[bool] = _opt(None, "bf16 autocast (default: on for CUDA, off on CPU)", runtime=True)
-    num_workers: Optional[int] = _opt(None, "data-loader worker processes (default: 0 for digits, else "
-                                            "min(4, CPUs))", runtime=True)
+    num_workers: Optional[int] = _opt(None, "data-loader worker processes (default: fits the machine: 0 for "
+                                            "digits and on CPU with <= 2 cores, on CUDA cores - 1 up to 8)",
+                                      runtime=True)
     num_threads: Optional[int] = _opt(None, "torch CPU threads during the run (default: torch's)", runtime=True)
     checkpoint_every: int = _opt(0, "also save the resume state every N optimizer steps (0: epoch ends only)",
                                  runtime=True)
@@ -108,18 +115,53 @@ class TrainConfig(HyperparameterOverrides, PEKnobs, RunOptions):  # type: ignore
 RUNTIME_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(RunOptions) if f.metadata.get("runtime"))
 
 
-def recipe_for(cfg: TrainConfig) -> Recipe:
-    """The recipe named by ``cfg`` (or chosen by its data set), with ``cfg``'s hyperparameter overrides."""
+def choose_recipe(cfg: TrainConfig) -> tuple[str, str]:
+    """``(recipe name, why)`` for ``cfg``: the named recipe, else the data set's default; an image folder gets
+    the small-image recipe when the model's input (without a named model: the folder's images) is at most
+    :data:`~pe_probe.training.recipes.SMALL_IMAGE_MAX` pixels, else ``deit``."""
     if cfg.recipe is not None:
-        recipe = get_recipe(cfg.recipe)
-    elif cfg.dataset is not None:
-        if cfg.dataset not in DEFAULT_RECIPE_FOR_DATASET:
-            raise UnknownNameError(
-                f"unknown dataset {cfg.dataset!r}; valid names: {', '.join(DEFAULT_RECIPE_FOR_DATASET)}"
-            )
-        recipe = get_recipe(DEFAULT_RECIPE_FOR_DATASET[cfg.dataset])
+        return cfg.recipe, "named with --recipe"
+    if cfg.dataset is None:
+        return "digits", "no --dataset or --recipe given: the CPU recipe on digits"
+    if cfg.dataset not in DEFAULT_RECIPE_FOR_DATASET:
+        raise UnknownNameError(f"unknown dataset {cfg.dataset!r}; valid names: {', '.join(DEFAULT_RECIPE_FOR_DATASET)}")
+    if cfg.dataset != "imagefolder":
+        return DEFAULT_RECIPE_FOR_DATASET[cfg.dataset], f"the default recipe for {cfg.dataset}"
+    if cfg.model is not None:
+        size, what = _model_input_size(cfg.model, cfg.model_kwargs), f"the input of {cfg.model}"
     else:
-        recipe = get_recipe("digits")
+        from ..data.folders import folder_image_size
+
+        size, what = folder_image_size(cfg.data_dir), "the folder's images"
+    if size is not None and size <= SMALL_IMAGE_MAX:
+        return SMALL_IMAGE_RECIPE, (f"imagefolder, {what} {size} px (<= {SMALL_IMAGE_MAX} px): "
+                                    "the small-image recipe (CIFAR, 32 px)")
+    size_text = f"{size} px" if size is not None else "of several sizes"
+    return DEFAULT_RECIPE_FOR_DATASET["imagefolder"], (f"imagefolder, {what} {size_text} (> {SMALL_IMAGE_MAX} px): "
+                                                       "the ImageNet recipe (DeiT, 224 px)")
+
+
+def _model_input_size(model: str, model_kwargs: dict) -> int | None:
+    """The input side of ``model`` as built with ``model_kwargs`` (its ``img_size``, else timm's default
+    config); None when timm does not know the model (the run's planning reports that)."""
+    size = model_kwargs.get("img_size")
+    if size is None:
+        import timm
+
+        import pe_probe.models  # noqa: F401  (registers the pe_* variants)
+
+        cfg = timm.models.get_pretrained_cfg(model) if timm.is_model(model) else None
+        size = cfg.input_size[-1] if cfg is not None and cfg.input_size else None
+    if isinstance(size, (list, tuple)):
+        size = max(size)
+    return None if size is None else int(size)
+
+
+def recipe_for(cfg: TrainConfig) -> Recipe:
+    """The recipe named by ``cfg`` (or chosen by :func:`choose_recipe`), with ``cfg``'s hyperparameter
+    overrides; its ``reason`` says why it was chosen."""
+    name, reason = choose_recipe(cfg)
+    recipe = get_recipe(name).replace(reason=reason)
     changes = {k: getattr(cfg, k) for k in HYPERPARAMETERS if getattr(cfg, k) is not None}
     if "scale" in changes:
         changes["scale"] = tuple(changes["scale"])

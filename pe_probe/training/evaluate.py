@@ -1,9 +1,11 @@
-"""Top-1/top-5 accuracy and loss of a model or a run directory on a data set's validation split."""
+"""Top-1/top-5 accuracy and loss of a model or a run directory on a data set (its validation split, the
+training split, or every image of a user's test folder)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -13,8 +15,11 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
-from ..data import build_dataset, dataset_info
-from ..core.errors import DataError
+from ..core.errors import DataError, DataWarning
+from ..data import DATASETS, DataSignature, build_dataset, dataset_info, named_signature
+from ..data.folders import default_split, describe_split, reads_training_images
+from ..data.signature import check_fits
+from ..data.workers import default_num_workers
 from .distributed import DistEnv, all_sum, pick_device
 from .sampler import shard_indices
 
@@ -72,33 +77,53 @@ def _model_image_format(model: nn.Module) -> tuple[int, int]:
     return int(h), int(c)
 
 
+def run_signature(config: dict) -> DataSignature:
+    """What a run was trained on (``config.json``): its recorded ``data.signature``, or for runs written before
+    it was recorded, what the data set's name says (named data sets) plus the run's class count."""
+    data = config.get("data") or {}
+    if isinstance(data.get("signature"), dict):
+        return DataSignature.from_dict(data["signature"])
+    name = data.get("dataset")
+    base = named_signature(dataset_info(name)) if name in DATASETS and name != "imagefolder" else None
+    return DataSignature(base.size if base else None, base.channels if base else None, config.get("num_classes"))
+
+
 def evaluate(
     run_or_model: "str | os.PathLike | nn.Module | Run",
     *,
     dataset: str | None = None,
     data_dir: str | os.PathLike | None = None,
+    split: str | None = None,
     train_split: bool = False,
     batch_size: int = 256,
     device: str | None = None,
     amp: bool | None = None,
-    num_workers: int = 0,
+    num_workers: int | None = None,
     download: bool = False,
     mean=None,
     std=None,
     progress: bool = False,
 ) -> dict:
-    """Evaluate a run directory, a loaded :class:`Run` or a model on a data set's validation split.
+    """Evaluate a run directory, a loaded :class:`Run` or a model on part ``split`` of a data set.
 
-    ``train_split=True`` scores the training split instead (without augmentation).
+    ``split``: ``val``, ``train`` (without augmentation; ``train_split=True`` says the same) or ``all`` (every
+    image of a plain folder of class folders). None picks: ``all`` for a plain image folder that is not the
+    run's own training folder (a user's test set is scored whole), else ``val``
+    (:func:`pe_probe.data.folders.default_split`).
 
     For a run directory the data set, data directory, image size, channels and normalization default to the
-    run's own (``config.json``); for a bare model pass ``dataset`` (normalization: the data set's default
-    unless ``mean``/``std`` are given).
-    Returns ``{"top1": %, "top5": %, "loss": mean cross-entropy, "n": images}``.
+    run's own (``config.json``); data whose images differ from the run's training images in size, channels
+    or class count is refused (:class:`~pe_probe.core.errors.DataError`), and a split that holds the run's own
+    training images gives a :class:`~pe_probe.core.errors.DataWarning`. For a bare model pass ``dataset``
+    (normalization: the data set's default unless ``mean``/``std`` are given; only the class count is
+    checked). ``num_workers`` None picks :func:`~pe_probe.data.workers.default_num_workers` for the device.
+    Returns ``{"top1": %, "top5": %, "loss": mean cross-entropy, "n": images, "dataset", "data_dir", "split"}``.
     """
     from .checkpoints import Run, load_run
 
     dev = pick_device(device)
+    if split is not None and train_split and split != "train":
+        raise ValueError(f"train_split=True contradicts split={split!r}")
     if isinstance(run_or_model, nn.Module):
         model = run_or_model
         if dataset is None:
@@ -107,21 +132,33 @@ def evaluate(
         info = dataset_info(dataset)
         d_mean, d_std = info.normalization(in_chans)
         mean, std = mean or d_mean, std or d_std
+        own, run_data = False, None
+        expected = DataSignature(None, None, getattr(model, "num_classes", None))
     else:
         run = run_or_model if isinstance(run_or_model, Run) else load_run(Path(run_or_model))
         model = run.model
-        data = run.config["data"]
-        dataset = dataset or data["dataset"]
-        if data_dir is None and dataset == data["dataset"]:
-            data_dir = data.get("data_dir")
-        img_size, in_chans = int(data["img_size"]), int(data["in_chans"])
-        mean, std = mean or data["mean"], std or data["std"]
-    ds = build_dataset(dataset, data_dir=data_dir, train=train_split, img_size=img_size, in_chans=in_chans,
+        run_data = run.config["data"]
+        dataset = dataset or run_data["dataset"]
+        if data_dir is None and dataset == run_data["dataset"]:
+            data_dir = run_data.get("data_dir")
+        own = dataset == run_data["dataset"] and (
+            data_dir is None or run_data.get("data_dir") is None
+            or Path(data_dir).expanduser().resolve() == Path(run_data["data_dir"]).expanduser().resolve())
+        img_size, in_chans = int(run_data["img_size"]), int(run_data["in_chans"])
+        mean, std = mean or run_data["mean"], std or run_data["std"]
+        expected = run_signature(run.config)
+    split = split or ("train" if train_split else default_split(dataset, data_dir, own=own))
+    ds = build_dataset(dataset, data_dir=data_dir, split=split, img_size=img_size, in_chans=in_chans,
                        mean=mean, std=std, augment=False, download=download)
-    num_classes = getattr(model, "num_classes", None)
-    ds_classes = getattr(ds, "num_classes", None)
-    if num_classes is not None and ds_classes is not None and num_classes != ds_classes:
-        raise DataError(f"the model has {num_classes} classes but dataset {dataset!r} has {ds_classes}")
+    where = f"{dataset} {data_dir} ({split})" if data_dir is not None else f"{dataset} ({split})"
+    check_fits(expected, ds.signature, where, "the run was trained on" if run_data is not None else "the model has")
+    if run_data is not None and reads_training_images(run_data, dataset, data_dir, split):
+        warnings.warn(f"{where} holds images the run was trained on ({describe_split(dataset, data_dir, split)}); "
+                      "its score says how well the run fits its training data, not how it generalises",
+                      DataWarning, stacklevel=2)
     model.to(dev)
-    return run_eval(model, ds, batch_size=batch_size, device=dev, amp=dev.type == "cuda" if amp is None else amp,
-                    num_workers=num_workers, progress=progress)
+    workers = default_num_workers(dev, in_memory=dataset == "digits") if num_workers is None else num_workers
+    result = run_eval(model, ds, batch_size=batch_size, device=dev, amp=dev.type == "cuda" if amp is None else amp,
+                      num_workers=workers, progress=progress)
+    data_dir_text = str(Path(data_dir).expanduser().resolve()) if data_dir is not None else None
+    return {**result, "dataset": dataset, "data_dir": data_dir_text, "split": split}

@@ -33,6 +33,7 @@ from ..core.errors import CheckpointError, DataError, PEProbeError, UnknownNameE
 from ..core.pe import KNOB_NAMES, resolve_pe_config
 from ..core.rundir import RunDir
 from ..data import build_dataset, dataset_info
+from ..data.workers import default_num_workers
 from ..models import VARIANT_ARGS
 from .checkpoints import load_state, load_state_dict_checked, rng_state, save_state, save_weights, set_rng_state
 from .config import RUNTIME_FIELDS, TrainConfig, recipe_for
@@ -141,10 +142,10 @@ def plan_run(cfg: TrainConfig, env: DistEnv) -> Plan:
         "data": {
             "dataset": dataset, "img_size": img_size, "in_chans": in_chans, "mean": list(mean), "std": list(std),
             "data_dir": str(Path(cfg.data_dir).expanduser().resolve()) if cfg.data_dir is not None else None,
-            "crop_pct": info.crop_pct, "interpolation": "bicubic",
+            "crop_pct": info.crop_pct, "interpolation": "bicubic", "signature": train_set.signature.to_dict(),
         },
-        "recipe": {"name": recipe.name, **recipe.hyperparameters(), "seed": cfg.seed, "deterministic": cfg.deterministic,
-                   "args": cfg.args()},
+        "recipe": {"name": recipe.name, "reason": recipe.reason, **recipe.hyperparameters(), "seed": cfg.seed,
+                   "deterministic": cfg.deterministic, "args": cfg.args()},
         "pe_probe_version": __version__,
     }
     return Plan(cfg=cfg, recipe=recipe, model=model, train_set=train_set, val_set=val_set,
@@ -295,7 +296,7 @@ class _Trainer:
         else:
             self.criterion = nn.CrossEntropyLoss()
         nw = self.cfg.num_workers
-        self.num_workers = (0 if plan.config["data"]["dataset"] == "digits" else min(4, os.cpu_count() or 1)) \
+        self.num_workers = default_num_workers(self.device, in_memory=plan.config["data"]["dataset"] == "digits") \
             if nw is None else nw
         self.epoch, self.batch, self.global_step = 0, 0, 0
         self.accum = {"loss_sum": 0.0, "n": 0.0, "time": 0.0}

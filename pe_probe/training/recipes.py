@@ -72,6 +72,8 @@ class Recipe(Hyperparameters):
         model: default registered model (None: the user must name one).
         model_kwargs: constructor kwargs used only with the recipe's own default model.
         dataset: default data set.
+        reason: why a run got this recipe (set by :func:`~pe_probe.training.config.recipe_for`; recorded in
+            ``config.json`` as ``recipe.reason``).
     """
 
     name: str
@@ -79,6 +81,7 @@ class Recipe(Hyperparameters):
     model: Optional[str]
     dataset: str
     model_kwargs: dict[str, Any] = field(default_factory=dict)
+    reason: str = ""
 
     def replace(self, **changes: Any) -> "Recipe":
         """A copy with some fields changed."""
@@ -123,9 +126,15 @@ RECIPES: dict[str, Recipe] = {
     )
 }
 
-#: The recipe used when none is named, by data set.
+#: The recipe used when none is named, by data set (``imagefolder``: by image size, see below).
 DEFAULT_RECIPE_FOR_DATASET = {"digits": "digits", "cifar10": "vit_lite_cifar", "cifar100": "vit_lite_cifar",
                               "imagefolder": "deit"}
+
+#: An image folder whose model input (or, without a named model, whose images) is at most this many pixels
+#: gets ``SMALL_IMAGE_RECIPE`` (ViT-Lite's 32-px CIFAR recipe: batch 128, crop scale 0.8-1) instead of
+#: ``deit`` (ImageNet at 224 px: batch 1024, random-resized crops from 8 % of the image).
+SMALL_IMAGE_MAX = 64
+SMALL_IMAGE_RECIPE = "vit_lite_cifar"
 
 
 def get_recipe(name: str) -> Recipe:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-import types
 import warnings
 
 import numpy as np
@@ -193,19 +191,20 @@ def test_bad_arguments_raise_and_leave_no_hooks(data, kw, match):
 def test_dataset_name_goes_through_pe_probe_data(monkeypatch, images):
     calls = []
 
-    def build_dataset(name, *, data_dir=None, train=True, img_size=224, in_chans=3, mean=None, std=None):
-        calls.append(dict(name=name, data_dir=data_dir, train=train, img_size=img_size, in_chans=in_chans,
+    def build_dataset(name, *, data_dir=None, split="val", img_size=224, in_chans=3, mean=None, std=None):
+        calls.append(dict(name=name, data_dir=data_dir, split=split, img_size=img_size, in_chans=in_chans,
                           mean=mean, std=std))
         return TensorDataset(images, torch.zeros(len(images), dtype=torch.long))
 
-    fake = types.ModuleType("pe_probe.data")
-    fake.build_dataset = build_dataset
-    monkeypatch.setitem(sys.modules, "pe_probe.data", fake)
+    import pe_probe.data
+
+    monkeypatch.setattr(pe_probe.data, "build_dataset", build_dataset)
     m = build(pe_mode="pvg")
     r = probe(m, "toyset", data_dir="/somewhere", batch_size=8, mean=(0.5,) * 3, std=(0.25,) * 3, progress=False)
-    assert calls == [dict(name="toyset", data_dir="/somewhere", train=False, img_size=16, in_chans=3,
+    assert calls == [dict(name="toyset", data_dir="/somewhere", split="val", img_size=16, in_chans=3,
                           mean=(0.5,) * 3, std=(0.25,) * 3)]
     assert isinstance(r, ProbeReport) and r.meta["n_images"] == N_IMAGES
+    assert (r.meta["data"], r.meta["data_dir"], r.meta["split"]) == ("toyset", "/somewhere", "val")
     ref = probe(m, images, progress=False)
     for k in ref.arrays:
         np.testing.assert_allclose(r.arrays[k], ref.arrays[k], rtol=1e-5, atol=1e-6)
@@ -265,3 +264,11 @@ def test_pe_side_follows_pes_that_change_between_batches_or_per_image(images):
                      for b in batches)
         np.testing.assert_allclose(arr[f"pe_map@{l}"], pe_sum / 16, rtol=1e-6, atol=1e-7, err_msg=str(l))
     assert third["blocks.1.hook_pe"].shape[0] == 3
+
+
+def test_extra_meta_is_recorded_but_cannot_replace_computed_keys(images):
+    m = build(pe_mode="pvg")
+    r = probe(m, images, progress=False, meta={"checkpoint": "w.pth", "weights_key": "model"})
+    assert r.meta["checkpoint"] == "w.pth" and r.meta["weights_key"] == "model" and r.meta["pe_mode"] == "pvg"
+    with pytest.raises(ValueError, match=r"meta may not set \['pe_mode'\]"):
+        probe(m, images, progress=False, meta={"pe_mode": "lape"})
