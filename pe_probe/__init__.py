@@ -34,6 +34,8 @@ _LAZY = {
     "summary_frame": "analysis", "save_report": "analysis",
     # pipeline (train: the training loop plus probing during training)
     "train": "pipeline", "reproduce": "pipeline", "render_figures": "pipeline", "ProbeHistory": "pipeline",
+    # pipeline: causal tests of the PE (torch measures, analysis lays out the frames)
+    "ablate": "pipeline", "attribute": "pipeline",
 }
 
 __all__ = [
