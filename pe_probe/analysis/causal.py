@@ -3,7 +3,7 @@
 The torch floor measures (:class:`~pe_probe.core.causal.AblationResult`,
 :class:`~pe_probe.core.causal.AttributionResult`); this module lays the rows out as frames whose ``attrs`` hold
 what was run, and writes / reads them as ``<name>.csv`` (the rows) + ``<name>.json`` (the attrs, and the
-attribution maps). No torch, no matplotlib.
+attribution maps), the two renamed into place together. No torch, no matplotlib.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import pandas as pd
 from ..core.causal import (ABLATION_COLUMNS, ABLATION_CSV, ABLATION_JSON, ATTRIBUTION_COLUMNS, ATTRIBUTION_CSV,
                            ATTRIBUTION_JSON, AblationResult, AttributionResult)
 from ..core.errors import CheckpointError
-from ..core.io import write_json, write_text
+from ..core.io import atomic_path, write_json
 
 
 @dataclass
@@ -53,28 +53,28 @@ def attribution_of(result: AttributionResult) -> Attribution:
     return Attribution(frame, dict(result.pe_maps), dict(result.tok_maps))
 
 
-def _csv(frame: pd.DataFrame) -> str:
-    return frame.to_csv(index=False)
+def _save(out: Path, json_name: str, meta: dict, csv_name: str, frame: pd.DataFrame) -> Path:
+    """Both files written to temporary names and renamed only when both are complete (CSV, then JSON): an
+    error leaves the previous pair as it was."""
+    with atomic_path(out / json_name) as tmp_json, atomic_path(out / csv_name) as tmp_csv:
+        write_json(tmp_json, meta)
+        tmp_csv.write_text(frame.to_csv(index=False))
+    return out / csv_name
 
 
 def save_ablation(frame: pd.DataFrame, out: str | os.PathLike) -> Path:
-    """Write ``out/ablation.json`` (the attrs) and then ``out/ablation.csv`` (the rows), each atomically.
+    """Write ``out/ablation.csv`` (the rows) and ``out/ablation.json`` (the attrs) atomically, as a pair.
     Returns the CSV's path."""
-    out = Path(out)
-    write_json(out / ABLATION_JSON, dict(frame.attrs))
-    write_text(out / ABLATION_CSV, _csv(frame[list(ABLATION_COLUMNS)]))
-    return out / ABLATION_CSV
+    return _save(Path(out), ABLATION_JSON, dict(frame.attrs), ABLATION_CSV, frame[list(ABLATION_COLUMNS)])
 
 
 def save_attribution(attribution: Attribution, out: str | os.PathLike) -> Path:
-    """Write ``out/attribution.json`` (the attrs, plus ``pe_maps`` / ``tok_maps`` as nested lists) and then
-    ``out/attribution.csv`` (the rows), each atomically. Returns the CSV's path."""
-    out = Path(out)
+    """Write ``out/attribution.csv`` (the rows) and ``out/attribution.json`` (the attrs, plus ``pe_maps`` /
+    ``tok_maps`` as nested lists) atomically, as a pair. Returns the CSV's path."""
     maps = {"pe_maps": {k: np.asarray(v).tolist() for k, v in attribution.pe_maps.items()},
             "tok_maps": {k: np.asarray(v).tolist() for k, v in attribution.tok_maps.items()}}
-    write_json(out / ATTRIBUTION_JSON, {**dict(attribution.frame.attrs), **maps})
-    write_text(out / ATTRIBUTION_CSV, _csv(attribution.frame[list(ATTRIBUTION_COLUMNS)]))
-    return out / ATTRIBUTION_CSV
+    return _save(Path(out), ATTRIBUTION_JSON, {**dict(attribution.frame.attrs), **maps}, ATTRIBUTION_CSV,
+                 attribution.frame[list(ATTRIBUTION_COLUMNS)])
 
 
 def _read(csv: Path, meta: Path, columns: tuple[str, ...]) -> tuple[pd.DataFrame, dict]:
