@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from typing import Any, Sequence
 
 import pandas as pd
@@ -96,7 +97,11 @@ def attribute_run(run_dir: str | os.PathLike | RunDir, *, data_dir: str | os.Pat
         except Exception as exc:  # a damaged cache is rebuilt, not fatal
             log.warning("re-attributing %s: saved attribution unreadable (%s)", rd.path, exc)
     model, data = _run_data(rd, data_dir)
-    result = attribute(model, data.pop("data"), max_images=max_images, n_steps=n_steps, baseline=baseline,
-                       batch_size=batch_size, run=rd.name, progress=progress, **data)
+    with warnings.catch_warnings(record=True) as caught:  # incomplete sites: logged here, noted in the figure
+        warnings.simplefilter("always", RuntimeWarning)
+        result = attribute(model, data.pop("data"), max_images=max_images, n_steps=n_steps, baseline=baseline,
+                           batch_size=batch_size, run=rd.name, progress=progress, **data)
+    for w in caught:
+        log.warning("%s: %s", rd.name, w.message)
     save_attribution(result, rd.path)
     return result
