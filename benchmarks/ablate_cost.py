@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
         base = median(times["plain"])
         cost, sites = counted[True]
         depth = len(model.blocks)
-        print(f"## {mode}: depth {depth}, {sites} PE site(s); counted plain passes 3S+1 = "
+        print(f"## {mode}: depth {depth}, {sites} PE site(s); counted plain passes 1 + 3S = "
               f"{cost['plain_passes_per_image']:g}, full-pass equivalents with prefix reuse "
               f"{cost['full_pass_equivalents_per_image']:.2f}")
         row: dict[str, float] = {"sites": sites, "counted_plain": cost["plain_passes_per_image"],

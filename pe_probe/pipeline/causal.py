@@ -6,6 +6,7 @@ docs/causal.md defines every site, intervention and metric.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import warnings
@@ -26,8 +27,9 @@ log = logging.getLogger(__name__)
 
 #: What ``reproduce`` / ``pe-probe figures`` compute per run: ablation on every validation image (or the
 #: ``max_images`` they are given), attribution on the first :data:`RUN_ATTRIBUTION_IMAGES` images with the
-#: row-mean PE baseline (the zero baseline does not converge at the input site; docs/causal.md).
-RUN_ATTRIBUTION_IMAGES, RUN_ATTRIBUTION_STEPS, RUN_ATTRIBUTION_BASELINE = 32, 32, "mean"
+#: row-mean PE baseline (the zero baseline converges far more slowly at the input site; docs/causal.md). On a
+#: digits MPVG run (6 blocks, 360 images) that is about 2 s of ablation and 5 s of attribution on one CPU thread.
+RUN_ATTRIBUTION_IMAGES, RUN_ATTRIBUTION_STEPS, RUN_ATTRIBUTION_BASELINE = 16, 32, "mean"
 
 
 def ablate(model: nn.Module, data: Any, interventions: Sequence[str] = INTERVENTIONS, **options: Any) -> pd.DataFrame:
@@ -56,6 +58,11 @@ def attribute(model: nn.Module, data: Any, target: int | str | None = None, **op
     :func:`pe_probe.probe`). docs/causal.md has the definitions, the convergence caveats and the cost.
     """
     return attribution_of(run_attribution(model, data, target, **options))
+
+
+# the public names take exactly the torch floor's keywords: show them in help() and IDEs
+ablate.__signature__ = inspect.signature(run_ablation).replace(return_annotation=pd.DataFrame)  # type: ignore[attr-defined]
+attribute.__signature__ = inspect.signature(run_attribution).replace(return_annotation=Attribution)  # type: ignore[attr-defined]
 
 
 def _run_data(rd: RunDir, data_dir: str | os.PathLike | None) -> tuple[nn.Module, dict[str, Any]]:

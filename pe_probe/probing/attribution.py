@@ -221,8 +221,9 @@ def run_attribution(
         rows += [(site.hook, site.layer, k, float(v)) for k, v in values.items()]
         if values["rel_delta"] > warn_rel_delta:
             warnings.warn(f"{site.hook}: sum |delta| / sum |f(x) - f(baseline)| = {values['rel_delta']:.3g} with "
-                          f"n_steps={n_steps}: the attributions there are not complete; raise n_steps, or for the "
-                          "input site use baseline='mean' or tokens='keep'", RuntimeWarning, stacklevel=3)
+                          f"n_steps={n_steps}: the attributions there are not complete; raise n_steps (the input site "
+                          "may need 128 or more) and, there, use baseline='mean' or tokens='keep'", RuntimeWarning,
+                          stacklevel=3)
     n_sites = len(runner.sites)
     meta = build_meta(
         view, n_images, run,

@@ -103,10 +103,11 @@ def find_sites(model: nn.Module, effect: str = "direct", select: Sequence[str | 
         if select is not None and H.POS_EMBED in select and all(s.hook != H.POS_EMBED for s in sites):
             sites.insert(0, total_input)
     else:
-        tap = HookPoint()
+        tap = HookPoint()  # pos_embed is read once, at the input: its direct and total effects are one
         rows = model.pos_embed.shape[1]
-        sites.append(Site(H.INPUT_PE if effect == "direct" else H.POS_EMBED, H.INPUT, tap, model.patch_embed,
-                          max(0, rows - view.grid[0] * view.grid[1])))
+        asked_total = select is not None and H.POS_EMBED in select and H.INPUT_PE not in select
+        sites.append(Site(H.POS_EMBED if effect == "total" or asked_total else H.INPUT_PE, H.INPUT, tap,
+                          model.patch_embed, max(0, rows - view.grid[0] * view.grid[1])))
     if select is not None:
         wanted = [select] if isinstance(select, (str, int)) else list(select)
         known = {s.hook for s in sites} | {s.layer for s in sites} | {H.POS_EMBED, H.INPUT_PE}

@@ -166,6 +166,9 @@ def test_position_toy_as_timm_model_gives_the_same_frame():
     f_pe, f_timm = ablate(m, ds, batch_size=16, progress=False), ablate(t, ds, batch_size=16, progress=False)
     pd.testing.assert_frame_equal(f_pe, f_timm)
     assert f_timm.attrs["pe_mode"] == "timm" and f_timm.attrs["reuse_prefix"] is False
+    # pos_embed is read once, at the input: its total effect is the same frame under the other name
+    total = ablate(t, ds, sites=["hook_pos_embed"], batch_size=16, progress=False)
+    pd.testing.assert_frame_equal(total.replace({"hook": {"hook_pos_embed": "hook_input_pe"}}), f_timm)
 
 
 # ---------------------------------------------------------------------------------------------- (c) hand hooks
