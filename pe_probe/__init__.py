@@ -31,9 +31,12 @@ _LAZY = {
     "TrainConfig": "training", "evaluate": "training", "load_checkpoint": "training",
     "load_model": "training", "load_run": "training",
     # analysis (numpy/pandas)
-    "summary_frame": "analysis", "save_report": "analysis",
+    "summary_frame": "analysis", "save_report": "analysis", "save_ablation": "analysis",
+    "save_attribution": "analysis", "read_ablation": "analysis", "read_attribution": "analysis",
     # pipeline (train: the training loop plus probing during training)
     "train": "pipeline", "reproduce": "pipeline", "render_figures": "pipeline", "ProbeHistory": "pipeline",
+    # pipeline: causal tests of the PE (torch measures, analysis lays out the frames)
+    "ablate": "pipeline", "attribute": "pipeline",
 }
 
 __all__ = [

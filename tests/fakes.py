@@ -67,11 +67,42 @@ def fake_history(pe: dict, seed: int, depth: int = DEPTH, epochs=(2, 4)) -> pd.D
     return pd.DataFrame(rows, columns=["epoch", "layer", "metric", "value"])
 
 
+def pe_sites(pe: dict, depth: int = DEPTH) -> list[tuple[str, int]]:
+    """The (hook, layer) PE sites of a model with PEConfig fields ``pe``, in forward order."""
+    sites = [("hook_input_pe", -2)] if pe["input_add"] else []
+    if pe["layerwise"]:
+        sites += [(f"blocks.{i}.hook_pe", i) for i in range(depth) if i > 0 or pe["layer0"]]
+    return sites + ([("hook_last_pe", -1)] if pe["last_ln_pe"] is not None else [])
+
+
+def fake_ablation(pe: dict, seed: int, depth: int = DEPTH) -> pd.DataFrame:
+    """An ``ablation.csv`` frame (every site, intervention and metric) with the attrs ``ablation.json`` holds."""
+    rng = np.random.default_rng(seed + 2000)
+    rows = [dict(hook=h, layer=l, intervention=k, metric=m, value=float(rng.uniform(0, 1)))
+            for h, l in pe_sites(pe, depth) for k in ("zero", "mean", "shuffle") for m in ("top1", "agree", "kl")]
+    frame = pd.DataFrame(rows, columns=["hook", "layer", "intervention", "metric", "value"])
+    frame.attrs.update(depth=depth, n_images=N_IMAGES, effect="direct", intact_top1=0.9)
+    return frame
+
+
+def fake_attribution(pe: dict, seed: int, depth: int = DEPTH) -> pd.DataFrame:
+    """An ``attribution.csv`` frame (every site and metric) with the attrs ``attribution.json`` holds."""
+    rng = np.random.default_rng(seed + 3000)
+    metrics = ("pe_attr", "tok_attr", "pe_abs", "tok_abs", "pe_share", "fdiff", "delta_abs_mean", "delta_abs_max",
+               "rel_delta")
+    rows = [dict(hook=h, layer=l, metric=m, value=float(rng.uniform(0, 1) if m != "rel_delta" else 10 ** rng.uniform(-6, -2)))
+            for h, l in pe_sites(pe, depth) for m in metrics]
+    frame = pd.DataFrame(rows, columns=["hook", "layer", "metric", "value"])
+    frame.attrs.update(depth=depth, n_images=N_IMAGES, baseline="mean", tokens="zero", target="predicted", n_steps=32)
+    return frame
+
+
 def make_run(name: str, preset: str = "default", *, report: bool = True, top1: float | None = 80.0,
              model: str = "pe_deit_tiny_patch16_224", dataset: str = "digits", seed: int = 0,
-             train_seed: int = 0, history: bool = True, **changes) -> RunResult:
+             train_seed: int = 0, history: bool = True, causal: bool = True, **changes) -> RunResult:
     """A RunResult with a config.json-shaped dict (``train_seed`` is its training seed, ``seed`` seeds the fake
-    numbers) and, by default, a fake report and probe history; ``changes`` override PEConfig fields."""
+    numbers) and, by default, a fake report, probe history, ablation and attribution; ``changes`` override
+    PEConfig fields."""
     pe = {**PRESETS[preset], **changes}
     config = {
         "model": model,
@@ -86,7 +117,9 @@ def make_run(name: str, preset: str = "default", *, report: bool = True, top1: f
     summary = {"top1": top1, "top5": 99.0, "epochs": 1} if top1 is not None else None
     rep = fake_report(name, pe, seed=seed, pe_mode=preset) if report else None
     hist = fake_history(pe, seed) if history and pe["layerwise"] else None
-    return RunResult(name=name, config=config, summary=summary, report=rep, history=hist)
+    abl, att = (fake_ablation(pe, seed), fake_attribution(pe, seed)) if causal else (None, None)
+    return RunResult(name=name, config=config, summary=summary, report=rep, history=hist, ablation=abl,
+                     attribution=att)
 
 
 def seeded_runs(seeds: int = 3) -> list[RunResult]:

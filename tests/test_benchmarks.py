@@ -79,3 +79,14 @@ def test_probe_history_cost_tiny(capsys):
                                               "num_heads=2"])
     assert set(result) == {"ratio", "share"} and result["ratio"] > 0 and 0 < result["share"] < 1
     assert "in-run share" in capsys.readouterr().out
+
+
+def test_ablate_cost_tiny(capsys):
+    rows = load("ablate_cost").main(["--tiny", "--pe-modes", "pvg", "default", "--batch-size", "2", "--repeats", "1",
+                                     "--n-steps", "2", "--threads", "1"])
+    assert set(rows) == {"pvg", "default"}
+    assert rows["pvg"]["sites"] == 4 and rows["pvg"]["counted_plain"] == 3 * 4 + 1  # input + blocks 1..3
+    assert rows["pvg"]["counted_prefix"] < rows["pvg"]["counted_plain"] and rows["default"]["counted_plain"] == 4
+    assert all(v > 0 for r in rows.values() for v in r.values())
+    out = capsys.readouterr().out
+    assert "x plain" in out and "attribute n=2" in out and "per round" in out

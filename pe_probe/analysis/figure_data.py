@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..core.hook_points import LAST
+from ..core.hook_points import INPUT, LAST, layer_label
 from . import paper as P
 from .metrics import correlation_parts, last_ln_params, pe_similarity_matrix, pearson, summary_frame
 from .runs import RunResult
@@ -511,3 +511,90 @@ def ablation_table(sel: Selection, options: Mapping[str, Any], ref: P.Reported |
     shown = pd.DataFrame(shown, columns=[*by, "backbone", "ours top-1", "paper top-1"])
     footnote = (f"Paper: {ref.source}." + (f" {ref.notes}" if ref.notes else "")) if ref is not None else ""
     return FigureData(data=data, table=shown, footnote=footnote)
+
+
+# --- causal tests of the PE: ablation and attribution per site -----------------------------------------
+
+
+def _depth(run: RunResult, frame: pd.DataFrame) -> int:
+    """The run's number of blocks: from the frame's attrs, the config or the report, else past its last block."""
+    for value in (frame.attrs.get("depth"), run.fields().get("depth"),
+                  (run.report.meta.get("depth") if run.report is not None else None)):
+        if value is not None:
+            return int(value)
+    blocks = frame.loc[frame["layer"] >= 0, "layer"]
+    return int(blocks.max()) + 1 if len(blocks) else 0
+
+
+def site_position(layer: int, depth: int) -> int:
+    """Where a PE site goes on an axis in forward order: the input at -1, block i at i, the Last LN at ``depth``."""
+    return {INPUT: -1, LAST: depth}.get(int(layer), int(layer))
+
+
+def _site_rows(sel: Selection, frame_of, keep, value_cols: Sequence[str]) -> pd.DataFrame:
+    """One row per run (seed) and PE site of the frames ``frame_of(run)`` (filtered by ``keep``), with the site's
+    ``position`` (:func:`site_position`) and ``site`` label, grouped by configuration (``series``)."""
+    rows = []
+    for s in sel.present():
+        for name, runs in _groups(sel, s.key):
+            for run in runs:
+                frame = frame_of(run)
+                depth = _depth(run, frame)
+                for rec in frame[keep(frame)].to_dict("records"):
+                    rows.append(dict(series=name, run=run.name, seed=run.seed, hook=rec["hook"], layer=int(rec["layer"]),
+                                     position=site_position(rec["layer"], depth), site=layer_label(int(rec["layer"])),
+                                     **{c: rec[c] for c in value_cols}))
+    return pd.DataFrame(rows, columns=["series", "run", "seed", "hook", "layer", "position", "site", *value_cols])
+
+
+def ablation_by_layer(sel: Selection, options: Mapping[str, Any], ref: P.Reported | None) -> FigureData:
+    """The effect of ablating each PE site (``RUN/ablation.csv``): metric ``options["metric"]`` per run (seed),
+    site and intervention (``options["interventions"]``), with the mean and 95% CI over the seeds of its
+    configuration; sites in forward order (``position``: input -1, block i, Last LN at the depth)."""
+    metric, kinds = options["metric"], list(options["interventions"])
+    data = _site_rows(sel, lambda r: r.ablation,
+                      lambda f: (f["metric"] == metric) & f["intervention"].isin(kinds), ["intervention", "metric", "value"])
+    data = with_seed_summary(data, ["series", "hook", "intervention"], "value")
+    findings, notes = [], []
+    lowest = metric in ("agree", "top1")  # the largest effect: the lowest agreement or accuracy, the highest KL
+    for name, part in data.groupby("series", sort=False):
+        cells = []
+        for kind in kinds:
+            sub = part[part["intervention"] == kind]
+            if not len(sub):
+                continue
+            means = sub.groupby("hook", sort=False)["value"].mean()
+            hook = means.idxmin() if lowest else means.idxmax()
+            site = sub.loc[sub["hook"] == hook, "site"].iloc[0]
+            cells.append(f"{kind} at {site} {interval_text(sub.loc[sub['hook'] == hook, 'value'].tolist())}")
+        if cells:
+            findings.append(f"{name}: largest effect on {metric}: " + "; ".join(cells))
+    n = sorted({int(r.ablation.attrs["n_images"]) for s in sel.present() for r in sel.runs[s.key]
+                if "n_images" in r.ablation.attrs})
+    if n:
+        notes.append(f"Ablations over {'/'.join(map(str, n))} validation images per run.")
+    return FigureData(data=data, findings=findings, notes=notes)
+
+
+def attribution_by_layer(sel: Selection, options: Mapping[str, Any], ref: P.Reported | None) -> FigureData:
+    """The share of the attribution that goes to the PE at each PE site (``RUN/attribution.csv``:
+    ``pe_share = sum |attr_pe| / (sum |attr_pe| + sum |attr_tok|)``) and captum's relative convergence delta
+    (``rel_delta``), per run (seed) and site, with the mean and 95% CI over the seeds of its configuration."""
+    metrics = ["pe_share", "rel_delta"]
+    data = _site_rows(sel, lambda r: r.attribution, lambda f: f["metric"].isin(metrics), ["metric", "value"])
+    data = with_seed_summary(data, ["series", "hook", "metric"], "value")
+    findings, notes = [], []
+    for name, part in data[data["metric"] == "pe_share"].groupby("series", sort=False):
+        cells = [f"{part.loc[part['hook'] == h, 'site'].iloc[0]} {interval_text(part.loc[part['hook'] == h, 'value'].tolist())}"
+                 for h in dict.fromkeys(part["hook"])]
+        findings.append(f"{name}: PE share " + ", ".join(cells))
+    bad = data[(data["metric"] == "rel_delta") & (data["value"] > float(options["max_rel_delta"]))]
+    for (name, site), part in bad.groupby(["series", "site"], sort=False):
+        notes.append(f"{name}, {site}: captum's relative delta up to {part['value'].max():.2g} (> "
+                     f"{options['max_rel_delta']}): the attributions there are not complete (docs/causal.md).")
+    attrs = [r.attribution.attrs for s in sel.present() for r in sel.runs[s.key]]
+    facts = {k: sorted({str(a[k]) for a in attrs if a.get(k) is not None}) for k in ("baseline", "tokens", "target",
+                                                                                     "n_steps", "n_images")}
+    if any(facts.values()):
+        notes.append("Attribution: " + ", ".join(f"{k} {'/'.join(v)}" for k, v in facts.items() if v) + ".")
+    return FigureData(data=data, findings=findings, notes=notes)

@@ -16,6 +16,7 @@ import pandas as pd
 
 from ..core.report import ProbeReport
 from ..core.rundir import RunDir
+from .causal import read_ablation, read_attribution
 from .paper import backbone_of
 
 #: ``model_kwargs`` keys copied into the flat selector view (architecture and scheme).
@@ -37,6 +38,8 @@ class RunResult:
     label: str | None = None
     path: Path | None = None
     history: pd.DataFrame | None = None  #: ``probe_history.csv`` (epoch, layer, metric, value), if recorded
+    ablation: pd.DataFrame | None = None  #: ``ablation.csv`` (hook, layer, intervention, metric, value), if computed
+    attribution: pd.DataFrame | None = None  #: ``attribution.csv`` (hook, layer, metric, value), if computed
 
     @property
     def display(self) -> str:
@@ -132,9 +135,14 @@ class RunResult:
 
     @classmethod
     def from_dir(cls, path: str | Path | RunDir, report: ProbeReport | None = None, **kwargs: Any) -> "RunResult":
-        """Read ``config.json`` and (if present) ``summary.json`` of a run directory."""
+        """Read ``config.json`` and (if present) ``summary.json``, ``probe_history.csv``, ``ablation.csv`` and
+        ``attribution.csv`` of a run directory (``kwargs`` given win: e.g. frames just computed)."""
         run = path if isinstance(path, RunDir) else RunDir(path)
         history = pd.read_csv(run.probe_history_path) if run.probe_history_path.is_file() else None
+        if "ablation" not in kwargs and run.ablation_path.is_file():
+            kwargs["ablation"] = read_ablation(run.path)
+        if "attribution" not in kwargs and run.attribution_path.is_file():
+            kwargs["attribution"] = read_attribution(run.path).frame
         return cls(name=kwargs.pop("name", run.name), config=run.read_config(), summary=run.read_summary(),
                    report=report, path=run.path, history=history, **kwargs)
 

@@ -16,7 +16,7 @@ from typing import Any
 from ..core.pe import PEConfig
 from .runs import RunResult
 
-NEEDS = ("summary", "report", "history")
+NEEDS = ("summary", "report", "history", "ablation", "attribution")
 TAKES = ("all", "one")
 
 #: Flat selector fields (``RunResult.fields()``); anything else must be a dotted path under ``ROOTS``.
@@ -235,8 +235,9 @@ def _has(run: RunResult, need: str) -> bool:
         return run.top1 is not None
     if need == "report":
         return run.report is not None
-    if need == "history":
-        return run.history is not None and len(run.history) > 0
+    if need in ("history", "ablation", "attribution"):
+        frame = getattr(run, need)
+        return frame is not None and len(frame) > 0
     raise ValueError(f"unknown need {need!r}")
 
 
@@ -270,7 +271,8 @@ class Selection:
 
 def _needs_text(needs: Sequence[str]) -> str:
     what = {"summary": "a summary (finished training)", "report": "a probe report",
-            "history": "a probe history (trained with --probe-every)"}
+            "history": "a probe history (trained with --probe-every)",
+            "ablation": "a PE ablation (ablation.csv)", "attribution": "a PE attribution (attribution.csv)"}
     return (" with " + " and ".join(what[n] for n in needs)) if needs else ""
 
 

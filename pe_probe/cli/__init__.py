@@ -13,7 +13,7 @@ import sys
 from ..core.errors import PEProbeError
 
 #: Subcommand modules, in the order ``pe-probe --help`` lists them.
-SUBCOMMANDS = ("train", "eval", "probe", "figures", "reproduce")
+SUBCOMMANDS = ("train", "eval", "probe", "ablate", "attribute", "figures", "reproduce")
 
 #: Exceptions that mean bad input (one line, exit code 2), not a bug.
 USER_ERRORS = (PEProbeError, ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError)

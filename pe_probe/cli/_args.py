@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from typing import Any
 
@@ -27,3 +28,26 @@ def parse_kv(items: list[str] | None, flag: str = "--model-kwargs") -> dict[str,
             raise ValueError(f"{flag}: {key} is given twice ({out[key]!r} and {value!r})")
         out[key] = value
     return out
+
+
+def parse_sites(items: list[str] | None) -> list[str | int] | None:
+    """``--sites`` values: layer numbers (``-2`` input, ``-1`` Last LN, ``i`` block) or hook names."""
+    if not items:
+        return None
+    out: list[str | int] = []
+    for item in items:
+        try:
+            out.append(int(item))
+        except ValueError:
+            out.append(item)
+    return out
+
+
+def add_site_args(p: argparse.ArgumentParser) -> None:
+    """``--sites`` and ``--effect`` of the ``ablate`` and ``attribute`` commands."""
+    p.add_argument("--sites", nargs="+", metavar="SITE",
+                   help="PE sites to analyse: layers (-2 input, -1 Last LN, i block) or hook names "
+                        "(blocks.3.hook_pe, hook_input_pe, hook_last_pe, hook_pos_embed); default: every site")
+    p.add_argument("--effect", choices=("direct", "total"), default="direct",
+                   help="direct: change only the term added at the site (default); total: also what later "
+                        "blocks and the Last LN read from it (the PE chain)")

@@ -1,10 +1,12 @@
 """The hook-name scheme: the only place the names of the activations pe_probe reads are spelled.
 
-Names follow timm's module paths (TransformerLens-style hook points): ``hook_pos_embed``, per block
+Names follow timm's module paths (TransformerLens-style hook points): ``hook_pos_embed``, ``hook_input_pe``
+(the PE added to the input, where the model adds one), per block
 ``blocks.{i}.hook_resid_pre | hook_tok | hook_pe | hook_resid_post``, then ``hook_last_ln_in``,
 ``hook_last_ln_out``, ``hook_last_pe`` and ``hook_pooled``. pe_probe models carry identity modules at
 exactly these paths (a test checks it); the probe's timm adapter maps the same names onto a plain timm ViT.
-Layers are block indices 0..L-1, and :data:`LAST` (-1) for the Last LN. Torch-free.
+Layers are block indices 0..L-1, :data:`LAST` (-1) for the Last LN and :data:`INPUT` (-2) for the input
+(the PE added to ``x_0``). Torch-free.
 """
 
 from __future__ import annotations
@@ -12,8 +14,10 @@ from __future__ import annotations
 from typing import Iterable, NamedTuple
 
 LAST = -1  #: layer index of the Last LN
+INPUT = -2  #: layer index of the input: the PE added to the patch embeddings, ``x_0 = p + pos_0``
 
 POS_EMBED = "hook_pos_embed"  #: the raw PE pos_0 (1, T, D)
+INPUT_PE = "hook_input_pe"  #: the PE term added to the input (1, T, D); only in models that add one
 RESID_PRE, TOK, PE, RESID_POST = "hook_resid_pre", "hook_tok", "hook_pe", "hook_resid_post"
 BLOCK_POINTS = (RESID_PRE, TOK, PE, RESID_POST)  #: per-block hook points, in forward order
 LAST_LN_IN, LAST_LN_OUT, LAST_PE, POOLED = "hook_last_ln_in", "hook_last_ln_out", "hook_last_pe", "hook_pooled"
@@ -21,9 +25,11 @@ LAST_LN_IN, LAST_LN_OUT, LAST_PE, POOLED = "hook_last_ln_in", "hook_last_ln_out"
 #: What each name holds (docs/probe.md shows this table).
 DESCRIPTIONS = {
     POS_EMBED: "raw pos_0, (1, T, D)",
+    INPUT_PE: "the PE term added to the input, x_0 = p + pos_0 (models that add one; the source of the PE chain "
+              "is hook_pos_embed), (1, T, D)",
     RESID_PRE: "residual stream entering block i, x_i, (B, T, D)",
     TOK: "LN_i(x_i): normalised tokens entering attention, before any PE is added, (B, T, D)",
-    PE: "the PE block i receives, after its LN'_i (blocks that receive one), (1, T, D)",
+    PE: "the PE block i adds to its attention input, after its LN'_i (blocks that receive one), (1, T, D)",
     RESID_POST: "residual stream after block i, (B, T, D)",
     LAST_LN_IN: "x_L, (B, T, D)",
     LAST_LN_OUT: "LN(x_L), the Last LN without the PE, (B, T, D)",
@@ -39,15 +45,16 @@ def block_hook(i: int, point: str) -> str:
     return f"blocks.{i}.{point}"
 
 
-def hook_names(depth: int, pe_blocks: Iterable[int] = (), last_pe: bool = False) -> list[str]:
+def hook_names(depth: int, pe_blocks: Iterable[int] = (), last_pe: bool = False, input_pe: bool = False) -> list[str]:
     """Every hook name of a ViT with ``depth`` blocks, in forward order.
 
     ``pe_blocks``: the blocks that receive a PE (they get a ``hook_pe``); ``last_pe``: whether a PE is added
-    after the Last LN (``hook_last_pe``). For a :class:`~pe_probe.core.pe.PEConfig` ``cfg`` these are
-    ``cfg.pe_blocks(depth)`` and ``cfg.last_ln_pe is not None``.
+    after the Last LN (``hook_last_pe``); ``input_pe``: whether the PE is added to the input
+    (``hook_input_pe``). For a :class:`~pe_probe.core.pe.PEConfig` ``cfg`` these are ``cfg.pe_blocks(depth)``,
+    ``cfg.last_ln_pe is not None`` and ``cfg.input_add``.
     """
     pe = set(pe_blocks)
-    names = [POS_EMBED]
+    names = [POS_EMBED] + ([INPUT_PE] if input_pe else [])
     for i in range(depth):
         names += [block_hook(i, p) for p in BLOCK_POINTS if p != PE or i in pe]
     names += [LAST_LN_IN, LAST_LN_OUT] + ([LAST_PE] if last_pe else []) + [POOLED]
@@ -75,3 +82,20 @@ def layer_hooks(layer: int, has_pe: bool) -> LayerHooks:
     if layer == LAST:
         return LayerHooks(LAST_LN_IN, LAST_LN_OUT, LAST_PE if has_pe else None)
     return LayerHooks(block_hook(layer, RESID_PRE), block_hook(layer, TOK), block_hook(layer, PE) if has_pe else None)
+
+
+def pe_site_hook(layer: int) -> str:
+    """The hook of the PE term added at ``layer``: ``hook_input_pe`` (:data:`INPUT`), ``hook_last_pe``
+    (:data:`LAST`) or ``blocks.{layer}.hook_pe``."""
+    if layer == INPUT:
+        return INPUT_PE
+    if layer == LAST:
+        return LAST_PE
+    if layer < 0:
+        raise ValueError(f"layer {layer} is not a block index, LAST ({LAST}) or INPUT ({INPUT})")
+    return block_hook(layer, PE)
+
+
+def layer_label(layer: int) -> str:
+    """How figures and tables name ``layer``: ``input``, ``Last LN`` or ``block {i}``."""
+    return {INPUT: "input", LAST: "Last LN"}.get(layer, f"block {layer}")

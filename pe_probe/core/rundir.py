@@ -12,6 +12,10 @@ probing, figures, reproduction). Its files:
 ``eval.json``        every ``pe-probe eval`` result, one entry per data set and split
 ``probe/``           the saved probe report of the run (:class:`~pe_probe.core.report.ProbeReport`)
 ``probe_history.csv`` metrics of the probes taken during training (``epoch, layer, metric, value``)
+``ablation.csv``     the PE ablation of the run (``hook, layer, intervention, metric, value``), with
+                     ``ablation.json`` (what was run: images, effect, seed, cost)
+``attribution.csv``  the PE attribution of the run (``hook, layer, metric, value``), with
+                     ``attribution.json`` (what was run, and the per-token maps)
 ==================== ==========================================================================
 
 The JSON files are handled here (torch-free); the torch floor writes the weights and the resume state
@@ -26,6 +30,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterator
 
+from .causal import ABLATION_CSV, ABLATION_JSON, ATTRIBUTION_CSV, ATTRIBUTION_JSON
 from .errors import CheckpointError
 from .io import atomic_path, write_json, write_text
 
@@ -45,6 +50,8 @@ class RunDir:
     EVAL = "eval.json"
     PROBE = "probe"
     PROBE_HISTORY = "probe_history.csv"
+    ABLATION, ABLATION_META = ABLATION_CSV, ABLATION_JSON
+    ATTRIBUTION, ATTRIBUTION_META = ATTRIBUTION_CSV, ATTRIBUTION_JSON
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path).expanduser()
@@ -73,6 +80,8 @@ class RunDir:
     eval_path = property(lambda self: self.path / self.EVAL, doc="``eval.json``")
     probe_dir = property(lambda self: self.path / self.PROBE, doc="``probe/``: the saved probe report")
     probe_history_path = property(lambda self: self.path / self.PROBE_HISTORY, doc="``probe_history.csv``")
+    ablation_path = property(lambda self: self.path / self.ABLATION, doc="``ablation.csv``")
+    attribution_path = property(lambda self: self.path / self.ATTRIBUTION, doc="``attribution.csv``")
 
     def is_run(self) -> bool:
         """Whether the directory holds a run (it has a ``config.json``)."""

@@ -7,6 +7,7 @@ whose numbers come from :mod:`pe_probe.analysis.figure_data`; :func:`render_all`
 """
 
 from .accuracy import accuracy_bars
+from .causal import site_lines
 from .correlation import correlation_lines
 from .heatmaps import heatmap_grid, map_heatmap
 from .last_ln import last_ln_channels
@@ -21,5 +22,5 @@ __all__ = [
     "PLOTS", "Failed", "Plot", "RenderResult", "Rendered", "Skipped", "Spec", "accuracy_bars", "builtin_specs_dir",
     "correlation_lines", "heatmap_grid", "last_ln_channels", "load_spec", "load_specs", "map_heatmap",
     "markdown_table", "parse_spec", "pe_similarity_matrix", "pe_similarity_row", "render_all", "render_spec",
-    "resolve_specs", "token_norm_grid",
+    "resolve_specs", "site_lines", "token_norm_grid",
 ]

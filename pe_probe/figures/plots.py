@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 from ..analysis import figure_data as fd_
 from ..analysis.figure_data import FigureData
 from .accuracy import accuracy_bars
+from .causal import draw_ablation, draw_attribution
 from .correlation import correlation_lines
 from .heatmaps import heatmap_grid
 from .last_ln import last_ln_channels
@@ -188,6 +189,9 @@ PLOTS: dict[str, Plot] = {p.name: p for p in (
     Plot("pe_similarity", "figure", fd_.pe_similarity_panels, draw_pe_similarity,
          {"layers": "receiving", "max_layers": 4, "token": "center"}),
     Plot("history", "figure", fd_.history_by_epoch, draw_history, {}),
+    Plot("ablation", "figure", fd_.ablation_by_layer, draw_ablation,
+         {"metric": "agree", "interventions": ["zero", "mean", "shuffle"]}),
+    Plot("attribution", "figure", fd_.attribution_by_layer, draw_attribution, {"max_rel_delta": 0.05}),
     Plot("accuracy_table", "table", fd_.accuracy_table, draw_table,
          {"backbones": ["DeiT-Ti", "DeiT-S", "DeiT-B"], "digits": 2}),
     Plot("ablation_table", "table", fd_.ablation_table, draw_table, {"paper_rows": True, "digits": 2},

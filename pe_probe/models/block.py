@@ -39,14 +39,18 @@ class PEBlock(Block):
         self.hook_pe = HookPoint()
 
     def embed_pe(self, source: torch.Tensor) -> torch.Tensor:
-        """The PE this block receives: ``LN'_l(source)``, passed through ``hook_pe``."""
-        return self.hook_pe(self.pe_norm(source))
+        """The PE this block receives: ``LN'_l(source)`` (also the next block's source in a hierarchical chain).
+
+        ``hook_pe`` sits where the block adds it (:meth:`forward`), so a hook on ``hook_pe`` changes only the
+        term this block adds (its direct effect); the chain value is the output of the module ``pe_norm``.
+        """
+        return self.pe_norm(source)
 
     def forward(self, x: torch.Tensor, pe: torch.Tensor | None = None) -> torch.Tensor:  # noqa: D102
         x = self.hook_resid_pre(x)
         h = self.hook_tok(self.norm1(x))
         if pe is not None:
-            h = h + pe
+            h = h + (pe if self.hook_pe is None else self.hook_pe(pe))
         x = x + self.drop_path1(self.ls1(self.attn(h)))
         x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
         return self.hook_resid_post(x)

@@ -38,9 +38,10 @@ class PEVisionTransformer(VisionTransformer):
     :func:`~pe_probe.core.pe.resolve_pe_config`); every other keyword goes to timm's ``VisionTransformer``.
     With ``pe_mode="default"`` the model is timm's ViT/DeiT with the same state-dict keys and the same logits.
 
-    Hook points (identity modules, see :func:`pe_probe.hook_names`): ``hook_pos_embed``,
-    ``blocks.{i}.hook_resid_pre|hook_tok|hook_pe|hook_resid_post``, ``hook_last_ln_in``,
-    ``hook_last_ln_out``, ``hook_last_pe``, ``hook_pooled``.
+    Hook points (identity modules, see :func:`pe_probe.hook_names`): ``hook_pos_embed``, ``hook_input_pe``
+    (where the PE is added to the input), ``blocks.{i}.hook_resid_pre|hook_tok|hook_pe|hook_resid_post``,
+    ``hook_last_ln_in``, ``hook_last_ln_out``, ``hook_last_pe``, ``hook_pooled``. Each PE hook sits on the term
+    where it is added (a hook there changes that term only); ``hook_pos_embed`` is ``pos_0`` everywhere it is read.
     """
 
     def __init__(self, pe_mode: str = "default", **kwargs: Any) -> None:
@@ -74,6 +75,7 @@ class PEVisionTransformer(VisionTransformer):
         self.last_pe_norm = norm_layer(self.embed_dim) if cfg.last_ln_pe is not None else None
 
         self.hook_pos_embed = HookPoint()
+        self.hook_input_pe = HookPoint() if cfg.input_add else None
         self.hook_last_ln_in = HookPoint()
         self.hook_last_ln_out = HookPoint()
         self.hook_last_pe = HookPoint() if cfg.last_ln_pe is not None else None
@@ -105,15 +107,24 @@ class PEVisionTransformer(VisionTransformer):
         if self.cls_token is not None:
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
         if self.pe_config.input_add:
-            x = x + pos0
+            x = x + self.hook_input_pe(pos0)
         x = self.pos_drop(x)
         x = self.patch_drop(x)
         return self.norm_pre(x), pos0
 
-    def _blocks(self, x: torch.Tensor, pos0: torch.Tensor, keep: list | None = None, stop: int | None = None):
-        """Run the blocks with their PE chain; returns ``(x_L, pes)``. ``keep`` collects block outputs."""
-        pes: list[torch.Tensor | None] = []
+    def _blocks(self, x: torch.Tensor, pos0: torch.Tensor, keep: list | None = None, stop: int | None = None,
+                start: int = 0, pes: list | None = None):
+        """Run the blocks with their PE chain; returns ``(x_L, pes)``. ``keep`` collects block outputs.
+
+        ``start``: run blocks ``start..L-1`` only, ``x`` being the residual stream entering block ``start``;
+        ``pes`` then holds the PEs of the blocks before ``start`` (their chain values, read by later blocks).
+        """
+        if start and (pes is None or len(pes) < start):
+            raise ValueError(f"start={start} needs the PEs of blocks 0..{start - 1} (pes)")
+        pes = list(pes[:start]) if start else []
         for i, (blk, src) in enumerate(zip(self.blocks, self._pe_sources)):
+            if i < start:
+                continue
             pe = None if src is None else blk.embed_pe(pos0 if src < 0 else pes[src])
             pes.append(pe)
             if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():

@@ -24,6 +24,7 @@ from ..models import VARIANT_ARGS
 from ..probing import probe
 from ..training import TrainConfig, load_run
 from ..training.recipes import DEFAULT_RECIPE_FOR_DATASET, get_recipe
+from .causal import RUN_ATTRIBUTION_IMAGES, ablate_run, attribute_run
 from .history import train
 from .presets import RunPlan, preset_plans
 
@@ -194,9 +195,12 @@ def render_figures(
     specs: Sequence[str | os.PathLike] | None = None,
     only: Sequence[str] | None = None,
     progress: bool = True,
+    causal_tests: bool = True,
 ) -> RenderResult:
     """Probe (or reuse the saved probe of) every complete run under ``runs_dir`` and render every figure the
-    runs support into ``out`` (PNG, PDF, CSV per figure, Markdown tables, ``index.md``)."""
+    runs support into ``out`` (PNG, PDF, CSV per figure, Markdown tables, ``index.md``). With ``causal_tests``
+    each run's PE ablation and attribution (:func:`~pe_probe.pipeline.causal.ablate_run`,
+    :func:`~pe_probe.pipeline.causal.attribute_run`) are computed (or read back) too; ``reprobe`` recomputes them."""
     complete, incomplete = find_runs(runs_dir)
     if only is not None:
         wanted = set(only)
@@ -208,5 +212,13 @@ def render_figures(
     runs = []
     for d in tqdm(complete, desc="probe runs", unit="run", disable=not progress):
         report = probe_run(d, data_dir=data_dir, max_images=max_images, reprobe=reprobe, progress=False)
-        runs.append(RunResult.from_dir(d, report=report, label=(labels or {}).get(d.name)))
+        causal = {}
+        if causal_tests:  # RUN/ablation.csv and RUN/attribution.csv, computed once like the probe report
+            causal["ablation"] = ablate_run(d, data_dir=data_dir, max_images=max_images, recompute=reprobe,
+                                            progress=False)
+            causal["attribution"] = attribute_run(
+                d, data_dir=data_dir, recompute=reprobe, progress=False,
+                max_images=RUN_ATTRIBUTION_IMAGES if max_images is None else min(max_images, RUN_ATTRIBUTION_IMAGES),
+            ).frame
+        runs.append(RunResult.from_dir(d, report=report, label=(labels or {}).get(d.name), **causal))
     return render_all(runs, out, specs=specs)

@@ -57,6 +57,7 @@ class ModelView:
     receiving_blocks: list[int]
     last_ln_pe: int | None
     last_norm: nn.Module
+    input_pe: bool = True  #: whether the PE is added to the input (``hook_input_pe``; always for timm ViTs)
     taps: dict[str, Tap] = field(default_factory=dict)
     derived: dict[str, Callable[[], torch.Tensor]] = field(default_factory=dict)
 
@@ -72,7 +73,7 @@ class ModelView:
 
     def names(self) -> list[str]:
         """Every hook name this model offers, in forward order (:func:`pe_probe.core.hook_points.hook_names`)."""
-        return H.hook_names(self.depth, self.receiving_blocks, self.last_ln_pe is not None)
+        return H.hook_names(self.depth, self.receiving_blocks, self.last_ln_pe is not None, self.input_pe)
 
     def check_names(self, names: list[str]) -> None:
         """Raise :class:`UnknownNameError` listing the valid names when one is not offered."""
@@ -111,7 +112,7 @@ def _common(model: VisionTransformer) -> dict:
 
 def _pe_view(model: PEVisionTransformer) -> ModelView:
     view = ModelView(model=model, kind="pe", pe_derived=False, receiving_blocks=model.pe_receiving_blocks(),
-                     last_ln_pe=model.pe_config.last_ln_pe, **_common(model))
+                     last_ln_pe=model.pe_config.last_ln_pe, input_pe=model.pe_config.input_add, **_common(model))
     modules = dict(model.named_modules())
     for name in view.names():
         view.taps[name] = Tap(modules[name], "out")
@@ -120,8 +121,9 @@ def _pe_view(model: PEVisionTransformer) -> ModelView:
 
 def _timm_view(model: VisionTransformer) -> ModelView:
     common = _common(model)
+    cfg = getattr(model, "pe_config", None)  # a pe_probe model read as a timm one adds pos_0 only if its config says so
     view = ModelView(model=model, kind="timm", pe_derived=True, receiving_blocks=list(range(common["depth"])),
-                     last_ln_pe=None, **common)
+                     last_ln_pe=None, input_pe=cfg is None or cfg.input_add, **common)
     npt, T = view.num_prefix_tokens, view.num_tokens
 
     def pos_embed() -> torch.Tensor:
@@ -137,6 +139,8 @@ def _timm_view(model: VisionTransformer) -> ModelView:
         raise CheckpointError(f"pos_embed has {pos.shape[1]} rows; expected {T} or {T - npt} for a {view.grid} grid")
 
     view.derived[H.POS_EMBED] = pos_embed
+    if view.input_pe:
+        view.derived[H.INPUT_PE] = pos_embed  # timm adds pos_embed to x as it is (its only PE term)
     for i, blk in enumerate(model.blocks):
         if not hasattr(blk, "norm1"):
             raise CheckpointError(f"block {i} ({type(blk).__name__}) has no norm1; not a pre-norm ViT block")

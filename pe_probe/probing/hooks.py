@@ -83,6 +83,21 @@ def eval_inference(model: nn.Module) -> Iterator[None]:
             m.training = True
 
 
+@contextlib.contextmanager
+def eval_grad(model: nn.Module) -> Iterator[None]:
+    """Eval mode with autograd on (gradient-based attribution cannot run under ``inference_mode``); every
+    module's train flag is restored after, as in :func:`eval_inference`."""
+    training = [m for m in model.modules() if m.training]
+    try:
+        if training:
+            model.eval()
+        with torch.inference_mode(False), torch.enable_grad():
+            yield
+    finally:
+        for m in training:
+            m.training = True
+
+
 def capture(
     model: nn.Module,
     images: torch.Tensor,

@@ -14,6 +14,8 @@ from .adapter import ModelView
 
 #: Keys tried, in order, when a batch is a dict.
 IMAGE_KEYS = ("image", "images", "pixel_values", "x")
+#: Keys tried, in order, for the class labels of a dict batch.
+LABEL_KEYS = ("label", "labels", "target", "targets", "y")
 
 
 def check_images(images: Any, view: ModelView) -> torch.Tensor:
@@ -125,14 +127,43 @@ def open_data(
     return data, total
 
 
-def iter_images(batches: Any, view: ModelView, max_images: int | None) -> Iterator[torch.Tensor]:
-    """Checked image tensors from ``batches``, stopping after ``max_images`` images."""
+def batch_labels(batch: Any) -> torch.Tensor | None:
+    """The integer class labels of one batch (the second element of ``(images, labels)``, or a dict entry
+    ``label``, ``labels``, ``target``, ``targets``, ``y``), or None when it carries none (a bare tensor, soft
+    or multi-dimensional targets)."""
+    labels = None
+    if isinstance(batch, (tuple, list)) and len(batch) > 1:
+        labels = batch[1]
+    elif isinstance(batch, dict):
+        labels = next((batch[k] for k in LABEL_KEYS if k in batch), None)
+    if isinstance(labels, torch.Tensor) and labels.ndim == 1 and not labels.is_floating_point():
+        return labels
+    return None
+
+
+def iter_batches(batches: Any, view: ModelView, max_images: int | None, *,
+                 labels: bool = True) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+    """Checked ``(images, labels or None)`` from ``batches`` (labels on the images' device), stopping after
+    ``max_images`` images. A batch's labels must be as many as its images (:class:`DataError`);
+    ``labels=False`` reads none (every second element is None)."""
     seen = 0
     for batch in batches:
         if max_images is not None and seen >= max_images:
             break
         images = check_images(batch_images(batch), view)
+        lab = batch_labels(batch) if labels else None
+        if lab is not None:
+            if len(lab) != len(images):
+                raise DataError(f"a batch has {len(images)} images but {len(lab)} labels")
+            lab = lab.to(images.device)
         if max_images is not None:
             images = images[: max_images - seen]
+            lab = None if lab is None else lab[: max_images - seen]
         seen += len(images)
+        yield images, lab
+
+
+def iter_images(batches: Any, view: ModelView, max_images: int | None) -> Iterator[torch.Tensor]:
+    """Checked image tensors from ``batches``, stopping after ``max_images`` images."""
+    for images, _ in iter_batches(batches, view, max_images, labels=False):
         yield images

@@ -35,12 +35,14 @@ def test_reproduce_writes_every_promised_file_and_an_index(quick):
     assert not fig.failed
     rendered = {r.spec.id for r in fig.rendered}
     assert {"fig1", "fig2", "fig4", "fig5", "fig6", "fig7", "fig8", "history", "lape_pe_similarity",
-            "table1"} <= rendered
+            "table1", "ablation", "attribution"} <= rendered
     # two seeds per run: intervals everywhere, a verdict for every claim of a rendered figure
     assert set(pd.read_csv(out / "figures" / "fig1.csv").n_seeds) == {2}
     claims = pd.read_csv(out / "figures" / "claims.csv")
     assert len(claims) >= 13 and set(claims.verdict) <= {"supported", "contradicted", "inconclusive"}
     assert (out / "runs" / "mpvg-seed1" / "probe_history.csv").is_file()
+    for name in ("ablation.csv", "ablation.json", "attribution.csv", "attribution.json"):  # cached per run
+        assert (out / "runs" / "mpvg-seed1" / name).is_file()
     index = (out / "figures" / "index.md").read_text()
     for r in fig.rendered:
         exts = ("csv", "md") if r.spec.kind == "table" else ("png", "pdf", "csv")
@@ -74,6 +76,18 @@ def test_figure_data_come_from_the_runs(quick):
         layer = int(part.layer.iloc[-1])
         tok, pe = report.mean_maps(layer)
         assert ours[layer] == pytest.approx(np.corrcoef(tok.ravel(), pe.ravel())[0, 1], abs=1e-6)
+    # the causal figures show each run's cached ablation / attribution
+    ablation = pd.read_csv(out / "figures" / "ablation.csv")
+    for run, part in ablation.groupby("run"):
+        saved = pd.read_csv(runs / run / "ablation.csv")
+        saved = saved[saved.metric == "agree"].set_index(["hook", "intervention"])["value"]
+        np.testing.assert_allclose(part.set_index(["hook", "intervention"])["value"], saved.loc[
+            list(zip(part.hook, part.intervention))])
+        meta = json.loads((runs / run / "ablation.json").read_text())
+        assert meta["n_images"] == 96 and meta["effect"] == "direct"
+    assert set(ablation.run) == {f"{k}-seed{i}" for k in ("default", "lape", "pvg", "mpvg") for i in range(2)}
+    attribution = json.loads((runs / "mpvg-seed0" / "attribution.json").read_text())
+    assert attribution["n_images"] == 16 and attribution["baseline"] == "mean"
 
 
 @pytest.mark.slow
@@ -116,7 +130,7 @@ def test_plan_prints_the_commands_reproduce_runs(quick, tmp_path, capsys):
     # the command of one run, executed, trains exactly what reproduce trained
     cmd = next(line for line in lines if "/mpvg-seed1 " in line)
     assert main(shlex.split(cmd)[1:] + ["--no-progress", "--quiet"]) == 0
-    capsys.readouterr()
+    capsys.readouterr()  # pe-probe train prints its run directory
     ours, theirs = (json.loads((d / "mpvg-seed1" / "config.json").read_text()) for d in (tmp_path / "runs", out / "runs"))
     ours["data"].pop("data_dir"), theirs["data"].pop("data_dir")
     assert ours == theirs

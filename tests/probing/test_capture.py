@@ -27,13 +27,14 @@ def test_hook_names_follow_the_scheme():
     names = hook_names(build(pe_mode="pvg"))
     assert names[0] == "hook_pos_embed" and names[-1] == "hook_pooled"
     assert "blocks.0.hook_pe" not in names and "blocks.1.hook_pe" in names and "hook_last_pe" not in names
-    assert names[1:5] == ["blocks.0.hook_resid_pre", "blocks.0.hook_tok", "blocks.0.hook_resid_post",
-                          "blocks.1.hook_resid_pre"]
+    assert names[1:6] == ["hook_input_pe", "blocks.0.hook_resid_pre", "blocks.0.hook_tok",
+                          "blocks.0.hook_resid_post", "blocks.1.hook_resid_pre"]
     assert "hook_last_pe" in hook_names(build(pe_mode="mpvg"))
-    assert "blocks.0.hook_pe" in hook_names(build(pe_mode="lape"))
+    lape = hook_names(build(pe_mode="lape"))
+    assert "blocks.0.hook_pe" in lape and "hook_input_pe" not in lape  # LaPE adds no PE to the input
     default = hook_names(build(pe_mode="default"))
     assert not any("hook_pe" in n or "last_pe" in n for n in default)
-    assert len(default) == 1 + 4 * 3 + 3
+    assert len(default) == 2 + 4 * 3 + 3
 
 
 @pytest.mark.parametrize("mode", ["lape", "mpvg"])
@@ -44,6 +45,10 @@ def test_captured_tensors_are_what_the_names_say(mode):
     D = m.embed_dim
     ln = lambda t, mod: F.layer_norm(t, (D,), mod.weight, mod.bias, mod.eps)  # noqa: E731
     assert torch.equal(cap["hook_pos_embed"], m.pos_embed)
+    if m.pe_config.input_add:  # the term added to x_0 (mpvg), absent where the input gets no PE (lape)
+        assert torch.equal(cap["hook_input_pe"], m.pos_embed)
+    else:
+        assert "hook_input_pe" not in cap
     prev = m.pos_embed
     for i, blk in enumerate(m.blocks):
         torch.testing.assert_close(cap[f"blocks.{i}.hook_tok"], ln(cap[f"blocks.{i}.hook_resid_pre"], blk.norm1))

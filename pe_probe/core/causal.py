@@ -1,0 +1,64 @@
+"""The nouns of the causal analyses (ablation and attribution of the PE), defined once and torch-free.
+
+The torch floor (:mod:`pe_probe.probing.ablation`, :mod:`pe_probe.probing.attribution`) fills an
+:class:`AblationResult` / :class:`AttributionResult` with plain rows; the analysis floor turns them into tidy
+DataFrames and writes them (:mod:`pe_probe.analysis.causal`).
+
+A *site* is one place where a PE term is added to the network, named by the hook on that term and by a
+``layer`` (:func:`pe_probe.core.hook_points.pe_site_hook`): the input (``hook_input_pe``, layer
+:data:`~pe_probe.core.hook_points.INPUT` = -2), block ``i`` (``blocks.{i}.hook_pe``, layer ``i``) and the Last
+LN (``hook_last_pe``, layer :data:`~pe_probe.core.hook_points.LAST` = -1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+#: What replaces a site's PE: all rows 0; every patch row the mean patch row; the patch rows permuted.
+INTERVENTIONS = ("zero", "mean", "shuffle")
+#: ``direct``: only the term added at the site changes; ``total``: the change also reaches every later reader
+#: of that PE (the next blocks' PE chain, the Last LN).
+EFFECTS = ("direct", "total")
+#: The PE an attribution path starts from: zeros, or the row mean (the PE without its position information).
+BASELINES = ("zero", "mean")
+#: The token term an attribution path starts from: zeros, or the intact tokens (only the PE moves).
+TOKEN_BASELINES = ("zero", "keep")
+
+#: Columns of an ablation frame (and of ``ablation.csv``).
+ABLATION_COLUMNS = ("hook", "layer", "intervention", "metric", "value")
+#: Columns of an attribution frame (and of ``attribution.csv``).
+ATTRIBUTION_COLUMNS = ("hook", "layer", "metric", "value")
+#: Ablation metrics: accuracy on labelled data, agreement with the intact model's prediction, mean KL divergence.
+ABLATION_METRICS = ("top1", "agree", "kl")
+#: Attribution metrics, per site (docs/causal.md).
+ATTRIBUTION_METRICS = ("pe_attr", "tok_attr", "pe_abs", "tok_abs", "pe_share", "fdiff", "delta_abs_mean",
+                       "delta_abs_max", "rel_delta")
+
+#: File names, in a run directory (:class:`~pe_probe.core.rundir.RunDir`) or a ``--out`` folder: the rows (CSV)
+#: and what was run (JSON: the frame's ``attrs``; for attribution also the per-token maps).
+ABLATION_CSV, ABLATION_JSON = "ablation.csv", "ablation.json"
+ATTRIBUTION_CSV, ATTRIBUTION_JSON = "attribution.csv", "attribution.json"
+
+
+@dataclass
+class AblationResult:
+    """Rows ``(hook, layer, intervention, metric, value)`` in forward order of the sites, and ``meta``: what was
+    run and measured besides (``n_images``, ``intact_top1``, ``effect``, ``seed``, ``shuffle_perm``, ``cost``, ...)."""
+
+    rows: list[tuple[str, int, str, str, float]]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class AttributionResult:
+    """Rows ``(hook, layer, metric, value)`` per site, ``meta`` (``n_images``, ``n_steps``, ``baseline``, ...), and
+    per site the per-token attribution maps of the first images on the patch grid, ``(K, h, w)`` arrays summed
+    over channels: ``pe_maps`` (to the PE) and ``tok_maps`` (to the tokens)."""
+
+    rows: list[tuple[str, int, str, float]]
+    meta: dict[str, Any] = field(default_factory=dict)
+    pe_maps: dict[str, np.ndarray] = field(default_factory=dict)
+    tok_maps: dict[str, np.ndarray] = field(default_factory=dict)

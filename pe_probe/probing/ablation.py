@@ -1,0 +1,163 @@
+"""Ablate the PE one site at a time and compare the predictions with the intact model's (streaming).
+
+The torch side of ``pe_probe.ablate`` (which turns the result into a tidy frame): one intact pass per batch,
+then per site and intervention one pass with that site's PE replaced (:mod:`~pe_probe.probing.sites`).
+Only running sums are kept, so memory does not grow with the data.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..core import hook_points as H
+from ..core.causal import INTERVENTIONS, AblationResult
+from ..core.errors import DataError, UnknownNameError
+from .hooks import eval_inference, recording
+from .inputs import iter_batches, open_data
+from .sites import Runner, Site, find_sites, intervene, replaced, shuffle_permutation
+from .stream import build_meta
+
+
+@dataclass
+class _Tally:
+    """Running sums of one (site, intervention) over the batches."""
+
+    n: int = 0
+    agree: int = 0
+    correct: int = 0
+    kl: float = 0.0
+
+    def add(self, log_p: torch.Tensor, pred: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor | None) -> None:
+        log_q = F.log_softmax(logits.double(), dim=-1)
+        self.kl += float((log_p.exp() * (log_p - log_q)).sum())
+        p = logits.argmax(-1)
+        self.agree += int((p == pred).sum())
+        if labels is not None:
+            self.correct += int((p == labels).sum())
+        self.n += len(logits)
+
+
+def _prefix_names(runner: Runner) -> list[str]:
+    """What the intact pass records so a block or Last-LN site can rerun from there."""
+    view = runner.view
+    names = [H.POS_EMBED, H.LAST_LN_IN]
+    for i in view.receiving_blocks:
+        names += [H.block_hook(i, H.RESID_PRE), H.block_hook(i, H.PE)]
+    return names
+
+
+def _resume(runner: Runner, site: Site, rec: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """Logits with ``site``'s PE replaced (its hook is active), rerun from the intact activations at the site;
+    and the number of blocks that ran. Only pe_probe models (:attr:`Runner.resumable`), block or Last-LN sites."""
+    model = runner.model
+    pos0 = rec[H.POS_EMBED]
+    pes = [rec.get(H.block_hook(j, H.PE)) for j in range(runner.view.depth)]  # the intact chain values
+    if site.layer == H.LAST:
+        return model.forward_head(model._last_ln(rec[H.LAST_LN_IN], pos0, pes)), 0
+    x, pes = model._blocks(rec[H.block_hook(site.layer, H.RESID_PRE)], pos0, start=site.layer, pes=pes)
+    return model.forward_head(model._last_ln(x, pos0, pes)), runner.view.depth - site.layer
+
+
+def run_ablation(
+    model: nn.Module,
+    data: Any,
+    interventions: Sequence[str] = INTERVENTIONS,
+    *,
+    sites: Sequence[str | int] | None = None,
+    effect: str = "direct",
+    seed: int = 0,
+    reuse_prefix: bool = True,
+    batch_size: int = 64,
+    max_images: int | None = None,
+    data_dir: str | os.PathLike | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    num_workers: int = 0,
+    split: str | None = None,
+    trained_on: dict | None = None,
+    run: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> AblationResult:
+    """Replace one PE site at a time by each of ``interventions`` and measure the predictions against the
+    intact model's: ``top1`` (labelled data only), ``agree`` and ``kl`` per (site, intervention).
+
+    Data as for :func:`pe_probe.probe`. ``sites``: hook names or layers (default: every site); ``effect``:
+    ``direct`` or ``total`` (:mod:`~pe_probe.probing.sites`); ``seed``: of the ``shuffle`` permutation, the same
+    for every site and batch. With ``reuse_prefix`` a block site of a pe_probe model reruns only the blocks from
+    that site on, from the intact residual stream recorded by the intact pass, and the Last-LN site only the
+    Last LN and the head (same numbers, fewer blocks; the input site and timm models always take full passes).
+    Runs in eval mode under ``torch.inference_mode()``; hooks are removed and train flags restored even on errors.
+    """
+    t0 = time.perf_counter()
+    interventions = [interventions] if isinstance(interventions, str) else list(interventions)
+    bad = [k for k in interventions if k not in INTERVENTIONS]
+    if bad or not interventions:
+        raise UnknownNameError(f"interventions {interventions} must be a non-empty subset of {INTERVENTIONS}")
+    if max_images is not None and (not isinstance(max_images, int) or max_images < 1):
+        raise DataError(f"max_images must be a positive int or None, got {max_images!r}")
+    runner = find_sites(model, effect, sites)
+    view = runner.view
+    batches, total = open_data(data, view, batch_size=batch_size, data_dir=None if data_dir is None else str(data_dir),
+                               mean=mean, std=std, num_workers=num_workers, split=split, trained_on=trained_on)
+    if total is not None and max_images is not None:
+        total = min(total, max_images)
+    perm = shuffle_permutation(view.grid[0] * view.grid[1], seed)
+    resume = reuse_prefix and runner.resumable
+    rec_names = _prefix_names(runner) if resume else []
+    depth = view.depth
+    tallies = {(s.hook, k): _Tally() for s in runner.sites for k in interventions}
+    intact_correct, n_images, labelled, block_calls = 0, 0, True, 0
+    with eval_inference(model):
+        bar = tqdm(total=total, unit="img", desc="ablate", disable=not progress, leave=False)
+        try:
+            for images, labels in iter_batches(batches, view, max_images):
+                b = len(images)
+                with recording(view, rec_names) as rec:
+                    intact = runner(images)
+                block_calls += b * depth
+                log_p = F.log_softmax(intact.double(), dim=-1)
+                pred = intact.argmax(-1)
+                labelled = labelled and labels is not None
+                if labels is not None:
+                    intact_correct += int((pred == labels).sum())
+                for site in runner.sites:
+                    for kind in interventions:
+                        with replaced(site.pe, lambda pe, k=kind, n=site.n_prefix: intervene(pe, k, n, perm)):
+                            if resume and site.layer != H.INPUT:
+                                logits, blocks = _resume(runner, site, rec)
+                            else:
+                                logits, blocks = runner(images), depth
+                        block_calls += b * blocks
+                        tallies[(site.hook, kind)].add(log_p, pred, logits, labels)
+                n_images += b
+                bar.update(b)
+                del rec
+        finally:
+            bar.close()
+    if n_images == 0:
+        raise DataError("the data yielded no images")
+    rows = []
+    for site in runner.sites:
+        for kind in interventions:
+            t = tallies[(site.hook, kind)]
+            values = ([("top1", t.correct / t.n)] if labelled else []) + [("agree", t.agree / t.n), ("kl", t.kl / t.n)]
+            rows += [(site.hook, site.layer, kind, name, float(v)) for name, v in values]
+    n_sites = len(runner.sites)
+    meta = build_meta(
+        view, n_images, run,
+        effect=effect, interventions=interventions, sites=[s.hook for s in runner.sites], seed=seed,
+        shuffle_perm=perm.tolist(), reuse_prefix=resume, input_pe=view.input_pe,
+        intact_top1=(intact_correct / n_images) if labelled else None,
+        cost=dict(plain_passes_per_image=1 + n_sites * len(interventions),
+                  full_pass_equivalents_per_image=block_calls / (depth * n_images)),
+        seconds=time.perf_counter() - t0,
+    )
+    return AblationResult(rows, meta)

@@ -1,0 +1,245 @@
+"""Attribute the target logit to each site's PE and to its tokens with captum's integrated gradients.
+
+The torch side of ``pe_probe.attribute``. Per site and batch, one
+``captum.attr.LayerIntegratedGradients(f, [site.tok, site.pe])`` run with the *gate construction*:
+
+- LayerIntegratedGradients takes only *input* baselines, and a layer's baseline is its value at the input
+  baseline. The PE does not depend on the image, so attributing to it with an image baseline gives exactly 0.
+- The forward function therefore takes a second input, ``gate`` (B,): 1 for the inputs, 0 for the baselines,
+  with the same images in both. Two forward hooks read it: the token term becomes ``where(gate, tok, 0)`` and
+  the PE ``where(gate, pe, base)`` (``base``: zeros, or the row mean with ``baseline="mean"``). captum's own hooks
+  are registered after these, so it captures the gated values at the ends of the path and replaces them along it.
+- The PE is expanded to the batch, so every image has its own copy: per-image attributions and deltas (their
+  sum over images is the attribution of the summed logits to the shared PE, by linearity).
+
+Completeness: ``sum(attr_tok) + sum(attr_pe) - delta = f(x) - f(tokens 0, PE base)`` at that site, the rest of the
+network unchanged. Gauss-Legendre integration (captum 0.9's ``riemann_trapezoid`` has weights that sum to
+(n-1)/n: a relative error of 1/n even on linear functions).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..core.causal import BASELINES, TOKEN_BASELINES, AttributionResult
+from ..core.errors import DataError, UnknownNameError
+from .hooks import eval_grad
+from .inputs import iter_batches, open_data
+from .sites import Runner, Site, find_sites, intervene, replaced
+from .stream import build_meta
+
+#: Integration rules that may be asked for (captum's names); Gauss-Legendre is the default and the one tested.
+METHODS = ("gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_right", "riemann_middle")
+
+
+def _gate_fns(site: Site, state: dict, baseline: str):
+    """(token hook, PE replacement): at gate 1 the intact values, at gate 0 the baselines (tokens 0; PE 0 or its
+    row mean). The PE is expanded to the batch, one copy per image."""
+
+    def mask(ndim: int) -> torch.Tensor:
+        g = state["gate"]
+        return g.view(-1, *([1] * (ndim - 1))) > 0.5
+
+    def tok_hook(module, args, out):
+        return torch.where(mask(out.ndim), out, torch.zeros_like(out))
+
+    def pe_fn(out):
+        full = out.expand(len(state["gate"]), *out.shape[1:])
+        base = torch.zeros_like(out) if baseline == "zero" else intervene(out, "mean", site.n_prefix)
+        return torch.where(mask(out.ndim), full, base.expand_as(full))
+
+    return tok_hook, pe_fn
+
+
+def site_attributions(runner: Runner, site: Site, images: torch.Tensor, target: torch.Tensor, *,
+                      baseline: str = "zero", tokens: str = "zero", n_steps: int = 32, method: str = "gausslegendre",
+                      internal_batch_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One captum run for one site and batch: ``(token attributions, PE attributions, delta)``, shapes
+    ``(B, ...)``, ``(B, T, D)`` and ``(B,)``. Call it with the model in eval mode and autograd on
+    (:func:`~pe_probe.probing.hooks.eval_grad`). ``tokens="keep"``: the token term stays intact along the path
+    (only the PE moves); its attributions are then returned as zeros shaped like the PE's."""
+    from captum.attr import LayerIntegratedGradients
+
+    state: dict[str, torch.Tensor] = {}
+
+    def forward(images: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+        state["gate"] = gate
+        return runner(images)
+
+    ones = torch.ones(len(images), device=images.device, dtype=images.dtype)
+    tok_hook, pe_fn = _gate_fns(site, state, baseline)
+    layers = [site.tok, site.pe] if tokens == "zero" else [site.pe]
+    handle = site.tok.register_forward_hook(tok_hook) if tokens == "zero" else None
+    try:
+        with replaced(site.pe, pe_fn), warnings.catch_warnings():
+            # tok and PE are two summands of one sum, not one layer feeding the other: captum's warning is moot
+            warnings.filterwarnings("ignore", message="Multiple layers provided")
+            lig = LayerIntegratedGradients(forward, layers)
+            attrs, delta = lig.attribute((images, ones), baselines=(images, torch.zeros_like(ones)), target=target,
+                                         n_steps=n_steps, method=method, internal_batch_size=internal_batch_size,
+                                         return_convergence_delta=True)
+    finally:
+        if handle is not None:
+            handle.remove()
+        state.clear()
+    if tokens == "keep":
+        a_pe = (attrs[0] if isinstance(attrs, (list, tuple)) else attrs).detach()
+        return torch.zeros_like(a_pe), a_pe, delta.detach()
+    a_tok, a_pe = attrs
+    return a_tok.detach(), a_pe.detach(), delta.detach()
+
+
+def _targets(target: int | str | None, runner: Runner, images: torch.Tensor,
+             labels: torch.Tensor | None) -> torch.Tensor:
+    if target is None:
+        with torch.no_grad():
+            return runner(images).argmax(-1)
+    if target == "label":
+        if labels is None:
+            raise DataError("target='label' needs batches with integer labels ((images, labels) or a dict)")
+        return labels
+    return torch.full((len(images),), int(target), dtype=torch.long, device=images.device)
+
+
+def run_attribution(
+    model: nn.Module,
+    data: Any,
+    target: int | str | None = None,
+    *,
+    sites: Sequence[str | int] | None = None,
+    effect: str = "direct",
+    baseline: str = "zero",
+    tokens: str = "zero",
+    n_steps: int = 32,
+    method: str = "gausslegendre",
+    internal_batch_size: int | None = None,
+    batch_size: int = 16,
+    max_images: int | None = None,
+    n_maps: int = 4,
+    warn_rel_delta: float = 0.05,
+    data_dir: str | os.PathLike | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    num_workers: int = 0,
+    split: str | None = None,
+    trained_on: dict | None = None,
+    run: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> AttributionResult:
+    """Integrated gradients of the target logit with respect to each site's PE term and its token term.
+
+    ``target``: None (the intact model's predicted class), a class index, or ``"label"``. The path goes from
+    (tokens ``tokens``, PE ``baseline``) to the intact (tokens, PE) at one site, everything else the same image.
+    Per site, over all images: ``pe_attr`` / ``tok_attr`` (mean over images of the signed sums;
+    ``pe_attr + tok_attr - delta = f(x) - f(baseline)``), ``pe_abs`` / ``tok_abs`` (means of the sums of absolute
+    values), ``pe_share = sum pe_abs / (sum pe_abs + sum tok_abs)`` (NaN with ``tokens="keep"``), ``fdiff``
+    (mean ``f(x) - f(baseline)``), ``delta_abs_mean``, ``delta_abs_max`` and ``rel_delta = sum |delta| /
+    sum |fdiff|``. A site whose ``rel_delta`` exceeds ``warn_rel_delta`` gets a ``RuntimeWarning``: raise
+    ``n_steps``, or, at the input site with zero tokens and a zero PE (``x_0`` goes to 0 and LayerNorm's scale
+    invariance puts the whole change near the start of the path), use ``baseline="mean"``.
+    Per-token maps (summed over channels, patch rows on the grid) of the first ``n_maps`` images are kept.
+    Cost per image and site: ``n_steps + 4`` forward and ``n_steps`` backward passes, plus one shared forward
+    pass for the predicted class; ``internal_batch_size`` bounds the rows per pass (default all ``n_steps * B``).
+    """
+    t0 = time.perf_counter()
+    if baseline not in BASELINES:
+        raise UnknownNameError(f"baseline={baseline!r} is unknown; valid values: {BASELINES}")
+    if tokens not in TOKEN_BASELINES:
+        raise UnknownNameError(f"tokens={tokens!r} is unknown; valid values: {TOKEN_BASELINES}")
+    if method not in METHODS:
+        raise UnknownNameError(f"method={method!r} is unknown; valid values: {METHODS}")
+    if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 1:
+        raise ValueError(f"n_steps={n_steps!r} must be a positive int")
+    if max_images is not None and (not isinstance(max_images, int) or max_images < 1):
+        raise DataError(f"max_images must be a positive int or None, got {max_images!r}")
+    n_classes = getattr(model, "num_classes", None)
+    if target is not None and target != "label":
+        if isinstance(target, bool) or not isinstance(target, int) or not (n_classes is None or 0 <= target < n_classes):
+            raise ValueError(f"target={target!r} must be None, 'label' or a class index 0..{(n_classes or 0) - 1}")
+    runner = find_sites(model, effect, sites)
+    view = runner.view
+    batches, total = open_data(data, view, batch_size=batch_size, data_dir=None if data_dir is None else str(data_dir),
+                               mean=mean, std=std, num_workers=num_workers, split=split, trained_on=trained_on)
+    if total is not None and max_images is not None:
+        total = min(total, max_images)
+    h, w = view.grid
+    keys = ("pe_attr", "tok_attr", "pe_abs", "tok_abs", "fdiff", "fdiff_abs", "delta_abs")
+    sums = {s.hook: dict.fromkeys(keys, 0.0) | {"delta_abs_max": 0.0} for s in runner.sites}
+    pe_maps: dict[str, list[np.ndarray]] = {s.hook: [] for s in runner.sites}
+    tok_maps: dict[str, list[np.ndarray]] = {s.hook: [] for s in runner.sites}
+    n_images = 0
+    with eval_grad(model):
+        bar = tqdm(total=None if total is None else total * len(runner.sites), unit="img", desc="attribute",
+                   disable=not progress, leave=False)
+        try:
+            for images, labels in iter_batches(batches, view, max_images):
+                b = len(images)
+                tgt = _targets(target, runner, images, labels)
+                take = max(0, min(b, n_maps - n_images))
+                for site in runner.sites:
+                    a_tok, a_pe, delta = site_attributions(runner, site, images, tgt, baseline=baseline, tokens=tokens,
+                                                           n_steps=n_steps, method=method,
+                                                           internal_batch_size=internal_batch_size)
+                    tok_sum, pe_sum = a_tok.reshape(b, -1).sum(1), a_pe.reshape(b, -1).sum(1)
+                    fdiff = tok_sum + pe_sum - delta
+                    s = sums[site.hook]
+                    s["pe_attr"] += float(pe_sum.sum())
+                    s["tok_attr"] += float(tok_sum.sum())
+                    s["pe_abs"] += float(a_pe.abs().sum())
+                    s["tok_abs"] += float(a_tok.abs().sum())
+                    s["fdiff"] += float(fdiff.sum())
+                    s["fdiff_abs"] += float(fdiff.abs().sum())
+                    s["delta_abs"] += float(delta.abs().sum())
+                    s["delta_abs_max"] = max(s["delta_abs_max"], float(delta.abs().max()))
+                    if take:
+                        pe_maps[site.hook].append(_grid(a_pe[:take], h, w))
+                        if a_tok.ndim == 3:
+                            tok_maps[site.hook].append(_grid(a_tok[:take], h, w))
+                    bar.update(b)
+                n_images += b
+        finally:
+            bar.close()
+    if n_images == 0:
+        raise DataError("the data yielded no images")
+    rows = []
+    for site in runner.sites:
+        s = sums[site.hook]
+        denom = s["pe_abs"] + s["tok_abs"]
+        values = dict(
+            pe_attr=s["pe_attr"] / n_images, tok_attr=s["tok_attr"] / n_images,
+            pe_abs=s["pe_abs"] / n_images, tok_abs=s["tok_abs"] / n_images,
+            pe_share=s["pe_abs"] / denom if denom > 0 and tokens == "zero" else float("nan"),
+            fdiff=s["fdiff"] / n_images, delta_abs_mean=s["delta_abs"] / n_images, delta_abs_max=s["delta_abs_max"],
+            rel_delta=s["delta_abs"] / s["fdiff_abs"] if s["fdiff_abs"] > 0 else float("nan"),
+        )
+        rows += [(site.hook, site.layer, k, float(v)) for k, v in values.items()]
+        if values["rel_delta"] > warn_rel_delta:
+            warnings.warn(f"{site.hook}: sum |delta| / sum |f(x) - f(baseline)| = {values['rel_delta']:.3g} with "
+                          f"n_steps={n_steps}: the attributions there are not complete; raise n_steps (the input site "
+                          "may need 128 or more) and, there, use baseline='mean' or tokens='keep'", RuntimeWarning,
+                          stacklevel=3)
+    n_sites = len(runner.sites)
+    meta = build_meta(
+        view, n_images, run,
+        target="predicted" if target is None else target, effect=effect, baseline=baseline, tokens=tokens,
+        n_steps=n_steps, method=method, sites=[s.hook for s in runner.sites], n_maps=min(n_maps, n_images),
+        input_pe=view.input_pe,
+        cost=dict(forwards_per_image=1 + n_sites * (n_steps + 4), backwards_per_image=n_sites * n_steps),
+        seconds=time.perf_counter() - t0,
+    )
+    return AttributionResult(rows, meta, {k: np.concatenate(v) for k, v in pe_maps.items() if v},
+                             {k: np.concatenate(v) for k, v in tok_maps.items() if v})
+
+
+def _grid(attr: torch.Tensor, h: int, w: int) -> np.ndarray:
+    """(K, T, D) attributions -> (K, h, w): summed over channels, patch rows (the last h*w) on the grid."""
+    per_token = attr.sum(-1)
+    return per_token[:, per_token.shape[1] - h * w:].reshape(len(attr), h, w).double().cpu().numpy()
