@@ -22,6 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--spec", action="append", default=None, metavar="PATH",
                    help="a spec file, a folder of spec files, or 'builtin' (the shipped specs); repeatable. "
                         "Default: the shipped specs; with --spec, only the ones given (add 'builtin' to keep them)")
+    p.add_argument("--no-causal", action="store_true",
+                   help="skip the causal tests (PE ablation and attribution per run) and their figures")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
@@ -31,7 +33,8 @@ def run(args: argparse.Namespace) -> int:
     from .. import render_figures
 
     result = render_figures(args.runs_dir, args.out, data_dir=args.data_dir, max_images=args.max_images,
-                     reprobe=args.reprobe, specs=args.spec, progress=not args.no_progress)
+                            reprobe=args.reprobe, specs=args.spec, progress=not args.no_progress,
+                            causal_tests=not args.no_causal)
     verdicts = [c.verdict for c in result.claims]
     print(f"{len(result.rendered)} rendered, {len(result.skipped)} skipped, {len(result.failed)} failed; claims: "
           + ", ".join(f"{verdicts.count(v)} {v}" for v in ("supported", "contradicted", "inconclusive"))

@@ -48,6 +48,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--plan", action="store_true", help="print one pe-probe train command per run and exit")
     p.add_argument("--nproc-per-node", type=int, metavar="K",
                    help="with --plan: launch each run with torchrun --nproc-per-node K")
+    p.add_argument("--no-causal", action="store_true",
+                   help="skip the causal tests (PE ablation and attribution per run) and their figures")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_fields(p.add_argument_group(_HYPER), HyperparameterOverrides, defaults_none=True)
     p.set_defaults(func=run)
@@ -75,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--nproc-per-node only applies with --plan (reproduce itself trains one run at a time)")
     from .. import reproduce
 
-    res = reproduce(args.out, max_images=args.max_images, progress=not args.no_progress, **options)
+    res = reproduce(args.out, max_images=args.max_images, progress=not args.no_progress,
+                    causal_tests=not args.no_causal, **options)
     fig = res.figures
     verdicts = [c.verdict for c in fig.claims]
     print(f"reproduce: {len(res.trained)} trained, {len(res.reused)} reused, {len(fig.rendered)} figures/tables, "

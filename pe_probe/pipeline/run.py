@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from ..analysis import save_report
 from ..analysis.runs import RunResult
-from ..core.errors import DataError
+from ..core.errors import CheckpointError, DataError
 from ..core.report import ProbeReport
 from ..core.rundir import RunDir
 from ..figures.render import RenderResult, render_all
@@ -117,6 +117,7 @@ def reproduce(
     data_dir: str | os.PathLike | None = None,
     max_images: int | None = None,
     progress: bool = True,
+    causal_tests: bool = True,
     **options: Any,
 ) -> ReproduceResult:
     """Train (or reuse) every run of ``preset`` under ``out/runs``, once per seed, probe them and render
@@ -127,7 +128,8 @@ def reproduce(
     ``imagefolder``). ``seeds``: seeds per run (default :data:`DEFAULT_SEEDS`). Every run also records its probe
     history (``probe_every``, ``probe_images``). ``options`` are those of :func:`plan_runs` (``dataset``,
     ``recipe``, ``model``, ``model_kwargs``, ``device``, ``seed``, and hyperparameters such as ``epochs``),
-    applied to every run. Runs already complete are reused; interrupted ones resume.
+    applied to every run. Runs already complete are reused; interrupted ones resume. ``causal_tests``: also
+    ablate and attribute every run for the causal figures (:func:`render_figures`).
     """
     t0 = time.perf_counter()
     planned = plan_runs(out, preset=preset, seeds=seeds, data_dir=data_dir, **options)
@@ -143,7 +145,8 @@ def reproduce(
     bar.close()
     labels = {p.run.name: p.label for p in planned}
     result.figures = render_figures(result.runs_dir, Path(out) / "figures", data_dir=data_dir, labels=labels,
-                                    max_images=max_images, progress=progress, only=list(labels))
+                                    max_images=max_images, progress=progress, only=list(labels),
+                                    causal_tests=causal_tests)
     result.seconds = time.perf_counter() - t0
     return result
 
@@ -214,11 +217,15 @@ def render_figures(
         report = probe_run(d, data_dir=data_dir, max_images=max_images, reprobe=reprobe, progress=False)
         causal = {}
         if causal_tests:  # RUN/ablation.csv and RUN/attribution.csv, computed once like the probe report
-            causal["ablation"] = ablate_run(d, data_dir=data_dir, max_images=max_images, recompute=reprobe,
-                                            progress=False)
-            causal["attribution"] = attribute_run(
-                d, data_dir=data_dir, recompute=reprobe, progress=False,
-                max_images=RUN_ATTRIBUTION_IMAGES if max_images is None else min(max_images, RUN_ATTRIBUTION_IMAGES),
-            ).frame
+            try:
+                causal["ablation"] = ablate_run(d, data_dir=data_dir, max_images=max_images, recompute=reprobe,
+                                                progress=False)
+                causal["attribution"] = attribute_run(
+                    d, data_dir=data_dir, recompute=reprobe, progress=False,
+                    max_images=RUN_ATTRIBUTION_IMAGES if max_images is None else min(max_images, RUN_ATTRIBUTION_IMAGES),
+                ).frame
+            except CheckpointError as exc:  # e.g. a copied run with its saved probe but without its weights
+                log.warning("%s: no causal tests (%s); the figures that need them skip this run", d.path, exc)
+                causal = {}
         runs.append(RunResult.from_dir(d, report=report, label=(labels or {}).get(d.name), **causal))
     return render_all(runs, out, specs=specs)

@@ -26,8 +26,8 @@ def fake_data(monkeypatch):
     """A stand-in for pe_probe.data.build_dataset (10 labelled images) that records its arguments."""
     calls = []
 
-    def build_dataset(name, *, data_dir=None, train=True, img_size=224, in_chans=3, mean=None, std=None):
-        calls.append(dict(name=name, data_dir=data_dir, img_size=img_size, mean=mean, std=std, train=train))
+    def build_dataset(name, *, data_dir=None, split="val", img_size=224, in_chans=3, mean=None, std=None):
+        calls.append(dict(name=name, data_dir=data_dir, img_size=img_size, mean=mean, std=std, split=split))
         g = torch.Generator().manual_seed(0)
         return TensorDataset(torch.randn(10, in_chans, img_size, img_size, generator=g),
                              torch.randint(0, 5, (10,), generator=g))
@@ -59,7 +59,7 @@ def test_ablate_run_directory_uses_the_runs_data(tmp_path, fake_data, capsys):
     rc = main(["ablate", str(tmp_path / "run"), "--out", str(tmp_path / "out"), "--no-progress", "--device", "cpu",
                "--batch-size", "4"])
     assert rc == 0
-    assert fake_data[0]["name"] == "toy" and fake_data[0]["mean"] == (0.5, 0.5, 0.5) and not fake_data[0]["train"]
+    assert fake_data[0]["name"] == "toy" and fake_data[0]["mean"] == (0.5, 0.5, 0.5) and fake_data[0]["split"] == "val"
     frame = pd.read_csv(tmp_path / "out" / "ablation.csv")
     assert list(frame.columns) == ["hook", "layer", "intervention", "metric", "value"]
     assert list(dict.fromkeys(frame.layer)) == [-2, 1, 2, 3]  # pvg: the input, then blocks 1..3
