@@ -45,6 +45,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--probe-images", type=int, default=PROBE_IMAGES,
                    help=f"validation images probed during training (default {PROBE_IMAGES})")
     p.add_argument("--max-images", type=int, help="probe at most this many validation images per run for the figures")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="runs trained at once, each in its own process (default: one per CPU core on CPU, one on GPU)")
     p.add_argument("--plan", action="store_true", help="print one pe-probe train command per run and exit")
     p.add_argument("--nproc-per-node", type=int, metavar="K",
                    help="with --plan: launch each run with torchrun --nproc-per-node K")
@@ -78,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     from .. import reproduce
 
     res = reproduce(args.out, max_images=args.max_images, progress=not args.no_progress,
-                    causal_tests=not args.no_causal, **options)
+                    causal_tests=not args.no_causal, jobs=args.jobs, **options)
     fig = res.figures
     verdicts = [c.verdict for c in fig.claims]
     print(f"reproduce: {len(res.trained)} trained, {len(res.reused)} reused, {len(fig.rendered)} figures/tables, "

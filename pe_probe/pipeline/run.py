@@ -6,8 +6,10 @@ This is the top layer: it only calls the public API of the layers below (train, 
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -118,6 +120,7 @@ def reproduce(
     max_images: int | None = None,
     progress: bool = True,
     causal_tests: bool = True,
+    jobs: int | None = None,
     **options: Any,
 ) -> ReproduceResult:
     """Train (or reuse) every run of ``preset`` under ``out/runs``, once per seed, probe them and render
@@ -129,26 +132,89 @@ def reproduce(
     history (``probe_every``, ``probe_images``). ``options`` are those of :func:`plan_runs` (``dataset``,
     ``recipe``, ``model``, ``model_kwargs``, ``device``, ``seed``, and hyperparameters such as ``epochs``),
     applied to every run. Runs already complete are reused; interrupted ones resume. ``causal_tests``: also
-    ablate and attribute every run for the causal figures (:func:`render_figures`).
+    ablate and attribute every run for the causal figures (:func:`render_figures`). ``jobs``: runs trained (and
+    probed, ablated, attributed) at once in worker processes (default :func:`default_jobs`: one per CPU core
+    on CPU, one on a GPU).
     """
     t0 = time.perf_counter()
     planned = plan_runs(out, preset=preset, seeds=seeds, data_dir=data_dir, **options)
     result = ReproduceResult(runs_dir=Path(out) / "runs")
-    bar = tqdm(planned, desc=f"reproduce[{preset}]", unit="run", disable=not progress)
-    for p in bar:
-        bar.set_postfix_str(p.run.name)
-        if p.run.is_complete():
-            result.reused.append(p.run.name)
-            continue
-        train(p.config.replace(resume=p.run.is_run(), progress=False, verbose=progress))
-        result.trained.append(p.run.name)
-    bar.close()
+    pending = [p for p in planned if not p.run.is_complete()]
+    result.reused = [p.run.name for p in planned if p.run.is_complete()]
+    jobs = default_jobs(len(pending), planned[0].config.device if planned else None) if jobs is None else jobs
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs={jobs!r} must be a positive integer")
+    work = dict(data_dir=data_dir, max_images=max_images, causal_tests=causal_tests)
+    bar = tqdm(total=len(planned), initial=len(result.reused), desc=f"reproduce[{preset}]", unit="run",
+               disable=not progress)
+    try:
+        if jobs == 1:
+            for p in pending:
+                bar.set_postfix_str(p.run.name)
+                result.trained.append(run_one(p.config, verbose=progress, **work))
+                bar.update(1)
+        else:
+            threads = max(1, _cores() // jobs)
+            ctx = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch thread pools
+            with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+                futures = [pool.submit(run_one, p.config, threads=threads, **work) for p in pending]
+                for fut in as_completed(futures):
+                    result.trained.append(fut.result())
+                    bar.update(1)
+    finally:
+        bar.close()
+    result.trained.sort(key=[p.run.name for p in planned].index)
     labels = {p.run.name: p.label for p in planned}
     result.figures = render_figures(result.runs_dir, Path(out) / "figures", data_dir=data_dir, labels=labels,
                                     max_images=max_images, progress=progress, only=list(labels),
                                     causal_tests=causal_tests)
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def default_jobs(pending: int, device: str | None) -> int:
+    """Runs trained at once by ``reproduce``: one per usable CPU core on CPU (each with one torch thread: the small
+    models train faster side by side than one after the other on all threads), one on a GPU."""
+    import torch
+
+    on_gpu = device != "cpu" and (device is not None and device.startswith("cuda") or torch.cuda.is_available())
+    return 1 if on_gpu else max(1, min(_cores(), pending))
+
+
+def run_one(config: TrainConfig, *, data_dir: str | os.PathLike | None = None, max_images: int | None = None,
+            causal_tests: bool = True, threads: int | None = None, verbose: bool = False) -> str:
+    """Everything ``reproduce`` does for one run, cached in its directory: train it (or resume it), probe it and,
+    with ``causal_tests``, ablate and attribute it. ``threads``: torch CPU threads (``reproduce``'s worker
+    processes use one per core). Returns the run's name."""
+    import torch
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    run = RunDir(config.out)
+    if not run.is_complete():
+        train(config.replace(resume=run.is_run(), progress=False, verbose=verbose))
+    probe_run(run, data_dir=data_dir, max_images=max_images, progress=False)
+    if causal_tests:
+        _causal(run, data_dir, max_images, recompute=False)
+    return run.name
+
+
+def _causal(run: RunDir, data_dir, max_images: int | None, recompute: bool) -> dict:
+    """The run's ablation and attribution frames (computed once, then read from the run directory)."""
+    return {
+        "ablation": ablate_run(run, data_dir=data_dir, max_images=max_images, recompute=recompute, progress=False),
+        "attribution": attribute_run(
+            run, data_dir=data_dir, recompute=recompute, progress=False,
+            max_images=RUN_ATTRIBUTION_IMAGES if max_images is None else min(max_images, RUN_ATTRIBUTION_IMAGES),
+        ).frame,
+    }
 
 
 def find_runs(runs_dir: str | os.PathLike) -> tuple[list[RunDir], list[RunDir]]:
@@ -218,12 +284,7 @@ def render_figures(
         causal = {}
         if causal_tests:  # RUN/ablation.csv and RUN/attribution.csv, computed once like the probe report
             try:
-                causal["ablation"] = ablate_run(d, data_dir=data_dir, max_images=max_images, recompute=reprobe,
-                                                progress=False)
-                causal["attribution"] = attribute_run(
-                    d, data_dir=data_dir, recompute=reprobe, progress=False,
-                    max_images=RUN_ATTRIBUTION_IMAGES if max_images is None else min(max_images, RUN_ATTRIBUTION_IMAGES),
-                ).frame
+                causal = _causal(d, data_dir, max_images, recompute=reprobe)
             except CheckpointError as exc:  # e.g. a copied run with its saved probe but without its weights
                 log.warning("%s: no causal tests (%s); the figures that need them skip this run", d.path, exc)
                 causal = {}

@@ -18,6 +18,7 @@ from pe_probe.pipeline import QUICK, ablation_plans, preset_plans, table5_layers
 
 TINY_RUN = dict(model_kwargs={"embed_dim": 16, "depth": 3, "num_heads": 2}, epochs=1, seeds=2)
 RUN_NAMES = sorted(f"{p.name}-seed{k}" for p in QUICK for k in range(2))
+RUN_NAMES_2 = [f"{p.name}-seed{k}" for p in QUICK for k in range(2)]  # in plan order
 
 
 @pytest.fixture(scope="module")
@@ -136,6 +137,28 @@ def test_plan_prints_the_commands_reproduce_runs(quick, tmp_path, capsys):
     assert ours == theirs
     assert main(args + ["--nproc-per-node", "4"]) == 0
     assert capsys.readouterr().out.startswith("torchrun --nproc-per-node 4 -m pe_probe train")
+
+
+@pytest.mark.slow
+def test_parallel_jobs_train_the_same_runs(tmp_path):
+    """Two worker processes (one torch thread each) train, probe and ablate exactly what one process does."""
+    import torch
+
+    opts = dict(model_kwargs={"embed_dim": 16, "depth": 2, "num_heads": 2}, epochs=1, seeds=2, max_images=32,
+                progress=False)
+    par = pe_probe.reproduce(tmp_path / "par", jobs=2, **opts)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        seq = pe_probe.reproduce(tmp_path / "seq", jobs=1, **opts)
+    finally:
+        torch.set_num_threads(threads)
+    assert par.trained == seq.trained == RUN_NAMES_2 and not par.figures.failed
+    for name in par.trained:
+        a, b = (tmp_path / d / "runs" / name for d in ("par", "seq"))
+        assert (a / "model.safetensors").read_bytes() == (b / "model.safetensors").read_bytes()
+        pd.testing.assert_frame_equal(pd.read_csv(a / "probe" / "metrics.csv"), pd.read_csv(b / "probe" / "metrics.csv"))
+        assert (a / "ablation.csv").read_text() == (b / "ablation.csv").read_text()
 
 
 def test_reproduce_cli_rejects_paper_preset_on_digits(tmp_path, capsys):
