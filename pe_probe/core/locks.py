@@ -11,16 +11,20 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
+import inspect
 import json
 import os
 import socket
 import sys
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 from .errors import PEProbeError
 from .io import remove_stale_temps
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 #: The lock file inside a locked folder.
 LOCK_FILE = ".pe-probe.lock"
@@ -48,13 +52,15 @@ def _command() -> str:
 @contextlib.contextmanager
 def folder_lock(folder: str | os.PathLike, what: str | None = None) -> Iterator[Path]:
     """Hold the exclusive lock of ``folder`` (created if missing) for the block; stale temporary files of
-    interrupted writes in the folder are removed once the lock is held.
+    interrupted writes in the folder are removed once the lock is held. A folder this call created is removed
+    again at the end if nothing was written to it (a command that failed before writing leaves no folder).
 
     ``what`` describes the holder in the message a second writer gets (default: this process's command line).
     Raises :class:`FolderLockedError` at once if another process holds it. Taking a lock this process already
     holds (an API call inside a command that locked the same folder) is allowed and does nothing.
     """
     folder = Path(folder)
+    created = _missing(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / LOCK_FILE
     key = os.path.realpath(folder)
@@ -78,14 +84,33 @@ def folder_lock(folder: str | os.PathLike, what: str | None = None) -> Iterator[
             _held.pop(key, None)
             with contextlib.suppress(OSError):
                 os.unlink(path)  # still locked: whoever opened this file before now finds it gone and retries
+            for made in created:  # folders this call created and nothing was written to: leave no trace
+                try:
+                    made.rmdir()
+                except OSError:
+                    break
     finally:
         os.close(fd)  # releases the lock
+
+
+def _missing(folder: Path) -> list[Path]:
+    """``folder`` and its ancestors that do not exist yet, innermost first (what ``mkdir(parents=True)`` makes)."""
+    out = []
+    for p in (folder, *folder.parents):
+        if p.exists() or p.is_symlink():
+            break
+        out.append(p)
+    return out
 
 
 def _acquire(folder: Path, path: Path) -> int:
     """An open, exclusively locked descriptor of the lock file ``path`` (the one at that path now)."""
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+        except FileNotFoundError:  # a previous holder removed the (empty) folder it had created
+            folder.mkdir(parents=True, exist_ok=True)
+            continue
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -107,3 +132,20 @@ _held: dict[str, int] = {}
 def is_locked_here(folder: str | os.PathLike) -> bool:
     """Whether this process holds the lock of ``folder``."""
     return bool(_held.get(os.path.realpath(folder)))
+
+
+def locked_on(param: str) -> Callable[[F], F]:
+    """Decorator: run the function holding the lock (:func:`folder_lock`) of the folder its argument ``param``
+    names, e.g. ``@locked_on("out")``."""
+
+    def decorate(fn: F) -> F:
+        sig = inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            with folder_lock(sig.bind(*args, **kwargs).arguments[param]):
+                return fn(*args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate

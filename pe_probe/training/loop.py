@@ -247,15 +247,14 @@ def _train(cfg: TrainConfig, run: RunDir, env: DistEnv, callbacks: tuple[EpochCa
     out = run.path
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out} exists and is not a directory; choose another --out")
-    created = not out.exists()
     lock = run.lock() if env.is_main else contextlib.nullcontext()
-    with lock:
+    with lock:  # on leaving, the lock removes the directory it created if nothing is left in it
         fresh = not run.config_path.exists()
         try:
             return _train_locked(cfg, run, env, callbacks)
         except BaseException:
             if env.is_main and fresh:
-                _remove_unsaved(run, created)
+                _remove_unsaved(run)
             raise
 
 
@@ -265,19 +264,14 @@ def _listing(out: Path) -> list[str]:
             and not (p.name.startswith(".") and p.name.endswith(TEMP_SUFFIX))]
 
 
-def _remove_unsaved(run: RunDir, created: bool) -> None:
+def _remove_unsaved(run: RunDir) -> None:
     """After a fresh run failed: if it saved neither a resume state nor an epoch's metrics, remove what it wrote
-    (``config.json``, a probe history), and the directory itself when this run created it."""
+    (``config.json``, a probe history), so that the same command can simply be run again."""
     if run.state_path.exists() or run.metrics_path.exists():
         return  # an epoch or a state was saved: --resume continues from it
     for name in (RunDir.CONFIG, RunDir.WEIGHTS, RunDir.PROBE_HISTORY):
         with contextlib.suppress(FileNotFoundError):
             run.file(name).unlink()
-    if created:
-        with contextlib.suppress(OSError):
-            if not _listing(run.path):
-                (run.path / LOCK_FILE).unlink(missing_ok=True)
-                run.path.rmdir()
 
 
 def _train_locked(cfg: TrainConfig, run: RunDir, env: DistEnv, callbacks: tuple[EpochCallback, ...]) -> Path:
