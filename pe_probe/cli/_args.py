@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import json
-from typing import Any
+from typing import Any, Callable
 
 
 def parse_kv(items: list[str] | None, flag: str = "--model-kwargs") -> dict[str, Any]:
@@ -27,3 +28,17 @@ def parse_kv(items: list[str] | None, flag: str = "--model-kwargs") -> dict[str,
             raise ValueError(f"{flag}: {key} is given twice ({out[key]!r} and {value!r})")
         out[key] = value
     return out
+
+
+def holding(attr: str, run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """``run`` holding the writer lock of the folder named by flag ``attr`` (e.g. ``--out``) from the start, so a
+    second command writing there stops at once (:func:`pe_probe.core.locks.folder_lock`; a folder it creates
+    and leaves empty is removed again)."""
+    from ..core.locks import folder_lock
+
+    def locked(args: argparse.Namespace) -> int:
+        with folder_lock(getattr(args, attr)):
+            return run(args)
+
+    locked.__doc__ = run.__doc__
+    return locked

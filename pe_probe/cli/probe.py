@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..core.errors import DataError
-from ._args import parse_kv
+from ._args import holding, parse_kv
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -50,7 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mpvg-check", action="store_true",
                    help="also report the max logit difference between the model and its PVG + bias equivalent")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=run)
+    p.set_defaults(func=holding("out", run))  # one writer of --out, from the start
 
 
 def run(args: argparse.Namespace) -> int:
