@@ -77,8 +77,22 @@ def _figures_runs(tmp_path, digits_run):
     return runs
 
 
-@pytest.mark.parametrize("command", ["train", "eval", "probe", "figures-out", "figures-run", "reproduce"])
-def test_every_writer_stops_at_once_when_its_folder_is_held(command, digits_run, tmp_path, holder, capsys):
+#: What each command does first once it holds its lock: called here, it did not stop at once.
+FIRST_WORK = {"train": ("pe_probe.training.loop", "plan_run"), "eval": ("pe_probe", "load_run"),
+              "probe": ("pe_probe", "load_checkpoint"), "figures-out": ("pe_probe.pipeline.run", "find_runs"),
+              "figures-run": ("pe_probe.pipeline.run", "load_run"), "reproduce": ("pe_probe.pipeline.run", "plan_runs")}
+
+
+@pytest.mark.parametrize("command", list(FIRST_WORK))
+def test_every_writer_stops_at_once_when_its_folder_is_held(command, digits_run, tmp_path, holder, capsys,
+                                                             monkeypatch):
+    import importlib
+
+    def started(*args, **kwargs):
+        raise AssertionError(f"{command} started working on a folder another process holds")
+
+    module, name = FIRST_WORK[command]
+    monkeypatch.setattr(importlib.import_module(module), name, started)
     run, out = digits_run, tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("someone else's")
