@@ -146,6 +146,8 @@ class RunDir:
         """The per-epoch records of ``metrics.jsonl`` (empty if there is none yet)."""
         if not self.metrics_path.exists():
             return []
+        if not self.metrics_path.is_file():  # a FIFO or a device would block the read
+            raise CheckpointError(f"{self.metrics_path} is not a regular file")
         try:
             return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:

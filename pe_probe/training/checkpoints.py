@@ -45,6 +45,8 @@ def load_state(run: RunDir) -> dict | None:
     path = run.state_path
     if not path.exists():
         return None
+    if not path.is_file():  # a FIFO or a device would block the read
+        raise CheckpointError(f"{path} is not a regular file")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any failure to read means a corrupt file

@@ -474,6 +474,8 @@ def load_checkpoint(
             raise CheckpointError(f"{path} is neither a pe-probe run directory nor a timm hub folder (no "
                                   f"{RunDir.CONFIG})")
         src = _hub_source(path, model, use_ema) if _is_hub_folder(path) else _run_source(path, model, use_ema)
+    elif not path.is_file():  # a FIFO, a device or a link loop would block or fail the read
+        raise CheckpointError(f"{path} is neither a folder nor a regular file")
     else:
         src = _file_source(path, model, use_ema)
     name = src.model

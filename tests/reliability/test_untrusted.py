@@ -154,3 +154,21 @@ def test_a_mixed_report_folder_is_reprobed_not_reused(digits_run, tmp_path, caps
     report = ProbeReport.load(run / "probe")  # consistent again: probed anew
     with np.load(run / "probe" / "arrays.npz") as z:
         assert str(z["report_id"]) == report.meta["report_id"] == first  # the same images give the same report
+
+
+@pytest.mark.parametrize("name, command", [("metrics.jsonl", "eval"), ("state.pt", "resume"),
+                                           ("model.safetensors", "probe-file")])
+def test_a_fifo_in_place_of_a_run_file_is_refused_not_waited_on(name, command, digits_run, tmp_path, capsys):
+    (digits_run / name).unlink()
+    os.mkfifo(digits_run / name)  # opening it for reading would block forever
+    if command == "resume":
+        (digits_run / "summary.json").unlink()
+    argv = {"eval": ["eval", str(digits_run)],
+            "resume": ["train", "--out", str(digits_run), "--resume", "--no-progress", "--quiet"],
+            "probe-file": ["probe", str(digits_run / name), "--model", "pe_vit_lite_7_4_32", "--data", "digits",
+                           "--out", str(tmp_path / "report"), "--no-progress"]}[command]
+    before = listing(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and name in err and "regular file" in err, err
+    assert listing(tmp_path) == before
