@@ -5,7 +5,8 @@ symbolic-link loops detected instead of followed forever. Checking (:func:`scan_
 with ``stat`` first (a FIFO, device or socket named ``.jpg`` is never opened, so nothing hangs), then it is
 opened and decoded (JPEGs at 1/8 scale: every coded byte is still read, so truncation and corrupt data show;
 the inverse DCT is skipped), with a pixel-count check against Pillow's decompression-bomb limit. Checks run
-in a thread pool (Pillow releases the GIL while decoding); a file's verdict is remembered for the life of the
+in a thread pool for large files (Pillow releases the GIL while decoding), on one thread for small ones (where
+Python's own work, under the GIL, dominates); a file's verdict is remembered for the life of the
 process by path, size, mtime and inode, so the second data set built from the same files (the validation
 split, a probe during training) costs only ``stat`` calls. BENCHMARKS.md (section 6) has the cost.
 """
@@ -31,6 +32,8 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".t
 CHUNK = 64
 #: At most this many scanning threads.
 MAX_THREADS = 32
+#: Files smaller than this (bytes, median) are scanned on one thread (see :func:`default_threads`).
+SMALL_FILE = 16 * 1024
 
 _cache: dict[tuple, str | None] = {}
 _cache_lock = threading.Lock()
@@ -93,7 +96,7 @@ def _decode(path: str) -> str | None:
             return "not a regular file"
         with os.fdopen(fd, "rb") as fh:
             fd = -1
-            with Image.open(fh) as img:
+            with _open_image(fh, path) as img:
                 limit = Image.MAX_IMAGE_PIXELS
                 if limit is not None and img.width * img.height > limit:
                     return (f"a decompression bomb ({img.width}x{img.height} px, over Pillow's limit of "
@@ -114,17 +117,45 @@ def _decode(path: str) -> str | None:
     return None
 
 
+def _open_image(fh, path: str) -> Image.Image:
+    """``Image.open``, trying the format the file's extension names first (a third of the time of a small JPEG
+    goes to asking every other format whether the file is theirs), then every format."""
+    fmt = Image.registered_extensions().get(os.path.splitext(path)[1].lower())
+    if fmt is not None:
+        try:
+            return Image.open(fh, formats=[fmt])
+        except UnidentifiedImageError:
+            fh.seek(0)
+    return Image.open(fh)
+
+
+def default_threads(paths: Sequence[str]) -> int:
+    """Scanning threads for ``paths``: every usable core when the files are large enough for decoding (which
+    releases the GIL) to dominate, else 1: for small files (median of a sample under :data:`SMALL_FILE` bytes,
+    e.g. 32-px JPEGs) the time goes to Python code that holds the GIL, and more threads only contend for it
+    (BENCHMARKS.md, section 6)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    sizes = []
+    for p in paths[:: max(1, len(paths) // 64)][:64]:
+        try:
+            sizes.append(os.stat(p).st_size)
+        except OSError:
+            pass
+    return 1 if not sizes or sorted(sizes)[len(sizes) // 2] < SMALL_FILE else cpus
+
+
 def scan_images(paths: Sequence[str], *, threads: int | None = None) -> dict[str, str]:
-    """Check every file of ``paths`` (:func:`check_image`) in a thread pool; returns ``{bad path: why}``."""
+    """Check every file of ``paths`` (:func:`check_image`) in a thread pool (``threads``; default
+    :func:`default_threads`); returns ``{bad path: why}``."""
     paths = list(paths)
     if not paths:
         return {}
     Image.init()  # load Pillow's format plugins once, before the threads use them
     if threads is None:
-        try:
-            threads = len(os.sched_getaffinity(0))
-        except (AttributeError, OSError):
-            threads = os.cpu_count() or 1
+        threads = default_threads(paths)
     threads = max(1, min(MAX_THREADS, threads, (len(paths) + CHUNK - 1) // CHUNK))
     chunks = [paths[i:i + CHUNK] for i in range(0, len(paths), CHUNK)]
     with warnings.catch_warnings():  # the bomb check reports these files; Pillow's own warning is noise then
@@ -201,5 +232,5 @@ def clear_cache() -> None:
 
 
 __all__ = ["BadImagesError", "IMAGE_EXTENSIONS", "check_folder_images", "check_image", "clear_cache",
-           "describe_bad", "list_images", "scan_images"]
+           "default_threads", "describe_bad", "list_images", "scan_images"]
 

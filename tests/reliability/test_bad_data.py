@@ -116,3 +116,14 @@ def test_train_and_val_with_different_classes_are_refused(tmp_path, capsys):
     before = listing(tmp_path)
     _one_line_exit_2(folder_train_args(data, tmp_path / "run"), capsys, "only in train/: b", "only in val/: c")
     assert listing(tmp_path) == before
+
+
+def test_scan_finds_the_same_on_threads_and_accepts_a_file_whose_extension_lies(tmp_path):
+    data = make_folder(tmp_path / "data", n=40)
+    planted = {str(plant(data / "train" / "a", kind)) for kind in ("truncated", "text", "empty", "bomb", "fifo")}
+    (data / "train" / "b" / "000.jpg").rename(data / "train" / "b" / "really_a_jpeg.png")  # wrong extension, fine
+    files = sorted(str(p) for p in (data / "train").rglob("*") if p.name.lower().endswith((".jpg", ".png")))
+    one = scan.scan_images(files, threads=1)
+    scan.clear_cache()
+    four = scan.scan_images(files, threads=4)
+    assert set(one) == set(four) == planted and one == four
