@@ -79,3 +79,11 @@ def test_probe_history_cost_tiny(capsys):
                                               "num_heads=2"])
     assert set(result) == {"ratio", "share"} and result["ratio"] > 0 and 0 < result["share"] < 1
     assert "in-run share" in capsys.readouterr().out
+
+
+def test_scan_cost_tiny(capsys):
+    out = load("scan_cost").main(["--synthetic", "16", "12", "--images", "16", "--repeats", "1", "--batch-size", "8",
+                                  "--model-kwargs", "patch_size=8,embed_dim=32,depth=1,num_heads=2",
+                                  "--no-augment"])
+    assert out["scan_s"] > 0 and out["epoch_s"] > 0
+    assert "scan / epoch" in capsys.readouterr().out
