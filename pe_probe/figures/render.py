@@ -158,8 +158,10 @@ def render_all(
             except Exception as exc:  # one broken figure must not lose the others
                 if strict:
                     raise
-                log.error("figure %s failed:\n%s", spec.id, traceback.format_exc())
-                result.failed.append(Failed(spec=spec, error=f"{type(exc).__name__}: {exc}".splitlines()[0]))
+                error = f"{type(exc).__name__}: {exc}".splitlines()[0]
+                log.error("figure %s failed: %s (listed in index.md)", spec.id, error)  # one line on stderr
+                log.debug("figure %s failed:\n%s", spec.id, traceback.format_exc())
+                result.failed.append(Failed(spec=spec, error=error))
                 continue
             (result.rendered if isinstance(item, Rendered) else result.skipped).append(item)
         result.claims_csv = out_dir / CLAIMS
