@@ -188,6 +188,7 @@ def _merge_resume(cfg: TrainConfig, stored: dict, run: RunDir) -> TrainConfig:
         runtime["data_dir"] = stored.get("data", {}).get("data_dir")
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     fields = {k: v for k, v in args.items() if k in known and k not in RUNTIME_FIELDS}
+    fields.update({k: v for k, v in given.items() if k not in args})  # options newer than the run: as given
     if isinstance(fields.get("scale"), list):
         fields["scale"] = tuple(fields["scale"])
     merged = TrainConfig(**fields, **runtime)
