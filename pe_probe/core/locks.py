@@ -129,11 +129,6 @@ def _acquire(folder: Path, path: Path) -> int:
 _held: dict[str, int] = {}
 
 
-def is_locked_here(folder: str | os.PathLike) -> bool:
-    """Whether this process holds the lock of ``folder``."""
-    return bool(_held.get(os.path.realpath(folder)))
-
-
 def locked_on(param: str) -> Callable[[F], F]:
     """Decorator: run the function holding the lock (:func:`folder_lock`) of the folder its argument ``param``
     names, e.g. ``@locked_on("out")``."""
