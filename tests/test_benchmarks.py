@@ -90,3 +90,11 @@ def test_ablate_cost_tiny(capsys):
     assert all(v > 0 for r in rows.values() for v in r.values())
     out = capsys.readouterr().out
     assert "x plain" in out and "attribute n=2" in out and "per round" in out
+
+
+def test_scan_cost_tiny(capsys):
+    out = load("scan_cost").main(["--synthetic", "16", "12", "--images", "16", "--repeats", "1", "--batch-size", "8",
+                                  "--model-kwargs", "patch_size=8,embed_dim=32,depth=1,num_heads=2",
+                                  "--no-augment"])
+    assert out["scan_s"] > 0 and out["epoch_s"] > 0
+    assert "scan / epoch" in capsys.readouterr().out

@@ -8,20 +8,50 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+import traceback
 
 from ..core.errors import PEProbeError
 
 #: Subcommand modules, in the order ``pe-probe --help`` lists them.
 SUBCOMMANDS = ("train", "eval", "probe", "ablate", "attribute", "figures", "reproduce")
 
-#: Exceptions that mean bad input (one line, exit code 2), not a bug.
-USER_ERRORS = (PEProbeError, ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError)
+#: Exceptions that mean bad input or a failing file system (one line, exit code 2), not a bug.
+USER_ERRORS = (PEProbeError, ValueError, OSError)
+
+#: Set this environment variable to see the traceback of an unexpected error.
+DEBUG_ENV = "PE_PROBE_DEBUG"
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (``PROG: error: MESSAGE; see PROG --help``) and exit code 2,
+    instead of the whole usage."""
+
+    def error(self, message: str):  # noqa: D102 - argparse's hook
+        first = message.splitlines()[0] if message else "bad arguments"
+        self.exit(2, f"{self.prog}: error: {first}; see {self.prog} --help\n")
+
+
+def error_line(exc: BaseException) -> str:
+    """One line saying what went wrong: the message's first line (for an error re-raised from a data-loader
+    worker, the original one), with the file an ``OSError`` is about."""
+    if isinstance(exc, OSError) and not isinstance(exc, PEProbeError) and exc.strerror:
+        where = f": {exc.filename}" if exc.filename else ""
+        return f"{exc.strerror}{where}"
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    if not lines:
+        return type(exc).__name__
+    if lines[0].startswith("Caught ") and len(lines) > 1:
+        # torch.utils.data re-raises a worker's error as "Caught X in DataLoader worker N", then its traceback
+        last = lines[-1]
+        return last.split(": ", 1)[1] if ": " in last else last
+    return lines[0]
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with every available subcommand."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="pe-probe",
         description="Train, hook and measure position embeddings in vision transformers.",
     )
@@ -40,16 +70,23 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``pe-probe`` console script. Returns the exit code."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # reported by the subcommand's parser, so the hint names its --help
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        sub.choices[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         rc = args.func(args)
-    except USER_ERRORS as exc:
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        print(f"pe-probe {args.command}: error: {msg}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print(f"pe-probe {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - every failure is one line and exit code 2
+        if os.environ.get(DEBUG_ENV):
+            traceback.print_exc()
+        msg = error_line(exc)
+        if not isinstance(exc, USER_ERRORS):
+            msg = f"{type(exc).__name__}: {msg} (an unexpected error; {DEBUG_ENV}=1 prints its traceback)"
+        print(f"pe-probe {args.command}: error: {msg}", file=sys.stderr)
+        return 2
     return int(rc or 0)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
+from typing import Any, Callable
 
 
 def parse_kv(items: list[str] | None, flag: str = "--model-kwargs") -> dict[str, Any]:
@@ -51,3 +51,17 @@ def add_site_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--effect", choices=("direct", "total"), default="direct",
                    help="direct: change only the term added at the site (default); total: also what later "
                         "blocks and the Last LN read from it (the PE chain)")
+
+
+def holding(attr: str, run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """``run`` holding the writer lock of the folder named by flag ``attr`` (e.g. ``--out``) from the start, so a
+    second command writing there stops at once (:func:`pe_probe.core.locks.folder_lock`; a folder it creates
+    and leaves empty is removed again)."""
+    from ..core.locks import folder_lock
+
+    def locked(args: argparse.Namespace) -> int:
+        with folder_lock(getattr(args, attr)):
+            return run(args)
+
+    locked.__doc__ = run.__doc__
+    return locked

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._args import add_site_args, parse_sites
+from ._args import add_site_args, holding, parse_sites
 from ._checkpoint import add_checkpoint_args, add_stream_args, load
 
 
@@ -27,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the shuffle permutation (default 0)")
     p.add_argument("--no-reuse-prefix", action="store_true",
                    help="run every ablated pass from the input (same numbers, slower; for checking)")
-    p.set_defaults(func=run)
+    p.set_defaults(func=holding("out", run))  # one writer of --out, from the start
 
 
 def run(args: argparse.Namespace) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._args import add_site_args, parse_sites
+from ._args import add_site_args, holding, parse_sites
 from ._checkpoint import add_checkpoint_args, add_stream_args, load
 
 
@@ -44,7 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--internal-batch-size", type=int, default=None,
                    help="rows per forward/backward pass inside captum (default: n_steps x batch size)")
     p.add_argument("--n-maps", type=int, default=4, help="images whose per-token attribution maps are kept")
-    p.set_defaults(func=run)
+    p.set_defaults(func=holding("out", run))  # one writer of --out, from the start
 
 
 def run(args: argparse.Namespace) -> int:

@@ -29,26 +29,33 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--num-workers", type=int, default=None,
                    help="data-loader workers (default: fits the machine and the device)")
     p.add_argument("--download", action="store_true", help="let torchvision download CIFAR into --data-dir")
+    p.add_argument("--skip-bad", action="store_true", default=None,
+                   help="leave out image files that do not decode (default: as the run was trained, for its own "
+                        "data set); without it the first bad file is an error naming it")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate and record the result in ``eval.json`` (atomically); prints one result line."""
     from .. import RunDir, evaluate, load_run
-    from ..core.errors import DataWarning
+    from ..core.errors import CheckpointError, DataWarning
 
-    loaded = load_run(args.run)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", DataWarning)
-        result = evaluate(loaded, dataset=args.dataset, data_dir=args.data_dir, split=args.split,
-                          batch_size=args.batch_size, device=args.device, num_workers=args.num_workers,
-                          download=args.download)
-    for w in caught:
-        if issubclass(w.category, DataWarning):
-            print(f"pe-probe eval: warning: {w.message}", file=sys.stderr)
-        else:
-            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
-    RunDir(args.run).record_eval(result)
+    run_dir = RunDir(args.run)
+    if not run_dir.path.is_dir():
+        raise CheckpointError(f"run directory {run_dir.path} does not exist")
+    with run_dir.lock():  # one writer: a training run or another eval of this run makes this one stop at once
+        loaded = load_run(args.run)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", DataWarning)
+            result = evaluate(loaded, dataset=args.dataset, data_dir=args.data_dir, split=args.split,
+                              batch_size=args.batch_size, device=args.device, num_workers=args.num_workers,
+                              download=args.download, skip_bad=args.skip_bad)
+        for w in caught:
+            if issubclass(w.category, DataWarning):
+                print(f"pe-probe eval: warning: {w.message}", file=sys.stderr)
+            else:
+                warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+        run_dir.record_eval(result)
     where = f"{result['dataset']} {result['data_dir']}" if result["data_dir"] else result["dataset"]
     print(f"{args.run}: {where} split {result['split']}  top1 {result['top1']:.2f}  top5 {result['top5']:.2f}  "
           f"loss {result['loss']:.4f}  n {result['n']}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ._args import holding
 from ._checkpoint import add_checkpoint_args, add_stream_args, load
 
 
@@ -26,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n-norm-maps", type=int, default=8, help="images whose per-token norm maps are kept")
     p.add_argument("--mpvg-check", action="store_true",
                    help="also report the max logit difference between the model and its PVG + bias equivalent")
-    p.set_defaults(func=run)
+    p.set_defaults(func=holding("out", run))  # one writer of --out, from the start
 
 
 def run(args: argparse.Namespace) -> int:

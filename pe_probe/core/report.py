@@ -17,6 +17,7 @@ import numpy as np
 from .errors import DataError, UnknownNameError
 from .hook_points import LAST
 from .io import atomic_path, write_json, write_text
+from .locks import folder_lock
 
 META_FILE, FRAME_FILE, ARRAYS_FILE = "meta.json", "metrics.csv", "arrays.npz"
 #: Key of the report id inside ``arrays.npz`` (the same id is ``meta["report_id"]``).
@@ -94,7 +95,7 @@ class ProbeReport:
 
     def save(self, directory: str | os.PathLike, frame=None) -> Path:
         """Write ``arrays.npz``, then ``metrics.csv`` (the tidy ``frame``, when given) and ``meta.json`` into
-        ``directory``, each atomically.
+        ``directory``, each atomically, holding the folder's lock (:func:`~pe_probe.core.locks.folder_lock`).
 
         ``meta.json`` is written last and both it and ``arrays.npz`` carry the report id, so a folder whose
         writing was interrupted (new arrays beside an old meta) is detected by :meth:`load`.
@@ -103,16 +104,16 @@ class ProbeReport:
         directory = Path(directory)
         if directory.exists() and not directory.is_dir():
             raise NotADirectoryError(f"{directory} exists and is not a directory")
-        directory.mkdir(parents=True, exist_ok=True)
         rid = self.report_id()
-        with atomic_path(directory / ARRAYS_FILE) as tmp, open(tmp, "wb") as fh:
-            np.savez(fh, **self.arrays, **{ID_KEY: np.array(rid)})
-        if frame is not None:
-            write_text(directory / FRAME_FILE, frame.to_csv(index=False))
-        elif (directory / FRAME_FILE).exists():
-            (directory / FRAME_FILE).unlink()  # never leave the table of another report beside these arrays
-        self.meta[ID_KEY] = rid
-        write_json(directory / META_FILE, self.meta)
+        with folder_lock(directory):  # one writer (free when the caller holds it already)
+            with atomic_path(directory / ARRAYS_FILE) as tmp, open(tmp, "wb") as fh:
+                np.savez(fh, **self.arrays, **{ID_KEY: np.array(rid)})
+            if frame is not None:
+                write_text(directory / FRAME_FILE, frame.to_csv(index=False))
+            elif (directory / FRAME_FILE).exists():
+                (directory / FRAME_FILE).unlink()  # never leave the table of another report beside these arrays
+            self.meta[ID_KEY] = rid
+            write_json(directory / META_FILE, self.meta)
         return directory
 
     @classmethod

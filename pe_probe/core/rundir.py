@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any, Iterator
@@ -91,6 +92,13 @@ class RunDir:
         """Whether training completed (``summary.json`` exists)."""
         return self.summary_path.is_file()
 
+    def lock(self, what: str | None = None):
+        """The run's writer lock (:func:`pe_probe.core.locks.folder_lock`; creates the directory): one writer at
+        a time; another raises :class:`~pe_probe.core.locks.FolderLockedError` naming the holder at once."""
+        from .locks import folder_lock
+
+        return folder_lock(self.path, what)
+
     @contextlib.contextmanager
     def atomic(self, name: str) -> Iterator[Path]:
         """A temporary path that is renamed onto file ``name`` of the run only if the block succeeds."""
@@ -123,6 +131,7 @@ class RunDir:
         missing = [k for k in CONFIG_KEYS if k not in config]
         if missing:
             raise CheckpointError(f"{self.config_path} lacks {', '.join(missing)}")
+        check_config_types(config, self.config_path)
         return config
 
     def write_config(self, config: dict) -> None:
@@ -146,6 +155,8 @@ class RunDir:
         """The per-epoch records of ``metrics.jsonl`` (empty if there is none yet)."""
         if not self.metrics_path.exists():
             return []
+        if not self.metrics_path.is_file():  # a FIFO or a device would block the read
+            raise CheckpointError(f"{self.metrics_path} is not a regular file")
         try:
             return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -160,7 +171,10 @@ class RunDir:
         if not self.eval_path.is_file():
             return []
         data = self._read_json(self.eval_path, "evaluation record")
-        return data if isinstance(data, list) else [data]
+        data = data if isinstance(data, list) else [data]
+        if not all(isinstance(e, dict) for e in data):
+            raise CheckpointError(f"{self.eval_path} is not a list of JSON objects; move it away to start a new one")
+        return data
 
     def record_eval(self, entry: dict, key: tuple[str, ...] = ("dataset", "data_dir", "split")) -> list[dict]:
         """Add ``entry`` to ``eval.json``, replacing an earlier entry with the same ``key`` fields; returns all."""
@@ -181,3 +195,66 @@ class RunDir:
             "interpolation": data.get("interpolation", "bicubic"),
             "crop_pct": data.get("crop_pct", 1.0),
         }
+
+
+# ---------------------------------------------------------------------------------------------- config types
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _numbers(v: Any) -> bool:
+    return isinstance(v, list) and bool(v) and all(_is_number(x) for x in v)
+
+
+def _optional(test):
+    return lambda v: v is None or test(v)
+
+
+#: ``config.json``'s typed entries: key path -> (test, what the value must be). Optional keys may be absent.
+_CONFIG_TYPES: dict[tuple[str, ...], tuple[Any, str, bool]] = {
+    ("model",): (lambda v: isinstance(v, str) and bool(v), "a model name", True),
+    ("model_kwargs",): (lambda v: isinstance(v, dict), "an object", True),
+    ("num_classes",): (lambda v: _is_int(v) and v >= 1, "a positive integer", True),
+    ("data",): (lambda v: isinstance(v, dict), "an object", True),
+    ("data", "dataset"): (lambda v: isinstance(v, str), "a data-set name", True),
+    ("data", "img_size"): (lambda v: _is_int(v) and v >= 1, "a positive integer", True),
+    ("data", "in_chans"): (lambda v: _is_int(v) and v >= 1, "a positive integer", True),
+    ("data", "mean"): (_numbers, "a list of numbers", True),
+    ("data", "std"): (lambda v: _numbers(v) and all(x > 0 for x in v), "a list of positive numbers", True),
+    ("data", "data_dir"): (_optional(lambda v: isinstance(v, str)), "a path or null", False),
+    ("data", "crop_pct"): (lambda v: _is_number(v) and 0 < v <= 1, "a number in (0, 1]", False),
+    ("data", "interpolation"): (lambda v: isinstance(v, str), "a string", False),
+    ("data", "skip_bad"): (lambda v: isinstance(v, bool), "true or false", False),
+    ("data", "signature"): (_optional(lambda v: isinstance(v, dict)), "an object or null", False),
+    ("pe_config",): (_optional(lambda v: isinstance(v, dict)), "an object or null", False),
+    ("recipe",): (lambda v: isinstance(v, dict), "an object", False),
+    ("recipe", "args"): (lambda v: isinstance(v, dict), "an object", False),
+}
+
+
+def check_config_types(config: dict, path: Any = "config.json") -> None:
+    """:class:`CheckpointError` naming the first entry of ``config`` (a run's ``config.json``, read from
+    ``path``) whose JSON type is wrong; the model kwargs themselves are checked where the model is built."""
+    for keys, (test, what, required) in _CONFIG_TYPES.items():
+        node: Any = config
+        for k in keys[:-1]:
+            node = node.get(k) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or keys[-1] not in node:
+            if required and isinstance(node, dict):
+                raise CheckpointError(f"{path} lacks {'.'.join(keys)}")
+            continue
+        value = node[keys[-1]]
+        if not test(value):
+            raise CheckpointError(f"{path}: {'.'.join(keys)} must be {what}, not {json.dumps(value)[:60]}")
+    sig = config["data"].get("signature")
+    if isinstance(sig, dict):
+        size = sig.get("size")
+        ok = (size is None or (isinstance(size, list) and len(size) == 2 and all(_is_int(x) and x > 0 for x in size))) \
+            and all(sig.get(k) is None or _is_int(sig.get(k)) for k in ("channels", "num_classes"))
+        if not ok:
+            raise CheckpointError(f"{path}: data.signature must hold size [H, W] (or null), channels and "
+                                  "num_classes as integers")

@@ -31,6 +31,7 @@ def build_dataset(
     std: Sequence[float] | None = None,
     augment: bool = False,
     download: bool = False,
+    skip_bad: bool = False,
     **aug: Any,
 ) -> Dataset:
     """Part ``split`` (``train``, ``val`` or ``all``; or ``train=True/False``) of data set ``name``, resized to
@@ -43,6 +44,9 @@ def build_dataset(
     ... see :data:`AUG_KEYS`). The returned data set has ``num_classes``, ``classes`` and ``signature`` (the
     images' own size, channels and class count: :class:`~pe_probe.data.signature.DataSignature`).
     ``download`` fetches CIFAR only when asked; otherwise missing files raise :class:`~pe_probe.core.errors.DataError`.
+    Every file of an image folder is checked before the data set is returned (:mod:`pe_probe.data.scan`): a bad
+    one raises :class:`~pe_probe.data.scan.BadImagesError` naming it, or with ``skip_bad`` is left out (the
+    data set's ``bad`` maps each to why; other data sets have an empty ``bad``).
     """
     from .folders import SPLITS
 
@@ -74,6 +78,7 @@ def build_dataset(
         ds = DigitsDataset(info, train=train, img_size=img_size, in_chans=in_chans, mean=mean, std=std,
                            augment=augment, **aug)
         ds.signature = named_signature(info)
+        ds.bad = {}
         return ds
 
     from .folders import build_cifar, build_imagefolder, check_data_dir
@@ -85,8 +90,9 @@ def build_dataset(
             transform = ConvertThen("L", transform)
         ds = build_cifar(name, path, train=train, transform=transform, download=download)
         ds.signature = named_signature(info)
+        ds.bad = {}
         return ds
-    return build_imagefolder(path, split=split, transform=transform, in_chans=in_chans)
+    return build_imagefolder(path, split=split, transform=transform, in_chans=in_chans, skip_bad=skip_bad)
 
 
 def named_signature(info: DatasetInfo) -> DataSignature:

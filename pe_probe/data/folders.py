@@ -9,8 +9,10 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset, Subset
+from torchvision.datasets import ImageFolder
 
 from ..core.errors import DataError
+from .scan import IMAGE_EXTENSIONS, check_folder_images, list_images
 
 #: Fraction of each class held out for validation when an image folder has no ``val/`` split.
 FOLDER_VAL_FRACTION = 0.1
@@ -42,22 +44,44 @@ def build_cifar(name: str, data_dir: Path, *, train: bool, transform: Callable, 
 
 
 class _Loader:
-    """Open an image file and convert it to ``mode`` (a class, so data-loader workers can pickle it)."""
+    """Open an image file and convert it to ``mode`` (a class, so data-loader workers can pickle it). The files
+    were checked when the data set was built; one that broke since raises a one-line :class:`DataError`."""
 
     def __init__(self, mode: str) -> None:
         self.mode = mode
 
     def __call__(self, path: str) -> Image.Image:
-        with open(path, "rb") as f:
-            return Image.open(f).convert(self.mode)
+        try:
+            with open(path, "rb") as f:
+                return Image.open(f).convert(self.mode)
+        except (OSError, ValueError, SyntaxError, EOFError) as exc:
+            raise DataError(f"cannot read image {path} (it changed after the data set was checked?): "
+                            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+
+
+class _CheckedImageFolder(ImageFolder):
+    """torchvision's ``ImageFolder`` whose file list is walked without following symbolic-link loops and whose
+    every file is checked (:mod:`pe_probe.data.scan`) before the data set exists; ``bad`` maps the files left
+    out (``skip_bad``) to why."""
+
+    def __init__(self, root: str, *, skip_bad: bool, **kwargs) -> None:
+        self.skip_bad = skip_bad
+        self.bad: dict[str, str] = {}
+        super().__init__(root, **kwargs)
+
+    def make_dataset(self, directory, class_to_idx, extensions=None, is_valid_file=None, allow_empty=False):
+        samples, walk_bad = list_images(directory, sorted(class_to_idx, key=class_to_idx.get))
+        samples, self.bad = check_folder_images(samples, walk_bad, directory, skip_bad=self.skip_bad)
+        empty = sorted(set(class_to_idx) - {Path(p).relative_to(directory).parts[0] for p, _ in samples})
+        if empty:
+            raise DataError(f"no readable image in class folder(s) {', '.join(empty[:5])} of {directory} "
+                            f"(image files end in {', '.join(IMAGE_EXTENSIONS)})")
+        return samples
 
 
 def _has_class_folders(folder: Path) -> bool:
     return folder.is_dir() and any(p.is_dir() and not p.name.startswith(".") for p in folder.iterdir())
 
-
-#: File extensions counted as images when sampling a folder (torchvision's ImageFolder reads the same ones).
-_IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 #: The parts of a data set ``build_dataset(split=...)`` reads.
 SPLITS = ("train", "val", "all")
@@ -163,7 +187,7 @@ def folder_image_size(data_dir: str | os.PathLike | None) -> int | None:
         per_class = max(1, SAMPLE_FILES // max(1, len(classes)))
         paths = []
         for c in classes[:SAMPLE_FILES]:
-            files = sorted(f for f in c.iterdir() if f.suffix.lower() in _IMAGE_EXTENSIONS)
+            files = sorted(f for f in c.iterdir() if f.name.lower().endswith(IMAGE_EXTENSIONS) and f.is_file())
             paths.extend(str(f) for f in files[:per_class])
         size = files_signature(paths, None).size
     except (DataError, OSError):
@@ -172,26 +196,29 @@ def folder_image_size(data_dir: str | os.PathLike | None) -> int | None:
 
 
 def build_imagefolder(
-    data_dir: Path, *, split: str, transform: Callable, in_chans: int
+    data_dir: Path, *, split: str, transform: Callable, in_chans: int, skip_bad: bool = False
 ) -> Dataset:
     """ImageNet layout (``data_dir/train/<class>/*``, ``data_dir/val/<class>/*``) or one folder of classes.
 
     ``split`` is ``train``, ``val`` or ``all`` (see :func:`split_root`). A single folder of class subfolders
     (or a ``train/`` without ``val/``) is split per class with a fixed seed: ``FOLDER_VAL_FRACTION`` of each
-    class goes to validation, always the same files; ``all`` reads every image. The data set has
-    ``num_classes``, ``classes`` and ``signature`` (:class:`~pe_probe.data.signature.DataSignature`).
+    class goes to validation, always the same files; ``all`` reads every image. ``train/`` and ``val/`` must
+    hold the same class folders. Every image file is checked first (:mod:`pe_probe.data.scan`): a file that
+    is not a regular file or does not decode raises :class:`~pe_probe.data.scan.BadImagesError` naming it,
+    or with ``skip_bad`` is left out (the data set's ``bad`` maps each to why). The data set has
+    ``num_classes``, ``classes``, ``bad`` and ``signature`` (:class:`~pe_probe.data.signature.DataSignature`).
     """
-    from torchvision.datasets import ImageFolder
-
     from .signature import files_signature
 
     loader = _Loader("L" if in_chans == 1 else "RGB")
     root, part = split_root(data_dir, split)
+    if folder_layout(data_dir) == "train+val":
+        check_same_classes(data_dir)
     try:
-        ds = ImageFolder(str(root), transform=transform, loader=loader)
+        ds = _CheckedImageFolder(str(root), transform=transform, loader=loader, skip_bad=skip_bad)
     except (FileNotFoundError, RuntimeError) as exc:
         raise DataError(f"no images found under {root}: {str(exc).splitlines()[0]}") from None
-    num_classes = len(ds.classes)
+    num_classes, bad = len(ds.classes), ds.bad
     paths = [p for p, _ in ds.samples]
     if part != "all":
         idx = _split_indices(ds.targets, part == "train")
@@ -202,8 +229,27 @@ def build_imagefolder(
     if len(ds) == 0:
         raise DataError(f"the {split} split of {data_dir} is empty")
     ds.num_classes = num_classes
+    ds.bad = bad
     ds.signature = files_signature(paths, num_classes)
     return ds
+
+
+def class_folders(folder: Path) -> list[str]:
+    """The class names of a folder of class folders, as torchvision's ``ImageFolder`` finds them."""
+    return sorted(e.name for e in os.scandir(folder) if e.is_dir())
+
+
+def check_same_classes(data_dir: Path) -> None:
+    """:class:`DataError` unless ``data_dir/train`` and ``data_dir/val`` hold the same class folders (a label
+    is a class folder's index, so any difference gives the same label to different classes)."""
+    train, val = class_folders(data_dir / "train"), class_folders(data_dir / "val")
+    if train != val:
+        only_t, only_v = sorted(set(train) - set(val)), sorted(set(val) - set(train))
+        parts = [f"only in train/: {', '.join(only_t[:5])}" if only_t else "",
+                 f"only in val/: {', '.join(only_v[:5])}" if only_v else ""]
+        detail = "; ".join(p for p in parts if p) or "the same names in another order"
+        raise DataError(f"{data_dir}: train/ has {len(train)} class folders and val/ has {len(val)}, not the same "
+                        f"ones ({detail}); labels would mean different classes in each")
 
 
 def _split_indices(targets: list[int], train: bool) -> list[int]:

@@ -63,7 +63,7 @@ def files_signature(paths: Sequence[str], num_classes: int | None) -> DataSignat
             with Image.open(p) as img:
                 sizes.add((img.height, img.width))
                 modes.add(img.mode)
-        except OSError as exc:
+        except (OSError, Image.DecompressionBombError) as exc:
             raise DataError(f"cannot read image {p}: {exc}") from None
     size = next(iter(sizes)) if len(sizes) == 1 else None
     channels = 1 if modes <= GREY_MODES else 3

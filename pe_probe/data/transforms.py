@@ -43,9 +43,13 @@ def build_transform(
             aug.setdefault("hflip", 0.0)
         if len(mean) == 1:  # colour jitter and RandAugment assume RGB; grey images get geometric aug only
             aug.setdefault("color_jitter", 0.0)
-        transform = create_transform(
-            img_size, is_training=True, interpolation=interpolation, mean=mean, std=std, **aug
-        )
+        try:
+            transform = create_transform(
+                img_size, is_training=True, interpolation=interpolation, mean=mean, std=std, **aug
+            )
+        except (AssertionError, ValueError, KeyError, TypeError) as exc:  # timm asserts on unknown policies
+            raise ValueError(f"timm cannot build the training transform from {aug}: "
+                             f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
         allow_zero_bit_posterize(transform)
         return transform
     return create_transform(img_size, is_training=False, interpolation=interpolation, mean=mean, std=std,

@@ -17,13 +17,16 @@ from ..analysis.claims import ClaimResult, evaluate_claim
 from ..analysis.paper import reference
 from ..analysis.runs import RunResult
 from ..analysis.select import select_runs
-from ..core.io import atomic_path, write_text
+from ..core.io import atomic_path, contained, write_text
+from ..core.locks import folder_lock
 from .plots import PLOTS
 from .spec import Spec, load_specs, resolve_specs
 
 log = logging.getLogger(__name__)
 
 FIGURE_FORMATS = ("png", "pdf")
+#: Written last, after every figure: an output folder with an index is a complete set (or says what is missing).
+INDEX, CLAIMS = "index.md", "claims.csv"
 
 
 @dataclass
@@ -104,18 +107,18 @@ def render_spec(spec: Spec, runs: Sequence[RunResult], out_dir: str | Path, *, d
     if plot.kind == "figure":
         try:
             for fmt in FIGURE_FORMATS:
-                files[fmt] = out_dir / f"{spec.id}.{fmt}"
+                files[fmt] = contained(out_dir, f"{spec.id}.{fmt}")
                 with atomic_path(files[fmt]) as tmp:
                     drawn.savefig(tmp, format=fmt, dpi=dpi)
                 drawn.set_layout_engine("none")  # keep the first layout: the same figure, faster
         finally:
             drawn.clear()
-    files["csv"] = out_dir / f"{spec.id}.csv"
+    files["csv"] = contained(out_dir, f"{spec.id}.csv")
     with atomic_path(files["csv"]) as tmp:
         data.data.to_csv(tmp, index=False)
     if plot.kind == "table":
         table = drawn
-        files["md"] = out_dir / f"{spec.id}.md"
+        files["md"] = contained(out_dir, f"{spec.id}.md")
         write_text(files["md"], f"# {spec.title}\n\n{spec.caption}\n\n{table}")
     claims = [evaluate_claim(c, sel, spec.id) for c in spec.claims]
     return Rendered(spec=spec, files=files, runs=[r.name for r in sel.all_runs()], notes=sel.notes + data.notes,
@@ -135,25 +138,36 @@ def render_all(
 
     ``specs``: Spec objects, spec files, folders of specs or ``"builtin"`` (the shipped specs); default: every
     spec in ``spec_dir`` (default: the shipped specs, :func:`~pe_probe.figures.spec.builtin_specs_dir`). A spec without its runs is skipped (listed in the index with what it needs).
-    A plot that raises is recorded in ``failed`` and logged, or re-raised with ``strict=True``.
+    A plot that raises is recorded in ``failed`` and logged, or re-raised with ``strict=True``. Everything is
+    written under the folder's lock (:func:`~pe_probe.core.locks.folder_lock`), each file inside ``out_dir``
+    (:func:`~pe_probe.core.io.contained`). ``index.md`` and ``claims.csv`` are removed first and written last,
+    and a failing file system (``OSError``: disk full, permission denied) stops the render, so a folder whose
+    rendering was cut short has no index: an index always describes its set, missing figures included.
     """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     result = RenderResult(out_dir=out_dir)
-    for spec in _as_specs(specs, spec_dir):
-        try:
-            item = render_spec(spec, runs, out_dir, dpi=dpi)
-        except Exception as exc:  # one broken figure must not lose the others
-            if strict:
+    specs = _as_specs(specs, spec_dir)
+    with folder_lock(out_dir):  # one writer; an index is written last, so a set cut short has none
+        for name in (INDEX, CLAIMS):
+            contained(out_dir, name).unlink(missing_ok=True)
+        for spec in specs:
+            try:
+                item = render_spec(spec, runs, out_dir, dpi=dpi)
+            except OSError:  # the disk, not the figure: stop (the index is not written, so nothing claims a set)
                 raise
-            log.error("figure %s failed:\n%s", spec.id, traceback.format_exc())
-            result.failed.append(Failed(spec=spec, error=f"{type(exc).__name__}: {exc}".splitlines()[0]))
-            continue
-        (result.rendered if isinstance(item, Rendered) else result.skipped).append(item)
-    result.claims_csv = out_dir / "claims.csv"
-    write_text(result.claims_csv, claims_frame(result).to_csv(index=False))
-    result.index = out_dir / "index.md"
-    write_text(result.index, index_markdown(result, runs))
+            except Exception as exc:  # one broken figure must not lose the others
+                if strict:
+                    raise
+                error = f"{type(exc).__name__}: {exc}".splitlines()[0]
+                log.error("figure %s failed: %s (listed in index.md)", spec.id, error)  # one line on stderr
+                log.debug("figure %s failed:\n%s", spec.id, traceback.format_exc())
+                result.failed.append(Failed(spec=spec, error=error))
+                continue
+            (result.rendered if isinstance(item, Rendered) else result.skipped).append(item)
+        result.claims_csv = out_dir / CLAIMS
+        write_text(result.claims_csv, claims_frame(result).to_csv(index=False))
+        result.index = out_dir / INDEX
+        write_text(result.index, index_markdown(result, runs))
     return result
 
 

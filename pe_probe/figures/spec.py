@@ -10,6 +10,7 @@ wheel); users pass their own files or folders. The format is documented in docs/
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -30,6 +31,8 @@ _TOP_KEYS = {"id", "title", "caption", "kind", "plot", "paper", "options", "clai
              "require"}
 #: Where the shipped specs live inside the package.
 BUILTIN = "builtin"
+#: A spec id names its output files: ASCII letters, digits, '_' and '-', starting with a letter or digit.
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,99}")
 
 
 @dataclass(frozen=True)
@@ -125,7 +128,7 @@ def parse_spec(raw: Mapping[str, Any], source: str = "<memory>") -> Spec:
     for key in ("id", "title", "caption", "kind", "plot"):
         if not isinstance(raw.get(key), str) or not raw[key].strip():
             raise fail(f"{key!r} is required and must be a non-empty string")
-    if not all(ch.isalnum() or ch in "_-" for ch in raw["id"]) or raw["id"][0] in "-_":
+    if not _ID.fullmatch(raw["id"]):
         raise fail(f"id={raw['id']!r} must be a file stem of letters, digits, '_' and '-' (it names the outputs)")
     if raw["kind"] not in KINDS:
         raise fail(f"kind={raw['kind']!r} is not one of {KINDS}")

@@ -18,6 +18,7 @@ from torch import nn
 from ..analysis.causal import (Attribution, ablation_frame, attribution_of, read_ablation, read_attribution,
                                save_ablation, save_attribution)
 from ..core.causal import INTERVENTIONS
+from ..core.locks import locked_on
 from ..core.rundir import RunDir
 from ..probing.ablation import run_ablation
 from ..probing.attribution import run_attribution
@@ -72,6 +73,7 @@ def _run_data(rd: RunDir, data_dir: str | os.PathLike | None) -> tuple[nn.Module
                            std=data.get("std"), trained_on=data)
 
 
+@locked_on("run_dir")  # the run is not trained or evaluated while its ablation is written
 def ablate_run(run_dir: str | os.PathLike | RunDir, *, data_dir: str | os.PathLike | None = None,
                max_images: int | None = None, batch_size: int = 64, recompute: bool = False,
                progress: bool = True) -> pd.DataFrame:
@@ -90,6 +92,7 @@ def ablate_run(run_dir: str | os.PathLike | RunDir, *, data_dir: str | os.PathLi
     return frame
 
 
+@locked_on("run_dir")  # the run is not trained or evaluated while its attribution is written
 def attribute_run(run_dir: str | os.PathLike | RunDir, *, data_dir: str | os.PathLike | None = None,
                   max_images: int | None = RUN_ATTRIBUTION_IMAGES, n_steps: int = RUN_ATTRIBUTION_STEPS,
                   baseline: str = RUN_ATTRIBUTION_BASELINE, batch_size: int = 16, recompute: bool = False,

@@ -49,7 +49,7 @@ class ProbeHistory:
             return
         data = config["data"]
         report = probe(model, data["dataset"], data_dir=data.get("data_dir"), mean=data.get("mean"),
-                       std=data.get("std"), max_images=self.images, run=run.name, progress=False)
+                       std=data.get("std"), max_images=self.images, run=run.name, progress=False, trained_on=data)
         rows = summary_frame(report)[["layer", "metric", "value"]].assign(epoch=epoch)[HISTORY_COLUMNS]
         old = read_history(run)
         if old is not None:

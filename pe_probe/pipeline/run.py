@@ -19,6 +19,8 @@ from tqdm.auto import tqdm
 from ..analysis import save_report
 from ..analysis.runs import RunResult
 from ..core.errors import CheckpointError, DataError
+from ..core.io import contained
+from ..core.locks import locked_on
 from ..core.report import ProbeReport
 from ..core.rundir import RunDir
 from ..figures.render import RenderResult, render_all
@@ -111,6 +113,7 @@ def plan_runs(
     return planned
 
 
+@locked_on("out")  # one reproduction per folder (each run and the figures folder are locked too)
 def reproduce(
     out: str | os.PathLike,
     *,
@@ -225,6 +228,7 @@ def find_runs(runs_dir: str | os.PathLike) -> tuple[list[RunDir], list[RunDir]]:
     return [r for r in runs if r.is_complete()], [r for r in runs if not r.is_complete()]
 
 
+@locked_on("run_dir")  # the run is not trained or evaluated while its probe is read or written
 def probe_run(
     run_dir: str | os.PathLike,
     *,
@@ -237,10 +241,11 @@ def probe_run(
     """The probe report of a run: loaded from ``RUN/probe`` if saved, else probed on the run's
     validation data and saved there (with its ``metrics.csv``)."""
     rd = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
-    if rd.probe_dir.is_dir() and not reprobe:
+    probe_dir = contained(rd.path, RunDir.PROBE)  # never read or written through a link out of the run
+    if probe_dir.is_dir() and not reprobe:
         try:
-            return ProbeReport.load(rd.probe_dir)
-        except Exception as exc:  # a stale or damaged cache is rebuilt, not fatal
+            return ProbeReport.load(probe_dir)
+        except Exception as exc:  # a stale, damaged or mixed (interrupted) report is rebuilt, not fatal
             log.warning("re-probing %s: saved probe results unreadable (%s)", rd.path, exc)
     run = load_run(rd.path)
     data = run.config["data"]
@@ -249,10 +254,11 @@ def probe_run(
         std=data.get("std"), batch_size=batch_size, max_images=max_images, run=rd.name, progress=progress,
         trained_on=data,
     )
-    save_report(report, rd.probe_dir)
+    save_report(report, probe_dir)
     return report
 
 
+@locked_on("out")  # a second writer of the folder stops at once, before any probing
 def render_figures(
     runs_dir: str | os.PathLike,
     out: str | os.PathLike,

@@ -107,7 +107,8 @@ def open_data(
             source.update(data=data, data_dir=data_dir, split=split)
         data = build_dataset(data, data_dir=data_dir, split=split, img_size=view.img_size[0],
                              in_chans=view.in_chans, mean=None if mean is None else tuple(mean),
-                             std=None if std is None else tuple(std))
+                             std=None if std is None else tuple(std),
+                             **({"skip_bad": True} if own and trained_on.get("skip_bad") else {}))  # as trained
     if trained_on is not None and isinstance(trained_on.get("signature"), dict) \
             and getattr(data, "signature", None) is not None:
         from ..data.signature import DataSignature, check_fits

@@ -45,6 +45,8 @@ def load_state(run: RunDir) -> dict | None:
     path = run.state_path
     if not path.exists():
         return None
+    if not path.is_file():  # a FIFO or a device would block the read
+        raise CheckpointError(f"{path} is not a regular file")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any failure to read means a corrupt file
@@ -103,18 +105,40 @@ class Run:
     metrics: list[dict] = field(default_factory=list)
 
 
-def build_model_from_config(config: dict) -> nn.Module:
-    """A freshly initialised model of the architecture ``config`` describes."""
+def build_model_from_config(config: dict, *, weights_numel: int | None = None,
+                            where: str = "config.json model_kwargs") -> nn.Module:
+    """A freshly initialised model of the architecture ``config`` describes.
+
+    ``config`` is untrusted: its kwargs are checked (:func:`pe_probe.models.limits.check_buildable`: no keywords
+    that load files or download, known keys and types, a size this machine holds and, with ``weights_numel``,
+    one the weights file can match) before anything is allocated.
+    """
     import pe_probe.models  # noqa: F401  (registers the pe_* variants)
+    from ..models.limits import check_buildable
 
     name = config["model"]
     if not timm.is_model(name):
         raise CheckpointError(f"the run's model {name!r} is not a registered timm model")
-    kwargs = dict(config["model_kwargs"])
+    kwargs = check_buildable(name, config["model_kwargs"], where=where, error=CheckpointError,
+                             weights_numel=weights_numel)
     try:
         return timm.create_model(name, pretrained=False, **kwargs)
-    except (TypeError, ValueError, KeyError) as exc:
-        raise CheckpointError(f"cannot rebuild {name} from config.json: {exc}") from None
+    except (TypeError, ValueError, KeyError, AssertionError, RuntimeError) as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"cannot rebuild {name} from config.json: {msg}") from None
+
+
+def weights_file_numel(path: Path) -> int:
+    """How many numbers a safetensors file holds, from its header alone (nothing is loaded)."""
+    from safetensors import safe_open
+
+    if not path.is_file():
+        raise CheckpointError(f"{path} does not exist (the run has not finished an epoch yet)")
+    try:
+        with safe_open(str(path), "pt") as f:
+            return sum(int(np.prod(f.get_slice(k).get_shape(), dtype=np.int64)) for k in f.keys())
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
+        raise CheckpointError(f"{path} is corrupt ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})") from None
 
 
 def load_weights(model: nn.Module, path: Path) -> None:
@@ -157,7 +181,8 @@ def load_run(run_dir: str | os.PathLike, *, device: str | torch.device = "cpu") 
     """
     rd = RunDir(run_dir)
     config = rd.read_config()
-    model = build_model_from_config(config)
+    model = build_model_from_config(config, weights_numel=weights_file_numel(rd.weights_path),
+                                    where=f"{rd.config_path} model_kwargs")
     load_weights(model, rd.weights_path)
     model.to(device).eval()
     return Run(run_dir=rd.path, model=model, config=config, summary=rd.read_summary(),

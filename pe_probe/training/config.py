@@ -13,6 +13,7 @@ resolution happens once, before anything is written.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -63,6 +64,9 @@ class RunOptions:
                             runtime=True)
     probe_images: int = _opt(256, "how many validation images --probe-every probes (the first ones: the images "
                                   "pe-probe probe RUN --max-images K streams)", runtime=True)
+    skip_bad: bool = _opt(False, "leave out image files that are not regular files or do not decode (every file "
+                                 "is checked before training; without this flag the first bad one stops the run "
+                                 "before anything is written); summary.json counts them as skipped_images")
     resume: bool = _opt(False, "continue the run in --out from its last saved state", runtime=True)
     download: bool = _opt(False, "let torchvision download CIFAR into --data-dir", runtime=True)
     progress: bool = _opt(True, "tqdm progress bars", runtime=True)
@@ -163,7 +167,7 @@ def recipe_for(cfg: TrainConfig) -> Recipe:
     name, reason = choose_recipe(cfg)
     recipe = get_recipe(name).replace(reason=reason)
     changes = {k: getattr(cfg, k) for k in HYPERPARAMETERS if getattr(cfg, k) is not None}
-    if "scale" in changes:
+    if isinstance(changes.get("scale"), (list, tuple)):
         changes["scale"] = tuple(changes["scale"])
     if str(changes.get("randaugment", "")).lower() == "none":  # "none" switches the recipe's RandAugment off
         changes["randaugment"] = None
@@ -171,27 +175,97 @@ def recipe_for(cfg: TrainConfig) -> Recipe:
         changes["clip_grad"] = None
     base_epochs = recipe.epochs
     recipe = recipe.replace(**changes)
-    if cfg.warmup_epochs is None and recipe.warmup_epochs > recipe.epochs:  # shortened run: scale the warm-up
+    if cfg.warmup_epochs is None and _is_int(recipe.epochs) and recipe.warmup_epochs > recipe.epochs:
+        # a shortened run: scale the warm-up
         recipe = recipe.replace(warmup_epochs=recipe.warmup_epochs * recipe.epochs / base_epochs)
     _check_hyperparameters(recipe)
     return recipe
 
 
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+#: Hyperparameters that are finite numbers, with the range each must lie in: (low, high, high included).
+_RANGES: dict[str, tuple[float, float, bool]] = {
+    "lr": (0.0, math.inf, False), "min_lr": (0.0, math.inf, False), "warmup_lr": (0.0, math.inf, False),
+    "weight_decay": (0.0, math.inf, False), "warmup_epochs": (0.0, math.inf, False),
+    "label_smoothing": (0.0, 1.0, False), "mixup": (0.0, math.inf, False), "cutmix": (0.0, math.inf, False),
+    "mixup_prob": (0.0, 1.0, True), "mixup_switch_prob": (0.0, 1.0, True), "re_prob": (0.0, 1.0, True),
+    "drop_path_rate": (0.0, 1.0, False),
+}
+
+
+def known_optimizer(name: Any) -> bool:
+    """Whether timm's ``create_optimizer_v2`` knows optimizer ``name`` (with an optional ``lookahead_`` prefix)."""
+    from timm.optim import list_optimizers
+
+    if not isinstance(name, str):
+        return False
+    base = name.lower().removeprefix("lookahead_")
+    return base in list_optimizers()
+
+
 def _check_hyperparameters(r: Recipe) -> None:
-    checks = [
-        (r.epochs >= 1, f"epochs={r.epochs} must be at least 1"),
-        (r.batch_size >= 1, f"batch_size={r.batch_size} must be at least 1"),
-        (r.lr > 0, f"lr={r.lr} must be positive"),
-        (r.weight_decay >= 0, f"weight_decay={r.weight_decay} must be >= 0"),
-        (0 <= r.warmup_epochs <= r.epochs, f"warmup_epochs={r.warmup_epochs} must be in [0, epochs]"),
-        (0 <= r.label_smoothing < 1, f"label_smoothing={r.label_smoothing} must be in [0, 1)"),
-        (r.mixup >= 0 and r.cutmix >= 0, "mixup and cutmix alphas must be >= 0"),
-        (0 <= r.re_prob <= 1, f"re_prob={r.re_prob} must be in [0, 1]"),
-        (0 <= r.drop_path_rate < 1, f"drop_path_rate={r.drop_path_rate} must be in [0, 1)"),
-        (r.clip_grad is None or r.clip_grad > 0, f"clip_grad={r.clip_grad} must be positive"),
-    ]
-    for ok, msg in checks:
-        if not ok:
-            raise ValueError(msg)
+    """Every hyperparameter of ``r`` of the right type, finite and in range, and the optimizer known to timm:
+    a ``ValueError`` naming the first that is not (before anything is built or written)."""
+    for name in ("epochs", "batch_size"):
+        value = getattr(r, name)
+        if not _is_int(value) or value < 1:
+            raise ValueError(f"{name}={value!r} must be an integer of at least 1")
+    for name, (lo, hi, hi_ok) in _RANGES.items():
+        value = getattr(r, name)
+        if not _is_number(value):
+            raise ValueError(f"{name}={value!r} must be a finite number")
+        if value < lo or value > hi or (value == hi and not hi_ok):
+            raise ValueError(f"{name}={value!r} must be in [{lo:g}, {hi:g}{']' if hi_ok else ')'}")
+    if r.lr <= 0:
+        raise ValueError(f"lr={r.lr!r} must be positive")
+    if r.warmup_epochs > r.epochs:
+        raise ValueError(f"warmup_epochs={r.warmup_epochs} must be in [0, epochs={r.epochs}]")
+    if r.clip_grad is not None and not (_is_number(r.clip_grad) and r.clip_grad > 0):
+        raise ValueError(f"clip_grad={r.clip_grad!r} must be a positive finite number (0: off)")
+    if r.scale is not None and not (len(r.scale) == 2 and all(_is_number(v) for v in r.scale)
+                                    and 0 < r.scale[0] <= r.scale[1] <= 1):
+        raise ValueError(f"scale={r.scale!r} must be two numbers 0 < low <= high <= 1 (fractions of the image area)")
+    if not isinstance(r.augment, bool):
+        raise ValueError(f"augment={r.augment!r} must be true or false")
+    if r.randaugment is not None and not isinstance(r.randaugment, str):
+        raise ValueError(f"randaugment={r.randaugment!r} must be a timm policy string or none")
+    if not known_optimizer(r.opt):
+        raise UnknownNameError(f"unknown optimizer opt={r.opt!r}; timm's create_optimizer_v2 knows e.g. adamw, sgd, "
+                               "lamb, adan (timm.optim.list_optimizers())")
     if (r.mixup > 0 or r.cutmix > 0) and r.batch_size % 2:
         raise ValueError(f"batch_size={r.batch_size} must be even with mixup/cutmix")
+
+
+#: Run options that are integers, with their least value (None allowed where the field's default is None).
+_RUN_INTS = {"num_workers": 0, "num_threads": 1, "checkpoint_every": 0, "probe_every": 0, "probe_images": 1}
+_RUN_BOOLS = ("deterministic", "download", "resume", "progress", "verbose", "skip_bad")
+
+
+def check_run_options(cfg: "TrainConfig") -> None:
+    """The run options of ``cfg`` of the right type and in range (``ValueError`` naming the first that is not)."""
+    for name, low in _RUN_INTS.items():
+        value = getattr(cfg, name)
+        if value is None and getattr(TrainConfig, name, 0) is None:
+            continue
+        if not _is_int(value) or value < low:
+            raise ValueError(f"{name}={value!r} must be an integer of at least {low}")
+    if not _is_int(cfg.seed) or abs(cfg.seed) >= 2**63:
+        raise ValueError(f"seed={cfg.seed!r} must be an integer")
+    for name in _RUN_BOOLS:
+        if not isinstance(getattr(cfg, name), bool):
+            raise ValueError(f"{name}={getattr(cfg, name)!r} must be true or false")
+    if cfg.amp is not None and not isinstance(cfg.amp, bool):
+        raise ValueError(f"amp={cfg.amp!r} must be true, false or None")
+    for name in ("model", "dataset", "recipe", "device"):
+        value = getattr(cfg, name)
+        if value is not None and not isinstance(value, str):
+            raise ValueError(f"{name}={value!r} must be a name (a string)")
+    if not isinstance(cfg.model_kwargs, dict):
+        raise ValueError(f"model_kwargs must be a dict of constructor keywords, not {type(cfg.model_kwargs).__name__}")

@@ -34,12 +34,19 @@ def pick_device(device: str | None, local_rank: int = 0) -> torch.device:
     """``device`` as a torch device; None picks CUDA (this process's local GPU) when available, else CPU."""
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"device={device!r} is not a device; use cpu, cuda or cuda:N") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device={device!r}: pe-probe runs on cpu or cuda (cuda:N)")
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError("device='cuda' was asked for but CUDA is not available")
         if dev.index is None:
             dev = torch.device("cuda", local_rank)
+        if dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device={device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return dev
 
 

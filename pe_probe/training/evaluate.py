@@ -103,6 +103,7 @@ def evaluate(
     mean=None,
     std=None,
     progress: bool = False,
+    skip_bad: bool | None = None,
 ) -> dict:
     """Evaluate a run directory, a loaded :class:`Run` or a model on part ``split`` of a data set.
 
@@ -117,7 +118,10 @@ def evaluate(
     training images gives a :class:`~pe_probe.core.errors.DataWarning`. For a bare model pass ``dataset``
     (normalization: the data set's default unless ``mean``/``std`` are given; only the class count is
     checked). ``num_workers`` None picks :func:`~pe_probe.data.workers.default_num_workers` for the device.
-    Returns ``{"top1": %, "top5": %, "loss": mean cross-entropy, "n": images, "dataset", "data_dir", "split"}``.
+    Image files that do not decode raise :class:`~pe_probe.data.scan.BadImagesError` naming them; ``skip_bad``
+    leaves them out (None: as the run was trained, for its own data set; else False).
+    Returns ``{"top1": %, "top5": %, "loss": mean cross-entropy, "n": images, "dataset", "data_dir", "split",
+    "skipped_images"}``.
     """
     from .checkpoints import Run, load_run
 
@@ -144,12 +148,14 @@ def evaluate(
         own = dataset == run_data["dataset"] and (
             data_dir is None or run_data.get("data_dir") is None
             or Path(data_dir).expanduser().resolve() == Path(run_data["data_dir"]).expanduser().resolve())
+        if skip_bad is None and own:
+            skip_bad = bool(run_data.get("skip_bad", False))
         img_size, in_chans = int(run_data["img_size"]), int(run_data["in_chans"])
         mean, std = mean or run_data["mean"], std or run_data["std"]
         expected = run_signature(run.config)
     split = split or ("train" if train_split else default_split(dataset, data_dir, own=own))
     ds = build_dataset(dataset, data_dir=data_dir, split=split, img_size=img_size, in_chans=in_chans,
-                       mean=mean, std=std, augment=False, download=download)
+                       mean=mean, std=std, augment=False, download=download, skip_bad=bool(skip_bad))
     where = f"{dataset} {data_dir} ({split})" if data_dir is not None else f"{dataset} ({split})"
     check_fits(expected, ds.signature, where, "the run was trained on" if run_data is not None else "the model has")
     if run_data is not None and reads_training_images(run_data, dataset, data_dir, split):
@@ -161,4 +167,5 @@ def evaluate(
     result = run_eval(model, ds, batch_size=batch_size, device=dev, amp=dev.type == "cuda" if amp is None else amp,
                       num_workers=workers, progress=progress)
     data_dir_text = str(Path(data_dir).expanduser().resolve()) if data_dir is not None else None
-    return {**result, "dataset": dataset, "data_dir": data_dir_text, "split": split}
+    return {**result, "dataset": dataset, "data_dir": data_dir_text, "split": split,
+            "skipped_images": len(getattr(ds, "bad", {}))}

@@ -33,6 +33,7 @@ from torch import nn
 
 from ..core.errors import CheckpointError, UnknownNameError
 from ..core.rundir import RunDir
+from ..models.limits import check_buildable
 from .checkpoints import load_state_dict_checked
 
 #: Suffixes of pickled (``torch.save``) checkpoint files.
@@ -473,6 +474,8 @@ def load_checkpoint(
             raise CheckpointError(f"{path} is neither a pe-probe run directory nor a timm hub folder (no "
                                   f"{RunDir.CONFIG})")
         src = _hub_source(path, model, use_ema) if _is_hub_folder(path) else _run_source(path, model, use_ema)
+    elif not path.is_file():  # a FIFO, a device or a link loop would block or fail the read
+        raise CheckpointError(f"{path} is neither a folder nor a regular file")
     else:
         src = _file_source(path, model, use_ema)
     name = src.model
@@ -500,6 +503,10 @@ def load_checkpoint(
                              "input add, hierarchy and the Last-LN PE source are the preset's")
     if "head.weight" in sd and "num_classes" not in user and "num_classes" not in src.kwargs:
         extra["num_classes"] = int(sd["head.weight"].shape[0])
+    # recorded kwargs are untrusted and the user's may be mistyped: checked (no file-loading keywords, types,
+    # a size the weights can match) before anything is built
+    check_buildable(name, {**src.kwargs, **extra}, where=f"model kwargs for {src.weights_file}", error=CheckpointError,
+                    weights_numel=sum(t.numel() for t in sd.values()))
     try:
         net = src.build(name, extra)
     except (TypeError, ValueError, KeyError, RuntimeError, AssertionError) as exc:

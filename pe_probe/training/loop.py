@@ -6,6 +6,7 @@ torchrun with DistributedDataParallel. Every input is checked before the run dir
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -30,13 +31,17 @@ from tqdm.auto import tqdm
 
 from .._version import __version__
 from ..core.errors import CheckpointError, DataError, PEProbeError, UnknownNameError
+from ..core.io import TEMP_SUFFIX
+from ..core.locks import LOCK_FILE
+from ..core.model_kwargs import check_model_kwargs
 from ..core.pe import KNOB_NAMES, resolve_pe_config
 from ..core.rundir import RunDir
 from ..data import build_dataset, dataset_info
 from ..data.workers import default_num_workers
 from ..models import VARIANT_ARGS
+from ..models.limits import check_buildable
 from .checkpoints import load_state, load_state_dict_checked, rng_state, save_state, save_weights, set_rng_state
-from .config import RUNTIME_FIELDS, TrainConfig, recipe_for
+from .config import RUNTIME_FIELDS, TrainConfig, check_run_options, recipe_for
 from .distributed import DistEnv, all_gather, all_sum, barrier, init_distributed, shutdown
 from .evaluate import autocast_for, run_eval
 from .recipes import Recipe
@@ -58,6 +63,7 @@ class Plan:
     val_set: Dataset
     config: dict
     steps_per_epoch: int
+    bad_images: dict = dataclasses.field(default_factory=dict)  # files left out with skip_bad: path -> why
 
 
 # ---------------------------------------------------------------------------------------------- planning
@@ -104,9 +110,10 @@ def plan_run(cfg: TrainConfig, env: DistEnv) -> Plan:
     info = dataset_info(dataset)
 
     kwargs = dict(recipe.model_kwargs) if model_name == recipe.model else {}
-    kwargs.update(cfg.model_kwargs)
+    kwargs.update(check_model_kwargs(cfg.model_kwargs, "model_kwargs"))
     kwargs = _pe_kwargs(cfg, kwargs, model_name)
     kwargs.setdefault("drop_path_rate", recipe.drop_path_rate)
+    check_buildable(model_name, kwargs, where="model_kwargs")  # names, types and size, before any data is read
     img_size, in_chans = _image_format(model_name, kwargs)
 
     aug = {}
@@ -115,8 +122,9 @@ def plan_run(cfg: TrainConfig, env: DistEnv) -> Plan:
     mean, std = info.normalization(in_chans) if in_chans in (1, 3) else (None, None)
     common = dict(data_dir=cfg.data_dir, img_size=img_size, in_chans=in_chans, mean=mean, std=std)
     train_set = build_dataset(dataset, train=True, augment=recipe.augment, download=cfg.download and env.is_main,
-                              **common, **aug)
-    val_set = build_dataset(dataset, train=False, augment=False, **common)
+                              skip_bad=cfg.skip_bad, **common, **aug)
+    val_set = build_dataset(dataset, train=False, augment=False, skip_bad=cfg.skip_bad, **common)
+    bad = {**getattr(train_set, "bad", {}), **getattr(val_set, "bad", {})}
     num_classes = int(train_set.num_classes)
     if kwargs.setdefault("num_classes", num_classes) != num_classes:
         raise ValueError(f"model_kwargs num_classes={kwargs['num_classes']} but {dataset} has {num_classes} classes")
@@ -129,10 +137,12 @@ def plan_run(cfg: TrainConfig, env: DistEnv) -> Plan:
         )
 
     _seed_everything(cfg.seed)  # the same initial weights on every process and every attempt
+    check_buildable(model_name, kwargs, where="model_kwargs")
     try:
         model = timm.create_model(model_name, pretrained=False, **kwargs)
-    except TypeError as exc:
-        raise ValueError(f"cannot build {model_name}: {exc}") from None
+    except (TypeError, ValueError, AssertionError, RuntimeError, KeyError) as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(f"cannot build {model_name} with these kwargs: {msg}") from None
     pe_config = getattr(model, "pe_config", None)
     config = {
         "model": model_name,
@@ -143,13 +153,14 @@ def plan_run(cfg: TrainConfig, env: DistEnv) -> Plan:
             "dataset": dataset, "img_size": img_size, "in_chans": in_chans, "mean": list(mean), "std": list(std),
             "data_dir": str(Path(cfg.data_dir).expanduser().resolve()) if cfg.data_dir is not None else None,
             "crop_pct": info.crop_pct, "interpolation": "bicubic", "signature": train_set.signature.to_dict(),
+            "skip_bad": cfg.skip_bad,
         },
         "recipe": {"name": recipe.name, "reason": recipe.reason, **recipe.hyperparameters(), "seed": cfg.seed,
                    "deterministic": cfg.deterministic, "args": cfg.args()},
         "pe_probe_version": __version__,
     }
     return Plan(cfg=cfg, recipe=recipe, model=model, train_set=train_set, val_set=val_set,
-                config=json.loads(json.dumps(config)), steps_per_epoch=steps)
+                config=json.loads(json.dumps(config)), steps_per_epoch=steps, bad_images=bad)
 
 
 def _seed_everything(seed: int) -> None:
@@ -176,10 +187,16 @@ def _merge_resume(cfg: TrainConfig, stored: dict, run: RunDir) -> TrainConfig:
     if runtime["data_dir"] is None:
         runtime["data_dir"] = stored.get("data", {}).get("data_dir")
     known = {f.name for f in dataclasses.fields(TrainConfig)}
-    fields = {k: v for k, v in args.items() if k in known}
-    if fields.get("scale") is not None:
+    fields = {k: v for k, v in args.items() if k in known and k not in RUNTIME_FIELDS}
+    fields.update({k: v for k, v in given.items() if k not in args})  # options newer than the run: as given
+    if isinstance(fields.get("scale"), list):
         fields["scale"] = tuple(fields["scale"])
-    return TrainConfig(**fields, **runtime)
+    merged = TrainConfig(**fields, **runtime)
+    try:
+        check_run_options(merged)
+    except ValueError as exc:
+        raise CheckpointError(f"{run.config_path}: recipe.args: {exc}") from None
+    return merged
 
 
 # ---------------------------------------------------------------------------------------------- running
@@ -207,6 +224,7 @@ def train(config: TrainConfig | None = None, /, *, callbacks: Sequence[EpochCall
         cfg = cfg.replace(**options)
     if cfg.out is None:
         raise ValueError("train needs out=... (the run directory to create)")
+    check_run_options(cfg)
     if cfg.probe_every and not callbacks:
         raise ValueError("probe_every records a probe history: train with pe_probe.train, which adds it")
     if cfg.deterministic:
@@ -215,8 +233,6 @@ def train(config: TrainConfig | None = None, /, *, callbacks: Sequence[EpochCall
     was_deterministic = torch.are_deterministic_algorithms_enabled()
     threads = torch.get_num_threads()
     if cfg.num_threads is not None:
-        if cfg.num_threads < 1:
-            raise ValueError(f"num_threads={cfg.num_threads} must be at least 1")
         torch.set_num_threads(cfg.num_threads)
     try:
         return _train(cfg, RunDir(cfg.out), env, tuple(callbacks))
@@ -227,6 +243,39 @@ def train(config: TrainConfig | None = None, /, *, callbacks: Sequence[EpochCall
 
 
 def _train(cfg: TrainConfig, run: RunDir, env: DistEnv, callbacks: tuple[EpochCallback, ...] = ()) -> Path:
+    """Hold the run directory's lock (main process) for the whole run; a fresh run that fails before it saved
+    anything leaves no trace (not even the directory, when it created it)."""
+    out = run.path
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out} exists and is not a directory; choose another --out")
+    lock = run.lock() if env.is_main else contextlib.nullcontext()
+    with lock:  # on leaving, the lock removes the directory it created if nothing is left in it
+        fresh = not run.config_path.exists()
+        try:
+            return _train_locked(cfg, run, env, callbacks)
+        except BaseException:
+            if env.is_main and fresh:
+                _remove_unsaved(run)
+            raise
+
+
+def _listing(out: Path) -> list[str]:
+    """The entries of ``out`` that are not the lock file or stale temporary files."""
+    return [p.name for p in out.iterdir() if p.name != LOCK_FILE
+            and not (p.name.startswith(".") and p.name.endswith(TEMP_SUFFIX))]
+
+
+def _remove_unsaved(run: RunDir) -> None:
+    """After a fresh run failed: if it saved neither a resume state nor an epoch's metrics, remove what it wrote
+    (``config.json``, a probe history), so that the same command can simply be run again."""
+    if run.state_path.exists() or run.metrics_path.exists():
+        return  # an epoch or a state was saved: --resume continues from it
+    for name in (RunDir.CONFIG, RunDir.WEIGHTS, RunDir.PROBE_HISTORY):
+        with contextlib.suppress(FileNotFoundError):
+            run.file(name).unlink()
+
+
+def _train_locked(cfg: TrainConfig, run: RunDir, env: DistEnv, callbacks: tuple[EpochCallback, ...]) -> Path:
     out = run.path
     stored = None
     if run.config_path.exists():
@@ -234,7 +283,7 @@ def _train(cfg: TrainConfig, run: RunDir, env: DistEnv, callbacks: tuple[EpochCa
             raise ValueError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
         stored = run.read_config()
         cfg = _merge_resume(cfg, stored, run)
-    elif out.exists() and (not out.is_dir() or any(out.iterdir())):
+    elif out.is_dir() and _listing(out):
         raise ValueError(f"{out} exists and is not a pe-probe run directory; choose another --out")
     plan = plan_run(cfg, env)
     if stored is not None:
@@ -243,6 +292,10 @@ def _train(cfg: TrainConfig, run: RunDir, env: DistEnv, callbacks: tuple[EpochCa
             if env.is_main and cfg.verbose:
                 tqdm.write(f"{out}: training already complete")
             return out
+    if plan.bad_images and env.is_main and cfg.verbose:
+        first = sorted(plan.bad_images)[0]
+        tqdm.write(f"skipping {len(plan.bad_images)} unreadable image file(s) (skip_bad): first {first}, "
+                   f"{plan.bad_images[first]}")
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = False
@@ -449,6 +502,7 @@ class _Trainer:
                 "world_size": self.env.world_size, "device": self.device.type, "amp_bf16": self.amp,
                 "model": self.plan.config["model"], "pe_mode": self.plan.config["model_kwargs"].get("pe_mode"),
                 "dataset": self.plan.config["data"]["dataset"], "recipe": self.r.name,
+                "skipped_images": len(self.plan.bad_images),
             }
             self.run_dir.write_summary(summary)
         barrier(self.env)

@@ -101,7 +101,7 @@ def test_ablate_timm_state_dict_with_sites(tmp_path, fake_data):
     assert set(frame.intervention) == {"shuffle"} and set(frame.layer) == {-2}
 
 
-def test_outputs_are_replaced_as_a_pair_or_not_at_all(tmp_path, fake_data, monkeypatch):
+def test_outputs_are_replaced_as_a_pair_or_not_at_all(tmp_path, fake_data, monkeypatch, capsys):
     write_run(tmp_path / "run")
     out = tmp_path / "out"
     argv = ["ablate", str(tmp_path / "run"), "--out", str(out), "--no-progress", "--interventions", "zero"]
@@ -112,8 +112,9 @@ def test_outputs_are_replaced_as_a_pair_or_not_at_all(tmp_path, fake_data, monke
         raise OSError("disk full")
 
     monkeypatch.setattr(pd.DataFrame, "to_csv", broken_csv)
-    with pytest.raises(OSError, match="disk full"):  # not an input error: the CLI lets it through
-        main(argv + ["--seed", "7"])
+    capsys.readouterr()
+    assert main(argv + ["--seed", "7"]) == 2  # a file-system error is one line too (docs/reliability.md)
+    assert capsys.readouterr().err.strip() == "pe-probe ablate: error: disk full"
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # no temporary file, old pair intact
 
 

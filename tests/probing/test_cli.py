@@ -153,7 +153,7 @@ def test_checkpoint_refusals_are_one_line_and_exit_2(tmp_path, fake_data, capsys
         (["missing.safetensors", "--model", "deit_tiny_patch16_224"], "does not exist"),
         (["{sd}"], "--model"),
         (["{sd}", "--model", "no_such_model_xyz"], "unknown timm model"),
-        (["{sd}", "--model", "deit_small_patch16_224", "--model-arg", "img_size=32"], "does not fit"),
+        (["{sd}", "--model", "deit_small_patch16_224", "--model-arg", "img_size=32"], "cannot match"),
         (["{sd}", "--model", "deit_tiny_patch16_224", "--model-arg", "img_size"], "key=value"),
         (["{dir}"], "config.json"),
         (["{dir}", "--model", "deit_tiny_patch16_224"], "no config.json"),
