@@ -56,8 +56,9 @@ def accuracy_bars(
             values.append(ref.to_numpy()[ok])
             if annotate:
                 for p, v in zip(px, ref.to_numpy()[ok]):
-                    ax.annotate(fmt_num(v, digits), (p, v), xytext=(14, -3), textcoords="offset points",
-                                ha="left", va="center", fontsize=7, color="C3")
+                    ax.annotate(fmt_num(v, digits), (p, v), xytext=(17, 0), textcoords="offset points",
+                                ha="left", va="center", fontsize=7, color="C3",
+                                bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.85))
     allv = np.concatenate(values) if values else np.array([])
     allv = allv[np.isfinite(allv)]
     if allv.size:
