@@ -1,4 +1,4 @@
-"""Shared helpers for the benchmark scripts: interleaved timing, machine description."""
+"""Shared helpers for the benchmark scripts: interleaved timing, machine description, ``--model-kwargs``."""
 
 from __future__ import annotations
 
@@ -9,6 +9,13 @@ import time
 from typing import Callable
 
 import torch
+
+
+def comma_kwargs(text: str) -> dict:
+    """``"embed_dim=64,depth=4"`` -> model kwargs, values read as the CLI reads them (JSON when possible)."""
+    from pe_probe.cli._args import parse_kv
+
+    return parse_kv([item for item in text.split(",") if item], "--model-kwargs")
 
 
 def machine() -> str:

@@ -33,7 +33,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine, median  # noqa: E402
+from _common import comma_kwargs, machine, median  # noqa: E402
 
 import pe_probe  # noqa: E402
 from pe_probe.data import scan  # noqa: E402
@@ -67,17 +67,6 @@ def build_folder(root: Path, src: Path | None, n_train: int, n_val: int, size: t
     return folder
 
 
-def parse_kwargs(text: str) -> dict:
-    out = {}
-    for item in filter(None, text.split(",")):
-        k, v = item.split("=", 1)
-        try:
-            out[k] = int(v)
-        except ValueError:
-            out[k] = float(v)
-    return out
-
-
 def main(argv: list[str] | None = None) -> dict[str, float]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     src = p.add_mutually_exclusive_group()
@@ -97,7 +86,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     data = None if args.synthetic else (args.data_dir or CIFAR_MINI)
     n_val = max(10, int(args.images * args.val_fraction))
-    kwargs = {"img_size": args.img_size, "num_classes": 10, **parse_kwargs(args.model_kwargs)}
+    kwargs = {"img_size": args.img_size, "num_classes": 10, **comma_kwargs(args.model_kwargs)}
     with tempfile.TemporaryDirectory() as tmp:
         folder = build_folder(Path(tmp), data, args.images, n_val, tuple(args.synthetic or (0, 0)))
         files = sorted(str(f) for f in folder.rglob("*.jpg"))

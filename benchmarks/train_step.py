@@ -20,7 +20,7 @@ import timm
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import interleaved, machine, median, paired  # noqa: E402
+from _common import comma_kwargs, interleaved, machine, median, paired  # noqa: E402
 
 import pe_probe.models  # noqa: E402,F401  (registers the pe_* variants with timm)
 
@@ -43,13 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--profile", type=int, default=0, metavar="N",
                     help="profile N steps of default/avg and mpvg/avg and print the per-operator differences")
     args = ap.parse_args(argv)
-    extra = {}
-    for item in filter(None, args.model_kwargs.split(",")):
-        k, v = item.split("=", 1)
-        try:
-            extra[k] = int(v)
-        except ValueError:
-            extra[k] = float(v)
+    extra = comma_kwargs(args.model_kwargs)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     steps = {}
     for label, kw, _ in PAIRS:

@@ -39,7 +39,7 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine, median, paired  # noqa: E402
+from _common import comma_kwargs, machine, median, paired  # noqa: E402
 
 import pe_probe  # noqa: E402
 import pe_probe.models  # noqa: E402,F401  (registers the pe_* variants with timm)
@@ -126,17 +126,6 @@ def pe_probe_train(model_name: str, kwargs: dict, folder: Path, out: Path, batch
     return json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["images_per_sec"]
 
 
-def parse_kwargs(text: str) -> dict:
-    out = {}
-    for item in filter(None, text.split(",")):
-        k, v = item.split("=", 1)
-        try:
-            out[k] = int(v)
-        except ValueError:
-            out[k] = float(v)
-    return out
-
-
 def main(argv: list[str] | None = None) -> dict[str, float]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data-dir", type=Path, default=None,
@@ -169,7 +158,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     src = None if args.synthetic else (args.data_dir or CIFAR_MINI)
     if src is not None and not (src / "train").is_dir():
         raise SystemExit(f"{src} has no train/ folder; pass --data-dir DIR or --synthetic")
-    kwargs = {"num_classes": 10, "drop_path_rate": 0.0, **parse_kwargs(args.model_kwargs)}
+    kwargs = {"num_classes": 10, "drop_path_rate": 0.0, **comma_kwargs(args.model_kwargs)}
     img_size = int(kwargs.get("img_size", timm.models.get_pretrained_cfg(args.model).input_size[-1]))
     cpus = usable_cpus()
     workers = args.workers or ["auto", str(min(4, os.cpu_count() or 1))]
