@@ -1,6 +1,7 @@
 """Cost of probing during training (``--probe-every``) at the quick preset's settings.
 
-Usage: python benchmarks/probe_history_cost.py [--repeats 3] [--epochs 12] [--probe-every 4] [--probe-images 128]
+Usage: python benchmarks/probe_history_cost.py [--repeats 3] [--epochs 24] [--probe-every 4] [--probe-images 128]
+                                               [--threads 1]
                                                [--model-kwargs KEY=VALUE ...]
 
 Trains the quick preset's layer-wise run (digits recipe, PVG) with and without a probe history, alternating the
@@ -24,18 +25,30 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import interleaved, machine, median, paired  # noqa: E402
 
 import pe_probe  # noqa: E402
+import torch  # noqa: E402
 from pe_probe.cli._args import parse_kv  # noqa: E402
+from pe_probe.pipeline.run import QUICK_DIGITS_EPOCHS  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--epochs", type=int, default=12, help="the quick preset's epochs on digits")
+    ap.add_argument("--epochs", type=int, default=QUICK_DIGITS_EPOCHS, help="default: the quick preset's epochs on digits")
     ap.add_argument("--probe-every", type=int, default=4)
     ap.add_argument("--probe-images", type=int, default=128)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (reproduce's workers use 1 each)")
     ap.add_argument("--model-kwargs", nargs="*", default=[], metavar="KEY=VALUE",
                     help="override the digits recipe's model (for the test suite's tiny run)")
     args = ap.parse_args(argv)
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    try:
+        return _measure(args)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _measure(args: argparse.Namespace) -> dict[str, float]:
     root = Path(tempfile.mkdtemp(prefix="pe_probe_history_"))
     shares: list[float] = []
     count = {"n": 0}
@@ -61,7 +74,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         shutil.rmtree(root, ignore_errors=True)
     med, lo, hi = paired(times, "probe_history", "plain")
     print(f"# {machine()}")
-    print(f"# pvg on digits, {args.epochs} epochs, probe every {args.probe_every} epochs on {args.probe_images} images,"
+    print(f"# pvg on digits, {args.epochs} epochs, {args.threads} torch thread(s), probe every {args.probe_every} epochs on {args.probe_images} images,"
           f" {args.repeats} rounds")
     print(f"train time: plain {median(times['plain']):.2f} s, with probe history {median(times['probe_history']):.2f} s")
     print(f"wall-clock ratio with/without (per round): median {med:.3f} [quartiles {lo:.3f}, {hi:.3f}]")
