@@ -1,4 +1,4 @@
-"""One writer per folder: a second train, eval, probe, figures or reproduce of a folder another process is writing
+"""One writer per folder: a second train, eval, probe, ablate, attribute, figures or reproduce of a folder another process is writing
 exits 2 at once with one line naming that process, and changes nothing; a killed holder blocks no one."""
 
 from __future__ import annotations
@@ -79,7 +79,8 @@ def _figures_runs(tmp_path, digits_run):
 
 #: What each command does first once it holds its lock: called here, it did not stop at once.
 FIRST_WORK = {"train": ("pe_probe.training.loop", "plan_run"), "eval": ("pe_probe", "load_run"),
-              "probe": ("pe_probe", "load_checkpoint"), "figures-out": ("pe_probe.pipeline.run", "find_runs"),
+              "probe": ("pe_probe", "load_checkpoint"), "ablate": ("pe_probe", "load_checkpoint"),
+              "attribute": ("pe_probe", "load_checkpoint"), "figures-out": ("pe_probe.pipeline.run", "find_runs"),
               "figures-run": ("pe_probe.pipeline.run", "load_run"), "reproduce": ("pe_probe.pipeline.run", "plan_runs")}
 
 
@@ -101,8 +102,8 @@ def test_every_writer_stops_at_once_when_its_folder_is_held(command, digits_run,
         (run / "summary.json").unlink()  # an unfinished run, so --resume would train
     elif command == "eval":
         held, argv = run, ["eval", str(run)]
-    elif command == "probe":
-        held, argv = out, ["probe", str(run), "--out", str(out), "--no-progress"]
+    elif command in ("probe", "ablate", "attribute"):
+        held, argv = out, [command, str(run), "--out", str(out), "--no-progress"]
     elif command == "figures-out":
         held, argv = out, ["figures", str(_figures_runs(tmp_path, run)), "--out", str(out), "--no-progress"]
     elif command == "figures-run":  # the run to probe is held (e.g. being evaluated): figures stops, writes nothing
