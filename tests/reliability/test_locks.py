@@ -1,5 +1,6 @@
-"""One writer per folder: a second train, eval, probe, ablate, attribute, figures or reproduce of a folder another process is writing
-exits 2 at once with one line naming that process, and changes nothing; a killed holder blocks no one."""
+"""One writer per folder: a second train, eval, probe, ablate, attribute, figures or reproduce of a folder another
+process is writing exits 2 at once with one line naming that process, and changes nothing; a killed holder blocks
+no one."""
 
 from __future__ import annotations
 
