@@ -33,7 +33,8 @@ from pe_probe.pipeline.run import QUICK_DIGITS_EPOCHS  # noqa: E402
 def main(argv: list[str] | None = None) -> dict[str, float]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--epochs", type=int, default=QUICK_DIGITS_EPOCHS, help="default: the quick preset's epochs on digits")
+    ap.add_argument("--epochs", type=int, default=QUICK_DIGITS_EPOCHS,
+                    help="default: the quick preset's epochs on digits")
     ap.add_argument("--probe-every", type=int, default=4)
     ap.add_argument("--probe-images", type=int, default=128)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (reproduce's workers use 1 each)")
