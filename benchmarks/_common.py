@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import statistics
 import time
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
@@ -16,6 +17,19 @@ def comma_kwargs(text: str) -> dict:
     from pe_probe.cli._args import parse_kv
 
     return parse_kv([item for item in text.split(",") if item], "--model-kwargs")
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run the block on ``n`` torch CPU threads (None or 0: torch's own choice), restoring the count after, so a
+    benchmark called in-process (the test suite) leaves the caller's setting as it was."""
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def machine() -> str:

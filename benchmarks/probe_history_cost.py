@@ -22,10 +22,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import interleaved, machine, median, paired  # noqa: E402
+from _common import interleaved, machine, median, paired, torch_threads  # noqa: E402
 
 import pe_probe  # noqa: E402
-import torch  # noqa: E402
 from pe_probe.cli._args import parse_kv  # noqa: E402
 from pe_probe.pipeline.run import QUICK_DIGITS_EPOCHS  # noqa: E402
 
@@ -41,12 +40,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     ap.add_argument("--model-kwargs", nargs="*", default=[], metavar="KEY=VALUE",
                     help="override the digits recipe's model (for the test suite's tiny run)")
     args = ap.parse_args(argv)
-    threads_before = torch.get_num_threads()
-    torch.set_num_threads(args.threads)
-    try:
+    with torch_threads(args.threads):
         return _measure(args)
-    finally:
-        torch.set_num_threads(threads_before)
 
 
 def _measure(args: argparse.Namespace) -> dict[str, float]:

@@ -41,7 +41,7 @@ import timm
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import interleaved, machine, median, paired  # noqa: E402
+from _common import interleaved, machine, median, paired, torch_threads  # noqa: E402
 
 import pe_probe  # noqa: E402
 import pe_probe.models  # noqa: E402,F401  (registers the pe_* variants with timm)
@@ -93,9 +93,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     ap.add_argument("--tiny", action="store_true", help="a tiny model (for the test suite), not DeiT-Ti")
     ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (default: torch's choice)")
     args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    with torch_threads(args.threads):
+        return _measure(args)
 
+
+def _measure(args: argparse.Namespace) -> dict[str, float]:
     model = build_model(args.model, args.pe_mode, args.tiny)
     size = model.patch_embed.img_size
     gen = torch.Generator().manual_seed(0)

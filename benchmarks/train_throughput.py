@@ -39,7 +39,7 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import comma_kwargs, machine, median, paired  # noqa: E402
+from _common import comma_kwargs, machine, median, paired, torch_threads  # noqa: E402
 
 import pe_probe  # noqa: E402
 import pe_probe.models  # noqa: E402,F401  (registers the pe_* variants with timm)
@@ -144,13 +144,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--lr", type=float, default=6e-4)
     args = ap.parse_args(argv)
-    threads = torch.get_num_threads()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
+    with torch_threads(args.threads):
         return run(args)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def run(args: argparse.Namespace) -> dict[str, float]:

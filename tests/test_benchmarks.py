@@ -82,6 +82,9 @@ def test_probe_history_cost_tiny(capsys):
 
 
 def test_ablate_cost_tiny(capsys):
+    import torch
+
+    torch.set_num_threads(2)
     rows = load("ablate_cost").main(["--tiny", "--pe-modes", "pvg", "default", "--batch-size", "2", "--repeats", "1",
                                      "--n-steps", "2", "--threads", "1"])
     assert set(rows) == {"pvg", "default"}
@@ -90,6 +93,7 @@ def test_ablate_cost_tiny(capsys):
     assert all(v > 0 for r in rows.values() for v in r.values())
     out = capsys.readouterr().out
     assert "x plain" in out and "attribute n=2" in out and "per round" in out
+    assert torch.get_num_threads() == 2  # --threads 1 held only for the benchmark (the suite runs in this process)
 
 
 def test_scan_cost_tiny(capsys):
