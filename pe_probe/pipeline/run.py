@@ -295,6 +295,5 @@ def render_figures(
                 causal = _causal(d, data_dir, max_images, recompute=reprobe)
             except CheckpointError as exc:  # e.g. a copied run with its saved probe but without its weights
                 log.warning("%s: no causal tests (%s); the figures that need them skip this run", d.path, exc)
-                causal = {}
         runs.append(RunResult.from_dir(d, report=report, label=(labels or {}).get(d.name), **causal))
     return render_all(runs, out, specs=specs)
