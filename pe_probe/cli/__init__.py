@@ -11,8 +11,10 @@ import importlib
 import os
 import sys
 import traceback
+import warnings
 
 from ..core.errors import PEProbeError
+from ..core.signals import Terminated, exit_code, terminate_as_interrupt
 
 #: Subcommand modules, in the order ``pe-probe --help`` lists them.
 SUBCOMMANDS = ("train", "eval", "probe", "ablate", "attribute", "figures", "reproduce")
@@ -68,19 +70,31 @@ def main(argv: list[str] | None = None) -> int:
     if extra:  # reported by the subcommand's parser, so the hint names its --help
         sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
         sub.choices[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
-    try:
-        rc = args.func(args)
-    except KeyboardInterrupt:
-        print(f"pe-probe {args.command}: interrupted", file=sys.stderr)
-        return 130
-    except Exception as exc:  # noqa: BLE001 - every failure is one line and exit code 2
-        if os.environ.get(DEBUG_ENV):
-            traceback.print_exc()
-        msg = error_line(exc)
-        if not isinstance(exc, USER_ERRORS):
-            msg = f"{type(exc).__name__}: {msg} (an unexpected error; {DEBUG_ENV}=1 prints its traceback)"
-        print(f"pe-probe {args.command}: error: {msg}", file=sys.stderr)
-        return 2
+    # warnings are held until the command ends: printed after its result, one line each, and not at all when it
+    # fails (its one error line is then all there is on stderr)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        try:
+            with terminate_as_interrupt():  # SIGTERM (kill, timeout, schedulers) is handled like Ctrl-C
+                rc = args.func(args)
+        except KeyboardInterrupt as exc:  # also Terminated: the clean-up of an interrupt has run
+            what = "terminated" if isinstance(exc, Terminated) else "interrupted"
+            print(f"pe-probe {args.command}: {what}", file=sys.stderr)
+            return exit_code(exc)
+        except Exception as exc:  # noqa: BLE001 - every failure is one line and exit code 2
+            if os.environ.get(DEBUG_ENV):
+                traceback.print_exc()
+            msg = error_line(exc)
+            if not isinstance(exc, USER_ERRORS):
+                msg = f"{type(exc).__name__}: {msg} (an unexpected error; {DEBUG_ENV}=1 prints its traceback)"
+            print(f"pe-probe {args.command}: error: {msg}", file=sys.stderr)
+            return 2
+    seen = set()
+    for w in caught:
+        line = (str(w.message).strip().splitlines() or [w.category.__name__])[0]
+        if line not in seen:
+            seen.add(line)
+            print(f"pe-probe {args.command}: warning: {line}", file=sys.stderr)
     return int(rc or 0)
 
 

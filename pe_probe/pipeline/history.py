@@ -74,5 +74,21 @@ def train(config: TrainConfig | None = None, /, **options: Any) -> Path:
         raise ValueError(f"train() takes a TrainConfig or keyword options, not {type(cfg).__name__}")
     if options:
         cfg = cfg.replace(**options)
-    callbacks = [ProbeHistory(cfg.probe_every, cfg.probe_images)] if cfg.probe_every else []
+    every, images = _recorded_probe_options(cfg)
+    callbacks = [ProbeHistory(every, images)] if every else []
     return _train_loop(cfg, callbacks=callbacks)
+
+
+def _recorded_probe_options(cfg: TrainConfig) -> tuple[Any, Any]:
+    """``(probe_every, probe_images)`` the run will train with: on ``resume`` of a run whose ``config.json``
+    records them, the recorded ones (the loop refuses a resume that asks for others); else ``cfg``'s."""
+    every, images = cfg.probe_every, cfg.probe_images
+    if cfg.resume and cfg.out is not None:
+        run = RunDir(cfg.out)
+        try:
+            args = run.read_config().get("recipe", {}).get("args", {}) if run.config_path.is_file() else {}
+        except Exception:  # noqa: BLE001 - a damaged config.json is reported by the loop, in one line
+            args = {}
+        if isinstance(args, dict) and all(isinstance(args.get(k, 1), int) for k in ("probe_every", "probe_images")):
+            every, images = args.get("probe_every", every), args.get("probe_images", images)
+    return every, images

@@ -60,10 +60,10 @@ class RunOptions:
     checkpoint_every: int = _opt(0, "also save the resume state every N optimizer steps (0: epoch ends only)",
                                  runtime=True)
     probe_every: int = _opt(0, "probe the first --probe-images validation images after every N epochs (and after "
-                               "the last) and append every report metric to RUN/probe_history.csv (0: off)",
-                            runtime=True)
+                               "the last) and append every report metric to RUN/probe_history.csv (0: off); recorded in "
+                               "config.json: a resumed run keeps it")
     probe_images: int = _opt(256, "how many validation images --probe-every probes (the first ones: the images "
-                                  "pe-probe probe RUN --max-images K streams)", runtime=True)
+                                  "pe-probe probe RUN --max-images K streams); recorded in config.json")
     skip_bad: bool = _opt(False, "leave out image files that are not regular files or do not decode (every file "
                                  "is checked before training; without this flag the first bad one stops the run "
                                  "before anything is written); summary.json counts them as skipped_images")

@@ -283,6 +283,9 @@ def _train_locked(cfg: TrainConfig, run: RunDir, env: DistEnv, callbacks: tuple[
             raise ValueError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
         stored = run.read_config()
         cfg = _merge_resume(cfg, stored, run)
+        if cfg.probe_every and not callbacks:  # the run records a probe history: never resume it without one
+            raise ValueError(f"{run.config_path} records probe_every={cfg.probe_every}: resume it with "
+                             "pe_probe.train (or pe-probe train), which continues its probe history")
     elif out.is_dir() and _listing(out):
         raise ValueError(f"{out} exists and is not a pe-probe run directory; choose another --out")
     plan = plan_run(cfg, env)

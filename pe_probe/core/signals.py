@@ -1,0 +1,104 @@
+"""Signals: SIGTERM (what ``kill``, ``timeout``, schedulers and containers send) handled like Ctrl-C, and worker
+processes that die with the process that started them.
+
+- :class:`Terminated` is a :class:`KeyboardInterrupt`, so every clean-up that runs on Ctrl-C (a fresh run that
+  saved nothing removes what it wrote, temporary files go, locks are released) runs on SIGTERM too.
+- :func:`terminate_as_interrupt` turns SIGTERM into :class:`Terminated` while a command runs (the CLI's ``main``).
+- :func:`worker_init` is the initializer of every worker process pe-probe starts (``reproduce --jobs N``): the
+  worker gets SIGTERM as soon as its parent dies (Linux ``prctl(PR_SET_PDEATHSIG)``), and SIGTERM is
+  :class:`Terminated` there too.
+
+No torch: this is the core floor.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import sys
+import threading
+from typing import Iterator
+
+#: Exit code of a command stopped by SIGTERM (128 + 15, what a shell reports).
+SIGTERM_EXIT = 128 + signal.SIGTERM
+#: Exit code of a command stopped by Ctrl-C.
+SIGINT_EXIT = 128 + signal.SIGINT
+
+#: ``prctl`` option: the signal this process gets when its parent dies (linux/prctl.h).
+_PR_SET_PDEATHSIG = 1
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived: raised where the process was, like Ctrl-C's :class:`KeyboardInterrupt`."""
+
+
+#: In a worker process (:func:`worker_init`): whether it is running a task (else SIGTERM just ends it).
+_busy = False
+
+
+def _raise_terminated(signum, frame) -> None:  # noqa: ARG001 - a signal handler's signature
+    if _worker and not _busy:  # an idle worker has nothing to clean up
+        os._exit(SIGTERM_EXIT)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM during the clean-up ends the process
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """Within the block SIGTERM raises :class:`Terminated` in the main thread (the previous handler is restored
+    after). Outside the main thread the block runs unchanged (only the main thread can handle signals)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old if old is not None else signal.SIG_DFL)
+
+
+def exit_code(exc: KeyboardInterrupt) -> int:
+    """143 for :class:`Terminated`, 130 for Ctrl-C."""
+    return SIGTERM_EXIT if isinstance(exc, Terminated) else SIGINT_EXIT
+
+
+def die_with_parent(sig: int = signal.SIGTERM) -> None:
+    """Ask the kernel to send ``sig`` to this process when its parent dies (Linux; elsewhere nothing)."""
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+
+
+_worker = False
+
+
+def worker_init(parent_pid: int) -> None:
+    """Initializer of a worker process: SIGTERM raises :class:`Terminated` in a running task (:func:`in_worker`)
+    and ends an idle worker, the worker gets SIGTERM when its parent dies, a worker whose parent ``parent_pid``
+    is already gone exits at once, and Ctrl-C is left to the parent (which stops its workers with SIGTERM)."""
+    global _worker
+    _worker = True
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    die_with_parent(signal.SIGTERM)
+    if os.getppid() != parent_pid:  # the parent died before the death signal was armed
+        os._exit(SIGTERM_EXIT)
+
+
+def in_worker(fn, /, *args, **kwargs):
+    """Run ``fn(*args, **kwargs)`` as a worker's task: on SIGTERM the task's clean-up runs (``finally`` blocks,
+    a fresh run removing what it wrote, locks released), then the worker exits with code 143 instead of taking
+    the next task."""
+    global _busy
+    _busy = True
+    try:
+        return fn(*args, **kwargs)
+    except KeyboardInterrupt:
+        sys.stderr.flush()
+        os._exit(SIGTERM_EXIT)
+    finally:
+        _busy = False
