@@ -40,7 +40,7 @@ _busy = False
 
 def _raise_terminated(signum, frame) -> None:  # noqa: ARG001 - a signal handler's signature
     if _worker and not _busy:  # an idle worker has nothing to clean up
-        os._exit(SIGTERM_EXIT)
+        _exit_worker()
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM during the clean-up ends the process
     raise Terminated()
 
@@ -76,6 +76,19 @@ def die_with_parent(sig: int = signal.SIGTERM) -> None:
 _worker = False
 
 
+def _exit_worker() -> None:
+    """End this worker now (not the executor's next task), after multiprocessing's exit finalizers (they release
+    the named semaphores a task made, e.g. tqdm's lock, which the resource tracker would report as leaked)."""
+    import multiprocessing.util
+
+    with contextlib.suppress(Exception):
+        multiprocessing.util._exit_function()  # what atexit runs at a normal exit
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+        sys.stderr.flush()
+    os._exit(SIGTERM_EXIT)
+
+
 def worker_init(parent_pid: int) -> None:
     """Initializer of a worker process: SIGTERM raises :class:`Terminated` in a running task (:func:`in_worker`)
     and ends an idle worker, the worker gets SIGTERM when its parent dies, a worker whose parent ``parent_pid``
@@ -98,7 +111,6 @@ def in_worker(fn, /, *args, **kwargs):
     try:
         return fn(*args, **kwargs)
     except KeyboardInterrupt:
-        sys.stderr.flush()
-        os._exit(SIGTERM_EXIT)
+        _exit_worker()
     finally:
         _busy = False

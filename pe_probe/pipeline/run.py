@@ -5,6 +5,8 @@ This is the top layer: it only calls the public API of the layers below (train, 
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import multiprocessing
 import os
@@ -18,6 +20,7 @@ from tqdm.auto import tqdm
 
 from ..analysis import save_report
 from ..analysis.runs import RunResult
+from ..core import signals
 from ..core.errors import CheckpointError, DataError
 from ..core.io import contained
 from ..core.locks import locked_on
@@ -27,6 +30,7 @@ from ..figures.render import RenderResult, render_all
 from ..models import VARIANT_ARGS
 from ..probing import probe
 from ..training import TrainConfig, load_run
+from ..training.config import check_run_options, recipe_for
 from ..training.recipes import DEFAULT_RECIPE_FOR_DATASET, get_recipe
 from .causal import RUN_ATTRIBUTION_IMAGES, ablate_run, attribute_run
 from .history import train
@@ -111,6 +115,8 @@ def plan_runs(
             cfg = TrainConfig(out=str(runs_dir / f"{plan.name}-seed{k}"), dataset=dataset, data_dir=data_dir,
                               recipe=recipe, model=model, model_kwargs=model_kwargs, device=device, seed=k,
                               probe_every=probe_every, probe_images=probe_images, **overrides, **plan.options)
+            check_run_options(cfg)  # every number checked here, so that --plan prints no command that fails
+            recipe_for(cfg)
             planned.append(PlannedRun(RunDir(cfg.out), plan.label, cfg))
     return planned
 
@@ -143,6 +149,7 @@ def reproduce(
     """
     t0 = time.perf_counter()
     planned = plan_runs(out, preset=preset, seeds=seeds, data_dir=data_dir, **options)
+    check_reused(planned)
     result = ReproduceResult(runs_dir=Path(out) / "runs")
     pending = [p for p in planned if not p.run.is_complete()]
     result.reused = [p.run.name for p in planned if p.run.is_complete()]
@@ -152,6 +159,7 @@ def reproduce(
     work = dict(data_dir=data_dir, max_images=max_images, causal_tests=causal_tests)
     bar = tqdm(total=len(planned), initial=len(result.reused), desc=f"reproduce[{preset}]", unit="run",
                disable=not progress)
+    made_runs_dir = not result.runs_dir.exists()
     try:
         if jobs == 1:
             for p in pending:
@@ -161,11 +169,24 @@ def reproduce(
         else:
             threads = max(1, _cores() // jobs)
             ctx = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch thread pools
-            with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
-                futures = [pool.submit(run_one, p.config, threads=threads, **work) for p in pending]
+            # workers die with this process (SIGTERM on its death, Linux) and leave Ctrl-C to it
+            pool = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=signals.worker_init,
+                                       initargs=(os.getpid(),))
+            try:
+                futures = [pool.submit(signals.in_worker, run_one, p.config, threads=threads, **work)
+                           for p in pending]
                 for fut in as_completed(futures):
                     result.trained.append(fut.result())
                     bar.update(1)
+            except BaseException:  # an interrupt, SIGTERM or a failed run: stop every worker now
+                _stop_workers(pool)
+                raise
+            pool.shutdown(wait=True)
+    except BaseException:
+        if made_runs_dir:  # every run failed before it saved anything (bad data): leave no empty folder
+            with contextlib.suppress(OSError):
+                result.runs_dir.rmdir()
+        raise
     finally:
         bar.close()
     result.trained.sort(key=[p.run.name for p in planned].index)
@@ -175,6 +196,47 @@ def reproduce(
                                     causal_tests=causal_tests)
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def _stop_workers(pool: ProcessPoolExecutor, grace_s: float = 10.0) -> None:
+    """Cancel the runs not started and end the pool's worker processes: SIGTERM (a run's clean-up runs: a fresh
+    run that saved nothing removes what it wrote, a saved state stays for ``--resume``), SIGKILL after
+    ``grace_s`` seconds for any still alive."""
+    procs = list((getattr(pool, "_processes", None) or {}).values())  # the executor has no public handle on them
+    pool.shutdown(wait=False, cancel_futures=True)
+    for proc in procs:
+        with contextlib.suppress(OSError, ValueError):
+            proc.terminate()
+    deadline = time.monotonic() + grace_s
+    for proc in procs:
+        with contextlib.suppress(OSError, ValueError):
+            proc.join(max(0.0, deadline - time.monotonic()))
+            if proc.is_alive():
+                proc.kill()
+                proc.join(5)
+    with contextlib.suppress(Exception):  # the workers are gone: let the executor release its queues
+        pool.shutdown(wait=True)
+
+
+def check_reused(planned: Sequence[PlannedRun]) -> None:
+    """Refuse runs already under the output folder that were trained with other options than the ones asked
+    for (``reproduce --epochs 2`` over runs of ``--epochs 1``): a ``ValueError`` naming the first run and the
+    options that differ. Runs without a readable ``config.json`` are left to training to report."""
+    for p in planned:
+        if not p.run.config_path.is_file():
+            continue
+        try:
+            stored = p.run.read_config().get("recipe", {}).get("args")
+        except Exception:  # noqa: BLE001 - reported by the run's own training, in one line
+            continue
+        if not isinstance(stored, dict):
+            continue
+        wanted = json.loads(json.dumps(p.config.args(), default=str))
+        differ = [f"{k}={stored[k]!r} (asked: {wanted[k]!r})" for k in sorted(wanted)
+                  if k in stored and stored[k] != wanted[k]]
+        if differ:
+            raise ValueError(f"{p.run.path} was trained with other options: {', '.join(differ)}; choose another "
+                             "--out, or remove the run to train it again")
 
 
 def _cores() -> int:
