@@ -8,6 +8,8 @@ attribution maps), the two renamed into place together. No torch, no matplotlib.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 from dataclasses import dataclass, field
@@ -53,12 +55,22 @@ def attribution_of(result: AttributionResult) -> Attribution:
     return Attribution(frame, dict(result.pe_maps), dict(result.tok_maps))
 
 
+#: Key of the pair id in ``<name>.json``: the content hash of the ``<name>.csv`` written with it.
+PAIR_KEY = "pair_id"
+
+
+def _pair_id(csv_bytes: bytes) -> str:
+    return hashlib.sha256(csv_bytes).hexdigest()[:16]
+
+
 def _save(out: Path, json_name: str, meta: dict, csv_name: str, frame: pd.DataFrame) -> Path:
     """Both files written to temporary names and renamed only when both are complete (CSV, then JSON): an
-    error leaves the previous pair as it was."""
+    error leaves the previous pair as it was. The JSON carries the pair id (:data:`PAIR_KEY`, the CSV's content
+    hash), so a pair mixed by a kill between the two renames is detected on read."""
+    text = frame.to_csv(index=False)
     with atomic_path(out / json_name) as tmp_json, atomic_path(out / csv_name) as tmp_csv:
-        write_json(tmp_json, meta)
-        tmp_csv.write_text(frame.to_csv(index=False))
+        write_json(tmp_json, {**meta, PAIR_KEY: _pair_id(text.encode())})
+        tmp_csv.write_text(text)
     return out / csv_name
 
 
@@ -79,7 +91,8 @@ def save_attribution(attribution: Attribution, out: str | os.PathLike) -> Path:
 
 def _read(csv: Path, meta: Path, columns: tuple[str, ...]) -> tuple[pd.DataFrame, dict]:
     try:
-        frame = pd.read_csv(csv)
+        raw = csv.read_bytes()
+        frame = pd.read_csv(io.BytesIO(raw))
     except (OSError, ValueError, pd.errors.ParserError) as exc:
         raise CheckpointError(f"cannot read {csv}: {exc}") from None
     if list(frame.columns) != list(columns):
@@ -90,6 +103,12 @@ def _read(csv: Path, meta: Path, columns: tuple[str, ...]) -> tuple[pd.DataFrame
             attrs = json.loads(meta.read_text())
         except (OSError, ValueError) as exc:
             raise CheckpointError(f"{meta} is corrupt: {exc}") from None
+        if not isinstance(attrs, dict):
+            raise CheckpointError(f"{meta} is not a JSON object")
+        stored = attrs.pop(PAIR_KEY, None)
+        if stored is not None and stored != _pair_id(raw):
+            raise CheckpointError(f"{csv} and {meta} come from different runs (a write was interrupted between "
+                                  "them); compute them again")
     frame["layer"] = frame["layer"].astype(int)
     return frame, attrs
 
