@@ -47,6 +47,7 @@ def load_state(run: RunDir) -> dict | None:
         return None
     if not path.is_file():  # a FIFO or a device would block the read
         raise CheckpointError(f"{path} is not a regular file")
+    check_zip_sizes(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any failure to read means a corrupt file
@@ -54,6 +55,31 @@ def load_state(run: RunDir) -> dict | None:
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise CheckpointError(f"{path} is not a pe-probe resume state (format {STATE_FORMAT})")
     return state
+
+
+#: A torch zip may declare at most this many times its size on disk (plus :data:`ZIP_SLACK` bytes) of tensor data:
+#: ``torch.save`` stores tensors uncompressed, so more means compressed storages (a zip bomb).
+ZIP_FACTOR, ZIP_SLACK = 2, 1 << 20
+
+
+def check_zip_sizes(path: Path, max_bytes: int | None = None) -> None:
+    """Refuse a torch zip checkpoint whose tensor entries declare more bytes than ``ZIP_FACTOR`` times the
+    file (or than ``max_bytes``), from the zip's directory alone: nothing is unpickled or inflated. Other files
+    (a legacy pickle, safetensors) pass: their reader allocates no more than the file holds."""
+    import zipfile
+
+    try:
+        if not zipfile.is_zipfile(path):
+            return
+        with zipfile.ZipFile(path) as z:
+            declared = sum(i.file_size for i in z.infolist() if "/data/" in f"/{i.filename}")
+    except (OSError, zipfile.BadZipFile, ValueError) as exc:
+        raise CheckpointError(f"{path} is corrupt or not a torch checkpoint ({type(exc).__name__})") from None
+    size = path.stat().st_size
+    limit = ZIP_FACTOR * size + ZIP_SLACK if max_bytes is None else min(max_bytes, ZIP_FACTOR * size + ZIP_SLACK)
+    if declared > limit:
+        raise CheckpointError(f"{path} declares {declared / 2**20:.0f} MiB of tensors in a {size / 2**20:.1f} MiB "
+                              "file (compressed storages, as in a zip bomb); refused before reading it")
 
 
 # ---------------------------------------------------------------------------------------------- RNG
@@ -160,7 +186,10 @@ def load_state_dict_checked(model: nn.Module, tensors: dict[str, torch.Tensor], 
     missing = sorted(set(own) - set(tensors))
     extra = sorted(set(tensors) - set(own))
     shape = sorted(k for k in set(own) & set(tensors) if own[k].shape != tensors[k].shape)
-    if missing or extra or shape:
+    # a float parameter from integer (or bool) numbers is another file's tensor, not these weights
+    kind = sorted(k for k in set(own) & set(tensors) if own[k].is_floating_point() != tensors[k].is_floating_point()
+                  or own[k].is_complex() != tensors[k].is_complex())
+    if missing or extra or shape or kind:
         parts = []
         if missing:
             parts.append(f"missing {missing[:3]}")
@@ -169,6 +198,10 @@ def load_state_dict_checked(model: nn.Module, tensors: dict[str, torch.Tensor], 
         if shape:
             k = shape[0]
             parts.append(f"shape of {k} is {tuple(tensors[k].shape)}, model has {tuple(own[k].shape)}")
+        if kind:
+            k = kind[0]
+            parts.append(f"{k} is {str(tensors[k].dtype).removeprefix('torch.')}, model has "
+                         f"{str(own[k].dtype).removeprefix('torch.')}")
         raise CheckpointError(f"{source} does not fit the model: " + "; ".join(parts))
     model.load_state_dict(tensors)
 

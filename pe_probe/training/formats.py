@@ -168,6 +168,9 @@ def _torch_load(file: Path) -> Any:
     beyond tensors and plain containers; any other global refuses the file before it is unpickled."""
     from timm.models._helpers import _torch_load as timm_torch_load
 
+    from .checkpoints import check_zip_sizes
+
+    check_zip_sizes(file)  # declared storage sizes against the file's, before anything is inflated
     try:
         return timm_torch_load(str(file), map_location="cpu", weights_only=True)
     except RuntimeError as exc:
