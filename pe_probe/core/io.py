@@ -2,13 +2,17 @@
 paths stay inside their output folder.
 
 Every writer of pe_probe goes through :func:`atomic_path` (a temporary file beside the target, renamed onto it
-only when complete). A process killed mid-write leaves only such a temporary file (``.NAME.XXXXXXXX.tmp``);
-:func:`remove_stale_temps` removes them the next time a writer holds the folder's lock.
+only when complete). A process killed mid-write leaves only such a temporary file
+(``.NAME.pe-probe-XXXXXXXX.tmp``, a name no user file has); :func:`remove_stale_temps` removes them (and only
+them) the next time a writer holds the folder's lock. A write that fails for lack of space or a file-size limit,
+also inside torch or safetensors, raises an ``OSError`` naming the destination (``No space left on device:
+PATH``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import stat
@@ -20,6 +24,56 @@ from .errors import PEProbeError
 
 #: Suffix of the temporary files of :func:`atomic_path`.
 TEMP_SUFFIX = ".tmp"
+#: What follows ``.NAME.`` in the name of every temporary file of :func:`atomic_path` (before its random part).
+TEMP_MARK = "pe-probe-"
+
+
+def is_temp(name: str) -> bool:
+    """Whether ``name`` is the name of a temporary file of :func:`atomic_path` (``.NAME.pe-probe-XXXXXXXX.tmp``)."""
+    if not (name.startswith(".") and name.endswith(TEMP_SUFFIX)):
+        return False
+    stem = name[1:-len(TEMP_SUFFIX)]
+    _, dot, rand = stem.rpartition("." + TEMP_MARK)
+    return bool(dot) and len(rand) >= 8 and rand.isascii() and all(c.isalnum() or c == "_" for c in rand)
+
+
+#: Messages of a failed write inside torch's or safetensors' writers, mapped to the errno they stand for.
+_WRITE_FAILURES = (("no space left", errno.ENOSPC), ("os error 28", errno.ENOSPC), ("file too large", errno.EFBIG),
+                   ("os error 27", errno.EFBIG))
+
+
+def _write_error(exc: BaseException, path: Path, tmp: Path | None = None) -> OSError | None:
+    """The ``OSError`` naming ``path`` that a failed write ``exc`` stands for, or None if it is not one.
+
+    An ``OSError`` without a file name (or naming the temporary file) gets ``path``; a RuntimeError of torch's
+    zip writer (``unexpected pos``, a short write) or safetensors' ``SafetensorError`` becomes ENOSPC / EFBIG
+    from its text, or from the free space and the file-size limit when the text does not say."""
+    if isinstance(exc, OSError):
+        if exc.errno is None or exc.filename not in (None, str(tmp)):
+            return None
+        return OSError(exc.errno, exc.strerror or os.strerror(exc.errno), str(path))
+    text = str(exc).lower()
+    code = next((c for needle, c in _WRITE_FAILURES if needle in text), None)
+    if code is None and ("unexpected pos" in text or "error while serializing" in text):
+        code = errno.ENOSPC if _disk_full(path.parent) else errno.EFBIG if _size_limited() else None
+    return None if code is None else OSError(code, os.strerror(code), str(path))
+
+
+def _disk_full(folder: Path) -> bool:
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < (1 << 20)
+
+
+def _size_limited() -> bool:
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not POSIX
+        return False
+    soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    return soft != resource.RLIM_INFINITY
 
 
 def _umask() -> int:
@@ -37,13 +91,21 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{TEMP_MARK}", suffix=TEMP_SUFFIX, dir=path.parent)
+    except OSError as exc:
+        raise (_write_error(exc, path) or exc) from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
         os.chmod(tmp_path, 0o666 & ~_umask())
         os.replace(tmp_path, path)
+    except Exception as exc:
+        named = _write_error(exc, path, tmp_path)
+        if named is None:
+            raise
+        raise named from exc
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -81,7 +143,7 @@ def remove_stale_temps(directory: str | os.PathLike) -> list[Path]:
     if not directory.is_dir():
         return removed
     for p in directory.iterdir():
-        if p.name.startswith(".") and p.name.endswith(TEMP_SUFFIX) and p.name.count(".") >= 3:
+        if is_temp(p.name):
             try:
                 if stat.S_ISREG(p.lstat().st_mode):
                     p.unlink()

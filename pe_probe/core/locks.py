@@ -74,8 +74,9 @@ def folder_lock(folder: str | os.PathLike, what: str | None = None) -> Iterator[
     fd = _acquire(folder, path)
     try:
         info = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time(), "command": what or _command()}
-        os.ftruncate(fd, 0)
-        os.write(fd, json.dumps(info).encode())
+        with contextlib.suppress(OSError):  # a full disk: the lock holds without its holder's line (and is removed)
+            os.ftruncate(fd, 0)
+            os.write(fd, json.dumps(info).encode())
         remove_stale_temps(folder)
         _held[key] = 1
         try:

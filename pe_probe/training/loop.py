@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from .._version import __version__
 from ..core.errors import CheckpointError, DataError, PEProbeError, UnknownNameError
-from ..core.io import TEMP_SUFFIX
+from ..core.io import is_temp
 from ..core.locks import LOCK_FILE
 from ..core.model_kwargs import check_model_kwargs
 from ..core.pe import KNOB_NAMES, resolve_pe_config
@@ -261,8 +261,7 @@ def _train(cfg: TrainConfig, run: RunDir, env: DistEnv, callbacks: tuple[EpochCa
 
 def _listing(out: Path) -> list[str]:
     """The entries of ``out`` that are not the lock file or stale temporary files."""
-    return [p.name for p in out.iterdir() if p.name != LOCK_FILE
-            and not (p.name.startswith(".") and p.name.endswith(TEMP_SUFFIX))]
+    return [p.name for p in out.iterdir() if p.name != LOCK_FILE and not is_temp(p.name)]
 
 
 def _remove_unsaved(run: RunDir) -> None:
