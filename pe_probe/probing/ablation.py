@@ -101,8 +101,10 @@ def run_ablation(
     bad = [k for k in interventions if k not in INTERVENTIONS]
     if bad or not interventions:
         raise UnknownNameError(f"interventions {interventions} must be a non-empty subset of {INTERVENTIONS}")
-    if max_images is not None and (not isinstance(max_images, int) or max_images < 1):
+    if max_images is not None and (isinstance(max_images, bool) or not isinstance(max_images, int) or max_images < 1):
         raise DataError(f"max_images must be a positive int or None, got {max_images!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"seed={seed!r} must be an int")
     runner = find_sites(model, effect, sites)
     view = runner.view
     batches, total = open_data(data, view, batch_size=batch_size, data_dir=None if data_dir is None else str(data_dir),

@@ -109,6 +109,11 @@ def _targets(target: int | str | None, runner: Runner, images: torch.Tensor,
     return torch.full((len(images),), int(target), dtype=torch.long, device=images.device)
 
 
+#: Most integration steps: beyond it the rows of one pass (n_steps x batch) no longer fit any machine, and the
+#: Gauss-Legendre error is far below float32's long before.
+MAX_STEPS = 4096
+
+
 def run_attribution(
     model: nn.Module,
     data: Any,
@@ -156,9 +161,14 @@ def run_attribution(
         raise UnknownNameError(f"tokens={tokens!r} is unknown; valid values: {TOKEN_BASELINES}")
     if method not in METHODS:
         raise UnknownNameError(f"method={method!r} is unknown; valid values: {METHODS}")
-    if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 1:
-        raise ValueError(f"n_steps={n_steps!r} must be a positive int")
-    if max_images is not None and (not isinstance(max_images, int) or max_images < 1):
+    if isinstance(n_steps, bool) or not isinstance(n_steps, int) or not 1 <= n_steps <= MAX_STEPS:
+        raise ValueError(f"n_steps={n_steps!r} must be an int in [1, {MAX_STEPS}]")
+    if internal_batch_size is not None and (isinstance(internal_batch_size, bool)
+                                            or not isinstance(internal_batch_size, int) or internal_batch_size < 1):
+        raise ValueError(f"internal_batch_size={internal_batch_size!r} must be a positive int or None")
+    if isinstance(n_maps, bool) or not isinstance(n_maps, int) or n_maps < 0:
+        raise ValueError(f"n_maps={n_maps!r} must be an int >= 0")
+    if max_images is not None and (isinstance(max_images, bool) or not isinstance(max_images, int) or max_images < 1):
         raise DataError(f"max_images must be a positive int or None, got {max_images!r}")
     n_classes = getattr(model, "num_classes", None)
     if target is not None and target != "label":

@@ -93,7 +93,7 @@ def probe(
     if clash:
         raise ValueError(f"meta may not set {clash}: the probe computes them")
     view = view_model(model, adapter)
-    if max_images is not None and (not isinstance(max_images, int) or max_images < 1):
+    if max_images is not None and (isinstance(max_images, bool) or not isinstance(max_images, int) or max_images < 1):
         raise DataError(f"max_images must be a positive int or None, got {max_images!r}")
     stats = RunningStats(view, n_norm_maps=n_norm_maps)
     names = stats.hook_names()

@@ -469,6 +469,8 @@ def load_checkpoint(
     """
     from ..models import VARIANT_ARGS
 
+    if model is not None and not isinstance(model, str):
+        raise ValueError(f"model={model!r} must be a timm model name (a string) or None")
     path = Path(path).expanduser()
     if not path.exists():
         raise CheckpointError(f"{path} does not exist")
