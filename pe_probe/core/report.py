@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -131,7 +132,7 @@ class ProbeReport:
             meta = json.loads((directory / META_FILE).read_text())
             with np.load(directory / ARRAYS_FILE, allow_pickle=False) as z:
                 arrays = {k: z[k] for k in z.files}
-        except (OSError, ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError, BadZipFile are ValueErrors
+        except (OSError, ValueError, UnicodeDecodeError, EOFError, zipfile.BadZipFile) as exc:  # a truncated npz
             raise DataError(f"{directory}: probe report is unreadable ({type(exc).__name__}: {exc})") from None
         if not isinstance(meta, dict):
             raise DataError(f"{directory / META_FILE} is not a JSON object")

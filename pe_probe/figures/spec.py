@@ -113,6 +113,10 @@ def load_spec(path: str | os.PathLike | Traversable) -> Spec:
     return parse_spec(raw, source=str(path))
 
 
+#: Spec ids that would name the render's own files (``index.md``, ``index.csv``, ``claims.csv``, ``claims.md``).
+RESERVED_IDS = ("index", "claims")
+
+
 def parse_spec(raw: Mapping[str, Any], source: str = "<memory>") -> Spec:
     """Validate a spec given as a dict (the parsed TOML). Errors name ``source`` and the bad key.
 
@@ -130,6 +134,9 @@ def parse_spec(raw: Mapping[str, Any], source: str = "<memory>") -> Spec:
             raise fail(f"{key!r} is required and must be a non-empty string")
     if not _ID.fullmatch(raw["id"]):
         raise fail(f"id={raw['id']!r} must be a file stem of letters, digits, '_' and '-' (it names the outputs)")
+    if raw["id"].lower() in RESERVED_IDS:
+        raise fail(f"id={raw['id']!r} is reserved: the render writes its own {raw['id']}.* files "
+                   f"(reserved: {', '.join(RESERVED_IDS)})")
     if raw["kind"] not in KINDS:
         raise fail(f"kind={raw['kind']!r} is not one of {KINDS}")
     if raw["plot"] not in PLOTS:

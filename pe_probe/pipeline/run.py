@@ -27,6 +27,7 @@ from ..core.locks import locked_on
 from ..core.report import ProbeReport
 from ..core.rundir import RunDir
 from ..figures.render import RenderResult, render_all
+from ..figures.spec import resolve_specs
 from ..models import VARIANT_ARGS
 from ..probing import probe
 from ..training import TrainConfig, load_run
@@ -340,14 +341,18 @@ def render_figures(
     runs support into ``out`` (PNG, PDF, CSV per figure, Markdown tables, ``index.md``). With ``causal_tests``
     each run's PE ablation and attribution (:func:`~pe_probe.pipeline.causal.ablate_run`,
     :func:`~pe_probe.pipeline.causal.attribute_run`) are computed (or read back) too; ``reprobe`` recomputes them."""
+    if max_images is not None and (isinstance(max_images, bool) or not isinstance(max_images, int) or max_images < 1):
+        raise DataError(f"max_images must be a positive int or None, got {max_images!r}")
+    if specs is not None:  # a bad spec is reported before any run is probed, ablated or attributed
+        specs = resolve_specs(specs)
     complete, incomplete = find_runs(runs_dir)
     if only is not None:
         wanted = set(only)
         complete = [d for d in complete if d.name in wanted]
+    if not complete:  # the error alone, without a warning line per incomplete run before it
+        raise DataError(f"no complete run (a directory with {RunDir.CONFIG} and {RunDir.SUMMARY}) under {runs_dir}")
     for d in incomplete:
         log.warning("skipping %s: training not complete (no %s)", d.path, RunDir.SUMMARY)
-    if not complete:
-        raise DataError(f"no complete run (a directory with {RunDir.CONFIG} and {RunDir.SUMMARY}) under {runs_dir}")
     runs = []
     for d in tqdm(complete, desc="probe runs", unit="run", disable=not progress):
         report = probe_run(d, data_dir=data_dir, max_images=max_images, reprobe=reprobe, progress=False)
