@@ -1,0 +1,225 @@
+"""Attention capture and per-head attention statistics, patch shuffles: checked against hand computations."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import timm
+import torch
+
+from pe_probe import PEVisionTransformer
+from pe_probe.core.errors import CheckpointError
+from pe_probe.probing.attention import (AttentionStats, attention_modules, attention_stats, capture_attention,
+                                        logit_terms, patch_shuffle, shuffle_blocks, shuffle_patches, split_input_ln,
+                                        unfused)
+
+from ..conftest import TINY
+
+torch.set_num_threads(1)
+
+
+def strong(mode: str = "mpvg", **kw) -> PEVisionTransformer:
+    torch.manual_seed(0)
+    m = PEVisionTransformer(mode, **{**TINY, **kw})
+    with torch.no_grad():
+        m.pos_embed.mul_(30)
+        for blk in m.blocks:
+            blk.attn.qkv.weight.mul_(8)
+            if blk.attn.qkv.bias is not None:
+                blk.attn.qkv.bias.normal_(0, 0.5)
+    return m.eval()
+
+
+def images(n: int = 6, seed: int = 1) -> torch.Tensor:
+    return torch.randn(n, 3, 16, 16, generator=torch.Generator().manual_seed(seed))
+
+
+def hand_probs(attn, a: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T * scale) of attention input ``a`` from the qkv weights, in float64."""
+    w, b = attn.qkv.weight.double(), attn.qkv.bias.double()
+    qkv = a.double() @ w.T + b
+    B, T, _ = a.shape
+    H = attn.num_heads
+    q, k, _v = qkv.reshape(B, T, 3, H, -1).permute(2, 0, 3, 1, 4)
+    return torch.softmax(q @ k.transpose(-2, -1) * attn.scale, -1)
+
+
+@pytest.mark.parametrize("mode", ["default", "mpvg", "lape"])
+def test_captured_probabilities_equal_a_hand_softmax(mode):
+    m = strong(mode)
+    x = images()
+    acts = __import__("pe_probe").capture(m, x)
+    probs = capture_attention(m, x)
+    assert sorted(probs) == list(range(TINY["depth"]))
+    for l, blk in enumerate(m.blocks):
+        a = acts[f"blocks.{l}.hook_tok"]
+        pe = acts.get(f"blocks.{l}.hook_pe")
+        if pe is not None:
+            a = a + pe
+        torch.testing.assert_close(probs[l].double(), hand_probs(blk.attn, a), atol=1e-6, rtol=0)
+
+
+def test_fused_flag_restored_also_after_an_error():
+    m = strong("default")
+    mods = attention_modules(m)
+    for i, mod in enumerate(mods):
+        mod.fused_attn = bool(i % 2)
+    before = [mod.fused_attn for mod in mods]
+    with pytest.raises(RuntimeError):
+        with unfused(mods):
+            assert not any(mod.fused_attn for mod in mods)
+            raise RuntimeError("boom")
+    assert [mod.fused_attn for mod in mods] == before
+    with pytest.raises(Exception):
+        attention_stats(m, torch.randn(2, 3, 8, 8), progress=False)  # wrong size: fails inside the run
+    assert [mod.fused_attn for mod in mods] == before
+    assert sum(len(x._forward_hooks) for x in m.modules()) == 0
+
+
+def grid_mean_distance(h: int, w: int) -> float:
+    """Mean Euclidean distance between two patches of an h x w grid drawn uniformly (self pairs included)."""
+    pts = list(itertools.product(range(h), range(w)))
+    return float(np.mean([math.dist(p, q) for p in pts for q in pts]))
+
+
+def test_uniform_attention_gives_the_grid_mean_distance():
+    m = strong("default", global_pool="token")
+    with torch.no_grad():
+        for blk in m.blocks:
+            blk.attn.qkv.weight.zero_()  # q = k = bias: every logit of a query equal -> uniform attention
+            blk.attn.qkv.bias.zero_()
+    rows, meta = attention_stats(m, images(4), progress=False)
+    T = 16 + 1
+    got = {(l, h, k): v for l, h, k, v in rows}
+    for l in range(TINY["depth"]):
+        for h in range(TINY["num_heads"]):
+            assert got[(l, h, "attn_distance")] == pytest.approx(grid_mean_distance(4, 4), abs=1e-9)
+            assert got[(l, h, "attn_prefix_share")] == pytest.approx(1 / T, abs=1e-7)  # float32 softmax
+            assert got[(l, h, "attn_entropy")] == pytest.approx(math.log(T), abs=1e-6)
+    assert meta["n_images"] == 4
+
+
+def test_self_attention_only_gives_zero_distance_and_entropy():
+    st = AttentionStats(depth=1, heads=2, grid=(3, 3), n_prefix=1)
+    eye = torch.eye(10).expand(4, 2, 10, 10)
+    st.add_probs(0, eye)
+    got = {(m): v for _, _, m, v in st.rows()}
+    assert got["attn_distance"] == 0.0 and got["attn_prefix_share"] == 0.0 and got["attn_entropy"] == 0.0
+    # all mass on the key one patch to the right (wrapping rows): distance 1 except at the row ends
+    st2 = AttentionStats(depth=1, heads=1, grid=(1, 4), n_prefix=0)
+    p = torch.zeros(1, 1, 4, 4)
+    for q in range(4):
+        p[0, 0, q, (q + 1) % 4] = 1.0
+    st2.add_probs(0, p)
+    assert dict((m, v) for _, _, m, v in st2.rows())["attn_distance"] == pytest.approx((1 + 1 + 1 + 3) / 4)
+
+
+def test_logit_terms_sum_to_the_logits_and_vanish_without_pe():
+    m = strong("mpvg")
+    x = images()
+    acts = __import__("pe_probe").capture(m, x)
+    for l in m.pe_receiving_blocks():
+        attn = m.blocks[l].attn
+        tok, pe = acts[f"blocks.{l}.hook_tok"], acts[f"blocks.{l}.hook_pe"].expand(len(x), -1, -1)
+        terms = logit_terms(attn, tok, pe)
+        a = (tok + pe).double()
+        w, b = attn.qkv.weight.double(), attn.qkv.bias.double()
+        d = w.shape[0] // 3
+        q = (a @ w[:d].T + b[:d]).reshape(len(x), -1, attn.num_heads, d // attn.num_heads).transpose(1, 2)
+        k = (a @ w[d:2 * d].T + b[d:2 * d]).reshape(len(x), -1, attn.num_heads, d // attn.num_heads).transpose(1, 2)
+        torch.testing.assert_close(sum(t.double() for t in terms), q @ k.transpose(-2, -1) * attn.scale,
+                                   atol=1e-5, rtol=0)
+        with torch.no_grad():
+            zero = logit_terms(attn, tok, torch.zeros_like(pe))
+        assert all(float(t.abs().max()) == 0.0 for t in zero[1:])
+
+
+def test_input_pe_split_through_the_first_layernorm():
+    m = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=16, patch_size=4, embed_dim=32,
+                          depth=2, num_heads=2, num_classes=3).eval()
+    with torch.no_grad():
+        m.pos_embed.normal_(0, 1)
+    x0 = torch.randn(3, 17, 32)
+    content, pos = split_input_ln(m.blocks[0].norm1, x0, m.pos_embed)
+    torch.testing.assert_close(content + pos, m.blocks[0].norm1(x0), atol=1e-5, rtol=0)
+    # the position part by hand: gamma * centred pe / sigma(x0)
+    sigma = torch.sqrt(x0.var(-1, unbiased=False, keepdim=True) + m.blocks[0].norm1.eps)
+    pe = m.pos_embed - m.pos_embed.mean(-1, keepdim=True)
+    torch.testing.assert_close(pos, m.blocks[0].norm1.weight * pe / sigma)
+    rows, meta = attention_stats(m, torch.randn(4, 3, 16, 16), progress=False)
+    assert meta["decomposed_layers"] == [0]
+    share = [v for l, h, k, v in rows if k == "logit_pos_share"]
+    assert len(share) == 2 and all(0 < s < 1 for s in share)
+
+
+def test_zero_pe_model_has_zero_position_terms():
+    m = strong("pvg")
+    with torch.no_grad():
+        m.pos_embed.zero_()
+        for blk in m.blocks:
+            if blk.pe_norm is not None:  # LN'(0) = beta: zero it too so the PE term is exactly zero
+                blk.pe_norm.bias.zero_()
+    rows, meta = attention_stats(m, images(3), progress=False)
+    assert set(meta["decomposed_layers"]) == {0, *m.pe_receiving_blocks()}  # block 0: the input PE, split
+    for l, h, k, v in rows:
+        if k in ("logit_cp_ms", "logit_pc_ms", "logit_pp_ms", "logit_pos_share"):
+            assert v == 0.0, (l, h, k)
+
+
+def test_qk_norm_is_refused_in_one_line():
+    m = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=16, patch_size=4, embed_dim=32,
+                          depth=1, num_heads=2, qk_norm=True)
+    with pytest.raises(CheckpointError, match="qk_norm"):
+        attention_modules(m)
+
+
+# ---------------------------------------------------------------------- patch shuffles
+def test_shuffle_patches_permutes_within_blocks_only():
+    x = torch.arange(2 * 1 * 8 * 8, dtype=torch.float32).reshape(2, 1, 8, 8)
+    gen = torch.Generator().manual_seed(0)
+    assert torch.equal(shuffle_patches(x, 2, 1, gen), x)
+    y = shuffle_patches(x, 2, 2, gen)  # 4x4 grid of 2-px patches, 2x2 blocks of patches
+    assert not torch.equal(y, x)
+    patches = lambda t: t.reshape(2, 1, 4, 2, 4, 2).permute(0, 2, 4, 1, 3, 5).reshape(2, 4, 4, -1)  # noqa: E731
+    px, py = patches(x), patches(y)
+    for b in range(2):
+        for bi, bj in itertools.product(range(2), range(2)):
+            group = lambda p: sorted(tuple(p[b, 2 * bi + i, 2 * bj + j].tolist()) for i in range(2) for j in range(2))  # noqa: E731
+            assert group(px) == group(py)  # the same patches, each kept whole, inside the same block
+    with pytest.raises(ValueError, match="cannot be cut"):
+        shuffle_patches(x, 2, 3, gen)
+    assert shuffle_blocks((4, 4)) == [1, 2, 4]
+    assert shuffle_blocks((6, 6)) == [1, 2, 6]
+
+
+def test_patch_shuffle_known_answers():
+    # no PE, average pooling: the model is permutation-equivariant, so shuffled patches give the same prediction
+    torch.manual_seed(0)
+    m = PEVisionTransformer("default", **{**TINY, "global_pool": "avg"}).eval()
+    with torch.no_grad():
+        m.pos_embed.zero_()
+    data = torch.utils.data.TensorDataset(images(8), torch.arange(8) % 5)
+    rows, meta = patch_shuffle(m, data, progress=False)
+    got = {(b, k): v for b, k, v in rows}
+    assert meta["blocks"] == [1, 2, 4]
+    for b in meta["blocks"]:
+        assert got[(b, "agree")] == 1.0
+    assert got[(1, "top1")] == got[(4, "top1")]
+    # a model that sees position: the whole-grid shuffle changes predictions, block 1 never does
+    torch.manual_seed(0)
+    s = PEVisionTransformer("default", **{**TINY, "global_pool": "avg"}).eval()
+    with torch.no_grad():  # a unit PE and selective attention: predictions vary and depend on where patches are
+        s.pos_embed.normal_(0, 1.0)
+        for blk in s.blocks:
+            blk.attn.qkv.weight.mul_(8)
+        s.head.weight.mul_(20)
+    data = torch.utils.data.TensorDataset(torch.randn(32, 3, 16, 16, generator=torch.Generator().manual_seed(1)),
+                                          torch.arange(32) % 5)
+    rows, _ = patch_shuffle(s, data, progress=False, seed=3)
+    got = {(b, k): v for b, k, v in rows}
+    assert got[(1, "agree")] == 1.0 and got[(4, "agree")] < 1.0
+    rows2, _ = patch_shuffle(s, data, progress=False, seed=3)
+    assert rows2 == rows  # seeded
