@@ -13,8 +13,7 @@ import torch
 from pe_probe import PEVisionTransformer
 from pe_probe.core.errors import CheckpointError
 from pe_probe.probing.attention import (AttentionStats, attention_modules, attention_stats, capture_attention,
-                                        logit_terms, patch_shuffle, shuffle_blocks, shuffle_patches, split_input_ln,
-                                        unfused)
+                                        logit_terms, split_input_ln, unfused)
 
 from ..conftest import TINY
 
@@ -174,52 +173,3 @@ def test_qk_norm_is_refused_in_one_line():
                           depth=1, num_heads=2, qk_norm=True)
     with pytest.raises(CheckpointError, match="qk_norm"):
         attention_modules(m)
-
-
-# ---------------------------------------------------------------------- patch shuffles
-def test_shuffle_patches_permutes_within_blocks_only():
-    x = torch.arange(2 * 1 * 8 * 8, dtype=torch.float32).reshape(2, 1, 8, 8)
-    gen = torch.Generator().manual_seed(0)
-    assert torch.equal(shuffle_patches(x, 2, 1, gen), x)
-    y = shuffle_patches(x, 2, 2, gen)  # 4x4 grid of 2-px patches, 2x2 blocks of patches
-    assert not torch.equal(y, x)
-    patches = lambda t: t.reshape(2, 1, 4, 2, 4, 2).permute(0, 2, 4, 1, 3, 5).reshape(2, 4, 4, -1)  # noqa: E731
-    px, py = patches(x), patches(y)
-    for b in range(2):
-        for bi, bj in itertools.product(range(2), range(2)):
-            group = lambda p: sorted(tuple(p[b, 2 * bi + i, 2 * bj + j].tolist()) for i in range(2) for j in range(2))  # noqa: E731
-            assert group(px) == group(py)  # the same patches, each kept whole, inside the same block
-    with pytest.raises(ValueError, match="cannot be cut"):
-        shuffle_patches(x, 2, 3, gen)
-    assert shuffle_blocks((4, 4)) == [1, 2, 4]
-    assert shuffle_blocks((6, 6)) == [1, 2, 6]
-
-
-def test_patch_shuffle_known_answers():
-    # no PE, average pooling: the model is permutation-equivariant, so shuffled patches give the same prediction
-    torch.manual_seed(0)
-    m = PEVisionTransformer("default", **{**TINY, "global_pool": "avg"}).eval()
-    with torch.no_grad():
-        m.pos_embed.zero_()
-    data = torch.utils.data.TensorDataset(images(8), torch.arange(8) % 5)
-    rows, meta = patch_shuffle(m, data, progress=False)
-    got = {(b, k): v for b, k, v in rows}
-    assert meta["blocks"] == [1, 2, 4]
-    for b in meta["blocks"]:
-        assert got[(b, "agree")] == 1.0
-    assert got[(1, "top1")] == got[(4, "top1")]
-    # a model that sees position: the whole-grid shuffle changes predictions, block 1 never does
-    torch.manual_seed(0)
-    s = PEVisionTransformer("default", **{**TINY, "global_pool": "avg"}).eval()
-    with torch.no_grad():  # a unit PE and selective attention: predictions vary and depend on where patches are
-        s.pos_embed.normal_(0, 1.0)
-        for blk in s.blocks:
-            blk.attn.qkv.weight.mul_(8)
-        s.head.weight.mul_(20)
-    data = torch.utils.data.TensorDataset(torch.randn(32, 3, 16, 16, generator=torch.Generator().manual_seed(1)),
-                                          torch.arange(32) % 5)
-    rows, _ = patch_shuffle(s, data, progress=False, seed=3)
-    got = {(b, k): v for b, k, v in rows}
-    assert got[(1, "agree")] == 1.0 and got[(4, "agree")] < 1.0
-    rows2, _ = patch_shuffle(s, data, progress=False, seed=3)
-    assert rows2 == rows  # seeded
