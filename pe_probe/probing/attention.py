@@ -26,10 +26,12 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 from tqdm.auto import tqdm
 
 from ..core import hook_points as H
@@ -45,11 +47,16 @@ LOGIT_TERMS = ("cc", "cp", "pc", "pp")
 LOGIT_METRICS = tuple(f"logit_{t}_ms" for t in LOGIT_TERMS) + ("logit_pos_share",)
 
 
+#: The softmax calls whose input is an attention module's logits (timm calls ``attn.softmax(dim=-1)``; Swin's
+#: ``nn.Softmax`` module calls ``F.softmax``).
+_SOFTMAX = (torch.Tensor.softmax, torch.softmax, F.softmax)
+
+
 def attention_modules(model: nn.Module) -> list[nn.Module]:
     """The attention module of each block of ``model`` (``blocks[i].attn``), in block order.
 
-    Only timm's multi-head ``Attention`` layout is read (a ``qkv`` projection, ``num_heads``, ``scale``,
-    ``attn_drop`` and a ``fused_attn`` flag); any other block raises :class:`CheckpointError` naming it.
+    Any module with timm's ``fused_attn`` flag, ``num_heads`` and ``scale`` is read (its logits are the input of
+    the softmax it calls once its fused path is off); any other block raises :class:`CheckpointError` naming it.
     """
     blocks = getattr(model, "blocks", None)
     if blocks is None:
@@ -57,12 +64,10 @@ def attention_modules(model: nn.Module) -> list[nn.Module]:
     mods = []
     for i, blk in enumerate(blocks):
         attn = getattr(blk, "attn", None)
-        missing = [a for a in ("qkv", "num_heads", "scale", "attn_drop", "fused_attn") if not hasattr(attn, a)]
+        missing = [a for a in ("num_heads", "scale", "fused_attn") if not hasattr(attn, a)]
         if attn is None or missing:
-            raise CheckpointError(f"block {i}'s attention ({type(attn).__name__}) is not timm's multi-head Attention "
+            raise CheckpointError(f"block {i}'s attention ({type(attn).__name__}) is not a timm multi-head attention "
                                   f"(missing {missing or ['attn']}); attention statistics are not supported for it")
-        if not isinstance(getattr(attn, "q_norm", nn.Identity()), nn.Identity):
-            raise CheckpointError(f"block {i}'s attention normalises q and k (qk_norm); the logit split is not linear")
         mods.append(attn)
     return mods
 
@@ -79,6 +84,53 @@ def unfused(modules: Sequence[nn.Module]) -> Iterator[None]:
     finally:
         for m, flag in zip(modules, saved):
             m.fused_attn = flag
+
+
+class _SoftmaxTap(TorchFunctionMode):
+    """Hands the input (the logits) and output (the probabilities) of the first softmax an attention module calls
+    to ``sink(layer, logits, probs)``; :meth:`watching` says which layer's module is running."""
+
+    def __init__(self, sink: Callable[[int, torch.Tensor, torch.Tensor], None]) -> None:
+        super().__init__()
+        self.sink = sink
+        self.layer: int | None = None
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if self.layer is not None and func in _SOFTMAX:
+            layer, self.layer = self.layer, None  # one softmax per attention call
+            self.sink(layer, args[0], out)
+        return out
+
+
+@contextlib.contextmanager
+def attention_logits(modules: Sequence[nn.Module], sink: Callable[[int, torch.Tensor, torch.Tensor], None]
+                     ) -> Iterator[None]:
+    """Within the block, every forward of ``modules[l]`` hands its attention logits and probabilities,
+    ``(B, H, T, T)`` each, to ``sink(l, logits, probs)`` (fused attention off: :func:`unfused`). The logits are
+    exactly what the module's softmax receives (biases and masks added); the probabilities are its own output.
+    Every hook and the function mode are removed on exit, also after an error."""
+    tap = _SoftmaxTap(sink)
+    handles = []
+
+    def enter(l):
+        def pre(module, args):
+            tap.layer = l
+        return pre
+
+    def leave(module, args, out):
+        tap.layer = None
+
+    with unfused(modules):
+        try:
+            for l, m in enumerate(modules):
+                handles.append(m.register_forward_pre_hook(enter(l)))
+                handles.append(m.register_forward_hook(leave))
+            with tap:
+                yield
+        finally:
+            for h in handles:
+                h.remove()
 
 
 def grid_distances(grid: tuple[int, int], dtype=torch.float64) -> torch.Tensor:
@@ -145,26 +197,23 @@ class AttentionStats:
         return [(l, h, m, float(v)) for l, h, m, v in out]
 
 
-def capture_attention(model: nn.Module, images: torch.Tensor) -> dict[int, torch.Tensor]:
-    """One batch's attention probabilities of every block, ``{layer: (B, H, T, T)}`` (detached copies), with
-    fused attention switched off for the call only (:func:`unfused`); eval mode, no hook left afterwards."""
+def capture_attention(model: nn.Module, images: torch.Tensor, *, logits: bool = False) -> dict[int, torch.Tensor]:
+    """One batch's attention probabilities of every block, ``{layer: (B, H, T, T)}`` (detached copies; with
+    ``logits=True`` the logits the softmax received instead), fused attention switched off for the call only;
+    eval mode, no hook left afterwards."""
     from .inputs import check_images
 
     view = view_model(model)
     mods = attention_modules(model)
     images = check_images(images, view)
     out: dict[int, torch.Tensor] = {}
-    handles = []
-    with eval_inference(model), unfused(mods):
-        try:
-            for l, m in enumerate(mods):
-                handles.append(m.attn_drop.register_forward_hook(
-                    lambda mod, args, o, l=l: out.__setitem__(l, o.detach().clone())))
-            model(images)
-        finally:
-            for h in handles:
-                h.remove()
-    return {l: t.clone() for l, t in out.items()}
+
+    def sink(l, lg, p):
+        out[l] = (lg if logits else p).detach().clone()
+
+    with eval_inference(model), attention_logits(mods, sink):
+        model(images)
+    return {l: t.clone() for l, t in out.items()}  # plain tensors (made outside inference mode)
 
 
 def _qk(attn: nn.Module, a: torch.Tensor, bias: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -233,6 +282,7 @@ def attention_stats(
     names: list[str] = []
     pe_layers: list[int] = []
     input_split = False
+    skipped: dict[int, str] = {}
     if decompose:
         if view.kind == "pe":
             pe_layers = list(view.receiving_blocks)
@@ -240,50 +290,55 @@ def attention_stats(
         input_split = view.input_pe and 0 not in pe_layers and isinstance(getattr(model, "norm_pre", None), nn.Identity)
         if input_split:
             names.append(H.block_hook(0, H.RESID_PRE))
+        for l in sorted(set(pe_layers) | ({0} if input_split else set())):
+            why = _not_splittable(mods[l])
+            if why:
+                skipped[l] = why
+        pe_layers = [l for l in pe_layers if l not in skipped]
+        input_split = input_split and 0 not in skipped
+        names = [n for n in names if not any(n.startswith(f"blocks.{l}.") for l in skipped)]
     batches, total = open_data(data, view, batch_size=batch_size, data_dir=None if data_dir is None else str(data_dir),
                                mean=mean, std=std, split=split)
     if total is not None and max_images is not None:
         total = min(total, max_images)
-    probs: dict[int, torch.Tensor] = {}
-
-    def grab(layer):
-        def hook(module, args, out):
-            stats.add_probs(layer, out)
-        return hook
+    def sink(l, logits, probs):
+        stats.add_probs(l, probs)
 
     n = 0
-    handles = []
-    with eval_inference(model), unfused(mods):
+    with eval_inference(model), attention_logits(mods, sink), recording(view, names) as store:
+        bar = tqdm(total=total, unit="img", desc="attention", disable=not progress, leave=False)
         try:
-            for l, m in enumerate(mods):
-                handles.append(m.attn_drop.register_forward_hook(grab(l)))
-            with recording(view, names) as store:
-                bar = tqdm(total=total, unit="img", desc="attention", disable=not progress, leave=False)
-                try:
-                    for images in iter_images(batches, view, max_images):
-                        store.clear()
-                        model(images)
-                        for l in pe_layers:
-                            tok, pe = store[H.block_hook(l, H.TOK)], store[H.block_hook(l, H.PE)]
-                            stats.add_terms(l, logit_terms(mods[l], tok, pe.expand_as(tok)))
-                        if input_split:
-                            x0 = store[H.block_hook(0, H.RESID_PRE)]
-                            pos = _input_pe_rows(model, view, x0)
-                            content, position = split_input_ln(model.blocks[0].norm1, x0, pos)
-                            stats.add_terms(0, logit_terms(mods[0], content, position))
-                        n += len(images)
-                        bar.update(len(images))
-                finally:
-                    bar.close()
+            for images in iter_images(batches, view, max_images):
+                store.clear()
+                model(images)
+                for l in pe_layers:
+                    tok, pe = store[H.block_hook(l, H.TOK)], store[H.block_hook(l, H.PE)]
+                    stats.add_terms(l, logit_terms(mods[l], tok, pe.expand_as(tok)))
+                if input_split:
+                    x0 = store[H.block_hook(0, H.RESID_PRE)]
+                    content, position = split_input_ln(model.blocks[0].norm1, x0, _input_pe_rows(model, x0))
+                    stats.add_terms(0, logit_terms(mods[0], content, position))
+                n += len(images)
+                bar.update(len(images))
         finally:
-            for h in handles:
-                h.remove()
+            bar.close()
     meta = {"n_images": n, "grid": list(view.grid), "num_prefix_tokens": view.num_prefix_tokens,
-            "heads": stats.heads, "decomposed_layers": sorted(stats.decomposed)}
+            "heads": stats.heads, "decomposed_layers": sorted(stats.decomposed),
+            "not_decomposed": {str(l): why for l, why in skipped.items()}}
     return stats.rows(), meta
 
 
-def _input_pe_rows(model: nn.Module, view, x0: torch.Tensor) -> torch.Tensor:
+def _not_splittable(attn: nn.Module) -> str:
+    """Why ``attn``'s logits cannot be split into content and position terms ("" when they can)."""
+    if not isinstance(getattr(attn, "qkv", None), nn.Linear):
+        return f"{type(attn).__name__} has no fused qkv projection"
+    if not isinstance(getattr(attn, "q_norm", nn.Identity()), nn.Identity) or \
+            not isinstance(getattr(attn, "k_norm", nn.Identity()), nn.Identity):
+        return "q and k are normalised (qk_norm): the logits are not bilinear in the input"
+    return ""
+
+
+def _input_pe_rows(model: nn.Module, x0: torch.Tensor) -> torch.Tensor:
     """The PE part of ``x_0`` (1, T, D): ``pos_embed``, with zero rows for prefix slots it has no row for."""
     pos = model.pos_embed.to(x0.dtype)
     T = x0.shape[1]

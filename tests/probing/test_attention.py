@@ -168,8 +168,27 @@ def test_zero_pe_model_has_zero_position_terms():
             assert v == 0.0, (l, h, k)
 
 
-def test_qk_norm_is_refused_in_one_line():
+def test_qk_norm_blocks_get_distances_but_no_logit_split():
     m = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=16, patch_size=4, embed_dim=32,
-                          depth=1, num_heads=2, qk_norm=True)
-    with pytest.raises(CheckpointError, match="qk_norm"):
-        attention_modules(m)
+                          depth=2, num_heads=2, qk_norm=True)
+    rows, meta = attention_stats(m, torch.randn(2, 3, 16, 16), progress=False)
+    assert meta["decomposed_layers"] == [] and "qk_norm" in meta["not_decomposed"]["0"]
+    assert {k for _, _, k, _ in rows} == {"attn_distance", "attn_prefix_share", "attn_entropy"}
+    with pytest.raises(CheckpointError, match="no .blocks"):
+        attention_modules(torch.nn.Linear(2, 2))
+
+
+def test_the_model_s_own_logits_equal_the_four_terms():
+    """The logits the softmax receives (captured) against the split computed from the hooked tok and PE."""
+    m = strong("mpvg")
+    x = images(4)
+    acts = __import__("pe_probe").capture(m, x)
+    logits = capture_attention(m, x, logits=True)
+    probs = capture_attention(m, x)
+    for l in range(TINY["depth"]):
+        torch.testing.assert_close(torch.softmax(logits[l], -1), probs[l])
+    for l in m.pe_receiving_blocks():
+        tok, pe = acts[f"blocks.{l}.hook_tok"], acts[f"blocks.{l}.hook_pe"].expand(len(x), -1, -1)
+        with torch.no_grad():
+            terms = logit_terms(m.blocks[l].attn, tok, pe)
+        torch.testing.assert_close(sum(terms), logits[l], atol=1e-4, rtol=1e-5)
