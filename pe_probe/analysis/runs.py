@@ -40,6 +40,9 @@ class RunResult:
     history: pd.DataFrame | None = None  #: ``probe_history.csv`` (epoch, layer, metric, value), if recorded
     ablation: pd.DataFrame | None = None  #: ``ablation.csv`` (hook, layer, intervention, metric, value), if computed
     attribution: pd.DataFrame | None = None  #: ``attribution.csv`` (hook, layer, metric, value), if computed
+    attention: pd.DataFrame | None = None  #: ``attention.csv`` (site, pe_kind, layer, head, metric, value), if computed
+    shuffle: pd.DataFrame | None = None  #: ``shuffle.csv`` (block, metric, value), if computed
+    resolution: pd.DataFrame | None = None  #: ``resolution.csv`` (img_size, site, pe_kind, layer, metric, value)
 
     @property
     def display(self) -> str:

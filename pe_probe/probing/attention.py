@@ -35,16 +35,12 @@ from torch.overrides import TorchFunctionMode
 from tqdm.auto import tqdm
 
 from ..core import hook_points as H
+from ..core.attention import ATTENTION_METRICS, LOGIT_METRICS, LOGIT_TERMS, attention_site  # noqa: F401
 from ..core.errors import CheckpointError
 from .adapter import view_model
 from .hooks import eval_inference, recording
 from .inputs import iter_images, open_data
 
-#: Metrics of :func:`attention_stats`, one row per (layer, head).
-ATTENTION_METRICS = ("attn_distance", "attn_prefix_share", "attn_entropy")
-#: Logit-decomposition metrics (blocks whose attention input has an additive PE term).
-LOGIT_TERMS = ("cc", "cp", "pc", "pp")
-LOGIT_METRICS = tuple(f"logit_{t}_ms" for t in LOGIT_TERMS) + ("logit_pos_share",)
 
 
 #: The softmax calls whose input is an attention module's logits (timm calls ``attn.softmax(dim=-1)``; Swin's
@@ -179,8 +175,10 @@ class AttentionStats:
         s["entries"][layer] += t0.shape[0] * (t0.shape[2] - npre) * (t0.shape[3] - npre)
         self.decomposed.add(layer)
 
-    def rows(self) -> list[tuple[int, int, str, float]]:
-        """``(layer, head, metric, value)`` rows of every block (logit terms only where they were measured)."""
+    def rows(self, pe_kinds: dict[int, str] | None = None) -> list[tuple[str, str, int, int, str, float]]:
+        """``(site, pe_kind, layer, head, metric, value)`` rows of every block (:data:`~pe_probe.core.attention.ATTENTION_COLUMNS`;
+        logit terms only where they were measured); ``pe_kinds``: the kind of PE reaching each block (default
+        ``none``)."""
         s = {k: v.numpy() for k, v in self.state.items()}
         out: list[tuple[int, int, str, float]] = []
         for l in range(self.depth):
@@ -194,7 +192,8 @@ class AttentionStats:
                     out += [(l, h, f"logit_{t}_ms", float(v)) for t, v in zip(LOGIT_TERMS, ms)]
                     total = float(ms.sum())
                     out.append((l, h, "logit_pos_share", float(ms[1:].sum()) / total if total > 0 else math.nan))
-        return [(l, h, m, float(v)) for l, h, m, v in out]
+        kinds = pe_kinds or {}
+        return [(attention_site(l), kinds.get(l, "none"), l, h, m, float(v)) for l, h, m, v in out]
 
 
 def capture_attention(model: nn.Module, images: torch.Tensor, *, logits: bool = False) -> dict[int, torch.Tensor]:
@@ -264,9 +263,9 @@ def attention_stats(
     split: str | None = None,
     decompose: bool = True,
     progress: bool = True,
-) -> tuple[list[tuple[int, int, str, float]], dict]:
+) -> tuple[list[tuple[str, str, int, int, str, float]], dict]:
     """Stream ``data`` through ``model`` with its attention unfused and return per-head rows
-    ``(layer, head, metric, value)`` and metadata (``n_images``, ``grid``, ``decomposed_layers``).
+    ``(site, pe_kind, layer, head, metric, value)`` and metadata (``n_images``, ``grid``, ``decomposed_layers``).
 
     ``data`` as for :func:`pe_probe.probe`. ``decompose``: also split the logits of blocks whose attention
     input has an additive PE term (pe_probe layer-wise blocks; block 0 of models that add the PE to the input,
@@ -325,7 +324,10 @@ def attention_stats(
     meta = {"n_images": n, "grid": list(view.grid), "num_prefix_tokens": view.num_prefix_tokens,
             "heads": stats.heads, "decomposed_layers": sorted(stats.decomposed),
             "not_decomposed": {str(l): why for l, why in skipped.items()}}
-    return stats.rows(), meta
+    kinds = {l: "layerwise" for l in (view.receiving_blocks if view.kind == "pe" else [])}
+    if view.input_pe:
+        kinds.setdefault(0, "absolute")
+    return stats.rows(kinds), meta
 
 
 def _not_splittable(attn: nn.Module) -> str:

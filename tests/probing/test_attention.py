@@ -92,7 +92,7 @@ def test_uniform_attention_gives_the_grid_mean_distance():
             blk.attn.qkv.bias.zero_()
     rows, meta = attention_stats(m, images(4), progress=False)
     T = 16 + 1
-    got = {(l, h, k): v for l, h, k, v in rows}
+    got = {(l, h, k): v for _, _, l, h, k, v in rows}
     for l in range(TINY["depth"]):
         for h in range(TINY["num_heads"]):
             assert got[(l, h, "attn_distance")] == pytest.approx(grid_mean_distance(4, 4), abs=1e-9)
@@ -105,7 +105,7 @@ def test_self_attention_only_gives_zero_distance_and_entropy():
     st = AttentionStats(depth=1, heads=2, grid=(3, 3), n_prefix=1)
     eye = torch.eye(10).expand(4, 2, 10, 10)
     st.add_probs(0, eye)
-    got = {(m): v for _, _, m, v in st.rows()}
+    got = {m: v for *_, m, v in st.rows()}
     assert got["attn_distance"] == 0.0 and got["attn_prefix_share"] == 0.0 and got["attn_entropy"] == 0.0
     # all mass on the key one patch to the right (wrapping rows): distance 1 except at the row ends
     st2 = AttentionStats(depth=1, heads=1, grid=(1, 4), n_prefix=0)
@@ -113,7 +113,7 @@ def test_self_attention_only_gives_zero_distance_and_entropy():
     for q in range(4):
         p[0, 0, q, (q + 1) % 4] = 1.0
     st2.add_probs(0, p)
-    assert dict((m, v) for _, _, m, v in st2.rows())["attn_distance"] == pytest.approx((1 + 1 + 1 + 3) / 4)
+    assert {m: v for *_, m, v in st2.rows()}["attn_distance"] == pytest.approx((1 + 1 + 1 + 3) / 4)
 
 
 def test_logit_terms_sum_to_the_logits_and_vanish_without_pe():
@@ -150,7 +150,7 @@ def test_input_pe_split_through_the_first_layernorm():
     torch.testing.assert_close(pos, m.blocks[0].norm1.weight * pe / sigma)
     rows, meta = attention_stats(m, torch.randn(4, 3, 16, 16), progress=False)
     assert meta["decomposed_layers"] == [0]
-    share = [v for l, h, k, v in rows if k == "logit_pos_share"]
+    share = [v for *_, k, v in rows if k == "logit_pos_share"]
     assert len(share) == 2 and all(0 < s < 1 for s in share)
 
 
@@ -163,7 +163,7 @@ def test_zero_pe_model_has_zero_position_terms():
                 blk.pe_norm.bias.zero_()
     rows, meta = attention_stats(m, images(3), progress=False)
     assert set(meta["decomposed_layers"]) == {0, *m.pe_receiving_blocks()}  # block 0: the input PE, split
-    for l, h, k, v in rows:
+    for _, kind, l, h, k, v in rows:
         if k in ("logit_cp_ms", "logit_pc_ms", "logit_pp_ms", "logit_pos_share"):
             assert v == 0.0, (l, h, k)
 
@@ -173,7 +173,7 @@ def test_qk_norm_blocks_get_distances_but_no_logit_split():
                           depth=2, num_heads=2, qk_norm=True)
     rows, meta = attention_stats(m, torch.randn(2, 3, 16, 16), progress=False)
     assert meta["decomposed_layers"] == [] and "qk_norm" in meta["not_decomposed"]["0"]
-    assert {k for _, _, k, _ in rows} == {"attn_distance", "attn_prefix_share", "attn_entropy"}
+    assert {k for *_, k, _ in rows} == {"attn_distance", "attn_prefix_share", "attn_entropy"}
     with pytest.raises(CheckpointError, match="no .blocks"):
         attention_modules(torch.nn.Linear(2, 2))
 
