@@ -17,7 +17,7 @@ PKG = ROOT / "pe_probe"
 #: Floor of each subpackage/module: a module may import pe_probe modules of its own floor or below.
 FLOOR = {
     "_version": 0, "core": 0,
-    "models": 1, "data": 1, "probing": 1, "training": 1,
+    "models": 1, "data": 1, "probing": 1, "training": 1, "families": 1,
     "analysis": 2,
     "figures": 3,
     "pipeline": 4,

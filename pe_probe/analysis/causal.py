@@ -25,7 +25,7 @@ from ..core.io import atomic_path, write_json
 
 @dataclass
 class Attribution:
-    """What :func:`pe_probe.attribute` returns: ``frame`` (``hook, layer, metric, value``; ``frame.attrs``: what was
+    """What :func:`pe_probe.attribute` returns: ``frame`` (``site, pe_kind, layer, metric, value``; ``frame.attrs``: what was
     run, also :attr:`meta`) and per site the per-token attribution maps of the first images, ``(K, h, w)``
     arrays on the patch grid: ``pe_maps`` (to the PE) and ``tok_maps`` (to the tokens)."""
 
@@ -40,14 +40,14 @@ class Attribution:
 
 
 def ablation_frame(result: AblationResult) -> pd.DataFrame:
-    """The tidy frame ``hook, layer, intervention, metric, value`` of an ablation (``attrs``: its meta)."""
+    """The tidy frame ``site, pe_kind, layer, intervention, metric, value`` of an ablation (``attrs``: its meta)."""
     frame = pd.DataFrame(result.rows, columns=list(ABLATION_COLUMNS))
     frame.attrs.update(result.meta)
     return frame
 
 
 def attribution_of(result: AttributionResult) -> Attribution:
-    """The :class:`Attribution` of a result: its tidy frame ``hook, layer, metric, value`` and its maps."""
+    """The :class:`Attribution` of a result: its tidy frame ``site, pe_kind, layer, metric, value`` and its maps."""
     frame = pd.DataFrame(result.rows, columns=list(ATTRIBUTION_COLUMNS))
     frame.attrs.update(result.meta)
     return Attribution(frame, dict(result.pe_maps), dict(result.tok_maps))
@@ -83,7 +83,9 @@ def _read(csv: Path, meta: Path, columns: tuple[str, ...]) -> tuple[pd.DataFrame
     except (OSError, ValueError, pd.errors.ParserError) as exc:
         raise CheckpointError(f"cannot read {csv}: {exc}") from None
     if list(frame.columns) != list(columns):
-        raise CheckpointError(f"{csv} has columns {list(frame.columns)}, expected {list(columns)}")
+        old = "hook" in frame.columns and "site" not in frame.columns
+        raise CheckpointError(f"{csv} has columns {list(frame.columns)}, expected {list(columns)}"
+                              + ("; it was written before PE families (schema 1): measure it again" if old else ""))
     attrs: dict = {}
     if meta.is_file():
         try:

@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     top1 = meta.get("intact_top1")
     print(f"ablated {meta['n_images']} images of {ckpt.data!r} with {meta['model']} (pe_mode={meta['pe_mode']}, "
           f"effect={meta['effect']}" + (f", intact top1 {top1:.4f}" if top1 is not None else "") + f") -> {out}")
-    agree = frame[frame.metric == "agree"].pivot_table(index=["layer", "hook"], columns="intervention",
+    agree = frame[frame.metric == "agree"].pivot_table(index=["layer", "site"], columns="intervention",
                                                         values="value", sort=False)
     for (layer, hook), row in agree.iterrows():
         cells = "  ".join(f"{k} {row[k]:.4f}" for k in args.interventions)

@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     meta, frame = result.meta, result.frame
     print(f"attributed {meta['n_images']} images of {ckpt.data!r} with {meta['model']} (pe_mode={meta['pe_mode']}, "
           f"baseline={meta['baseline']}, n_steps={meta['n_steps']}) -> {out}")
-    wide = frame.pivot_table(index=["layer", "hook"], columns="metric", values="value", sort=False, dropna=False)
+    wide = frame.pivot_table(index=["layer", "site"], columns="metric", values="value", sort=False, dropna=False)
     for (layer, hook), row in wide.iterrows():
         print(f"  layer {int(layer):>3}  {hook:<22} pe_share {row['pe_share']:.4f}  rel_delta {row['rel_delta']:.2g}")
     return 0

@@ -28,9 +28,9 @@ BASELINES = ("zero", "mean")
 TOKEN_BASELINES = ("zero", "keep")
 
 #: Columns of an ablation frame (and of ``ablation.csv``).
-ABLATION_COLUMNS = ("hook", "layer", "intervention", "metric", "value")
+ABLATION_COLUMNS = ("site", "pe_kind", "layer", "intervention", "metric", "value")
 #: Columns of an attribution frame (and of ``attribution.csv``).
-ATTRIBUTION_COLUMNS = ("hook", "layer", "metric", "value")
+ATTRIBUTION_COLUMNS = ("site", "pe_kind", "layer", "metric", "value")
 #: Ablation metrics: accuracy on labelled data, agreement with the intact model's prediction, mean KL divergence.
 ABLATION_METRICS = ("top1", "agree", "kl")
 #: Attribution metrics, per site (docs/causal.md).

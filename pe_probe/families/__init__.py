@@ -87,7 +87,8 @@ def family_for(model: nn.Module, family: str | None = None) -> Family:
         if cls.recognise(model):
             return cls(model)
     raise UnsupportedModelError(
-        f"no PE family reads a {type(model).__name__}; registered: {[c.name for c in families()]}")
+        f"no PE family reads a {type(model).__name__}: it is neither a timm VisionTransformer nor a model another "
+        f"registered family recognises ({', '.join(c.name for c in families())})")
 
 
 __all__ = ["Family", "Site", "Tap", "families", "family_for", "get_family", "register_family", "replace_additive",

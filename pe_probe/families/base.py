@@ -318,6 +318,13 @@ class Family:
                 taps[s.name] = Tap(s.module, "out")
         return taps
 
+    def tap_map(self) -> dict[str, Tap]:
+        """:meth:`taps`, computed once per family instance (recording reads it every batch)."""
+        cached = self.__dict__.get("_tap_map")
+        if cached is None:
+            cached = self._tap_map = self.taps()
+        return cached
+
     def names(self) -> list[str]:
         """Every hook name the model offers, in forward order (:func:`pe_probe.hook_names`).
 
