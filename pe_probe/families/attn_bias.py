@@ -322,7 +322,7 @@ class AttnBiasFamily(Family):
         out: dict[str, np.ndarray] = {}
         with torch.no_grad():
             if self.has_ape:
-                out["pos_embed"] = self.model.pos_embed.detach().double().cpu().numpy()
+                out["pos_embed"] = self.model.pos_embed.detach()[0].double().cpu().numpy()
             if self._sources:
                 src = self._sources[0]
                 if src.owner is not None:

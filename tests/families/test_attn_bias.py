@@ -145,7 +145,8 @@ def _kl_agree(intact: torch.Tensor, edited: torch.Tensor) -> tuple[float, float]
 
 
 def _value(result, site: str, metric: str, intervention: str | None = None) -> float:
-    frame = result.frame() if hasattr(result, "frame") else getattr(result, "frame", result)
+    frame = getattr(result, "frame", result)
+    frame = frame() if callable(frame) else frame  # a result container's .frame(), or a frame
     col = "site" if "site" in frame.columns else "hook"
     rows = frame[(frame[col] == site) & (frame["metric"] == metric)]
     if intervention is not None:
@@ -354,7 +355,8 @@ def test_probe_ablate_attribute_run(key, images):
     model = build(key)
     assert pe_probe.probe(model, images[:4], progress=False) is not None
     abl = pe_probe.ablate(model, images[:4], progress=False)
-    frame = abl.frame() if hasattr(abl, "frame") else abl
+    frame = getattr(abl, "frame", abl)
+    frame = frame() if callable(frame) else frame
     assert set(frame["site" if "site" in frame.columns else "hook"]) >= {H.attn_bias_hook(0)}
     attr = pe_probe.attribute(model, images[:2], n_steps=4, progress=False, batch_size=2, warn_rel_delta=float("inf"))
     assert attr is not None

@@ -123,7 +123,8 @@ def _with(fam, sites, kind, images, perm=None):
 
 
 def _value(result, site: str, metric: str, intervention: str | None = None) -> float:
-    frame = result.frame() if hasattr(result, "frame") else getattr(result, "frame", result)
+    frame = getattr(result, "frame", result)
+    frame = frame() if callable(frame) else frame  # a result container's .frame(), or a frame
     col = "site" if "site" in frame.columns else "hook"
     rows = frame[(frame[col] == site) & (frame["metric"] == metric)]
     if intervention is not None:
@@ -315,7 +316,8 @@ def test_probe_ablate_attribute_run(key, images):
     report = pe_probe.probe(model, images[:4], progress=False)
     assert report is not None
     abl = pe_probe.ablate(model, images[:4], progress=False)
-    frame = abl.frame() if hasattr(abl, "frame") else abl
+    frame = getattr(abl, "frame", abl)
+    frame = frame() if callable(frame) else frame
     assert set(frame[("site" if "site" in frame.columns else "hook")]) >= {H.rope_hook(0), H.rope_hook(1)}
     assert set(frame["intervention"]) == {"zero", "mean", "shuffle"} if MODELS[key][2] else \
         set(frame["intervention"]) == {"zero", "shuffle"}
