@@ -10,9 +10,8 @@ family owns (exact, differentiable, no parameter written).
 Blocks are numbered globally: ``blocks.{0..L-1}`` are the self-attention blocks, ``blocks.{L..}`` the
 class-attention blocks. The stream entering a class-attention block is ``cat(cls, patches)`` (B, 1 + N, D)
 (its ``norm1`` input); since such a block returns the class token only, its ``hook_resid_post`` is read where
-the next reader receives the concatenation (the next block's ``norm1``, else the final norm). As for plain
-timm ViTs, the per-block PE the probe compares with tokens is derived, ``norm1_l(pos_embed)`` (the class
-row NaN in class-attention blocks: the class token has no PE).
+the next reader receives the concatenation (the next block's ``norm1``, else the final norm). Since the
+stream grows from N to 1 + N tokens, no per-block PE is derived for the token-vs-PE statistics.
 """
 
 from __future__ import annotations
@@ -44,9 +43,9 @@ class CaitFamily(Family):
 
     name, pe_kind, priority = "cait", "absolute", 50
     measures = ("the learned pos_embed added to the patch tokens (hook_input_pe): capture, zero/mean/shuffle "
-                "ablation, attribution; derived per-block PEs norm1_l(pos_embed); token norms and stream per block "
-                "(self- then class-attention blocks)")
-    limits = "the class token has no PE (it joins in the class-attention blocks); fixed input size only"
+                "ablation, attribution; token norms and stream per block (self- then class-attention blocks)")
+    limits = ("no per-block hook_pe (the stream grows from N to 1 + N tokens when the class token joins); the class "
+              "token has no PE; fixed input size only")
 
     @classmethod
     def recognise(cls, model: nn.Module) -> bool:
@@ -70,9 +69,7 @@ class CaitFamily(Family):
         self.global_pool = model.global_pool
         self.final_norm = model.norm
         self.input_pe = True
-        self.pe_derived = True
-        self.receiving_blocks = list(range(self.depth))
-        self.uniform = False
+        self.uniform = False  # N tokens in the self-attention blocks, 1 + N in the class-attention ones
         self._hp = HookPoint()
 
     def sites(self, effect: str = "direct") -> list[Site]:
@@ -89,20 +86,9 @@ class CaitFamily(Family):
         return late_class_stream_taps(self, self.n_self)
 
     def derived(self) -> dict:
-        """``hook_pos_embed`` (the table) and each block's derived PE ``norm1_l(pos_embed)`` (class row NaN
-        in the class-attention blocks)."""
+        """``hook_pos_embed``: the table (1, N, D), patch rows only."""
         model = self.model
-
-        def block_pe(i: int) -> torch.Tensor:
-            pos = model.pos_embed
-            if i >= self.n_self:
-                pos = torch.cat([pos.new_full((1, 1, pos.shape[-1]), float("nan")), pos], dim=1)
-            return self.blocks[i].norm1(pos)
-
-        out = {H.POS_EMBED: lambda: model.pos_embed}
-        for i in self.receiving_blocks:
-            out[H.block_hook(i, H.PE)] = (lambda i=i: block_pe(i))
-        return out
+        return {H.POS_EMBED: lambda: model.pos_embed}
 
     def pool(self, x: torch.Tensor) -> torch.Tensor:
         """CaiT's pooling of the final tokens: the class token, or the patch mean for ``avg``."""

@@ -20,13 +20,19 @@ def agree_kl(intact: torch.Tensor, edited: torch.Tensor) -> tuple[float, float]:
     return float((a.argmax(1) == b.argmax(1)).mean()), kl
 
 
+def as_frame(result):
+    """The tidy frame of a result container (``.frame()``), or the frame itself."""
+    return result.frame() if callable(getattr(result, "frame", None)) else getattr(result, "frame", result)
+
+
 def site_col(frame) -> str:
     """The frame's site column (``site``; ``hook`` in frames written before issue 18)."""
-    return "site" if "site" in frame.columns else "hook"
+    return "site" if "site" in as_frame(frame).columns else "hook"
 
 
 def frame_value(frame, site: str, intervention: str, metric: str) -> float:
-    """The one value of ``(site, intervention, metric)`` in an ablation frame."""
+    """The one value of ``(site, intervention, metric)`` in an ablation frame (or result)."""
+    frame = as_frame(frame)
     rows = frame[(frame[site_col(frame)] == site) & (frame["intervention"] == intervention)
                  & (frame["metric"] == metric)]
     assert len(rows) == 1, rows
