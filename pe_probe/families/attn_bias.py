@@ -149,7 +149,8 @@ class AttnBiasFamily(Family):
         self.in_chans = int(pe.proj.in_channels)
         self._sources: list[_Source] = []
         self._res_post = False
-        if "swin" in types and isinstance(model, types["swin"]):
+        self._windows = "swin" in types and isinstance(model, types["swin"])
+        if self._windows:
             self._init_swin(model)
         else:
             self._init_vit(model, beit="beit" in types and isinstance(model, types["beit"]))
@@ -210,9 +211,11 @@ class AttnBiasFamily(Family):
 
     def stream_taps(self) -> dict[str, Tap]:
         """The defaults (``norm1`` in/out), except for res-post blocks (``vit_relpos_*_rpn``: ``norm1`` follows
-        the attention), where the stream is the block's input and the attention reads it as it is."""
+        the attention), where the stream is the block's input and the attention reads it as it is; plus
+        ``hook_pooled`` (the input of ``fc_norm``; Swin: of the head's ``fc``)."""
+        pooled = Tap(self.model.head.fc, "in") if self._windows else Tap(self.model.fc_norm, "in")
         if not self._res_post:
-            return super().stream_taps()
+            return {**super().stream_taps(), H.POOLED: pooled}
         taps: dict[str, Tap] = {}
         for i, blk in enumerate(self.blocks):
             taps[H.block_hook(i, H.RESID_PRE)] = Tap(blk, "in")
@@ -221,7 +224,12 @@ class AttnBiasFamily(Family):
         if self.final_norm is not None:
             taps[H.LAST_LN_IN] = Tap(self.final_norm, "in")
             taps[H.LAST_LN_OUT] = Tap(self.final_norm, "out")
+        taps[H.POOLED] = pooled
         return taps
+
+    def names(self) -> list[str]:
+        """The base order, then ``hook_pooled``."""
+        return super().names() + [H.POOLED]
 
     def pool(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T, D) -> (B, D) as the model's head pools (before its ``fc_norm``): the mean of the patch tokens

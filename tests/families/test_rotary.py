@@ -323,3 +323,23 @@ def test_probe_ablate_attribute_run(key, images):
         set(frame["intervention"]) == {"zero", "shuffle"}
     attr = pe_probe.attribute(model, images[:2], n_steps=4, progress=False, batch_size=2, warn_rel_delta=float("inf"))
     assert attr is not None
+
+
+@pytest.mark.parametrize("key", ["rope_axial", "rope_mixed"])
+def test_attribution_path_ends_at_the_hand_edited_model(key, images):
+    """At a rotary site the integration path runs from the identity rotation to the model's table, tokens kept:
+    ``fdiff`` (mean of f(x) - f(baseline) for the predicted class) equals the target-logit drop of the copy
+    whose block l has no rope, and completeness holds (pe_attr - delta = fdiff, delta small)."""
+    model = build(key)
+    x = images[:4]
+    intact = _logits(model, x)
+    pred = intact.argmax(-1)
+    result = pe_probe.attribute(model, x, n_steps=32, progress=False, batch_size=4)
+    for block in (0, 1):
+        ref = _logits(no_rope(model, block), x)
+        drop = float((intact.gather(1, pred[:, None]) - ref.gather(1, pred[:, None])).mean())
+        site = H.rope_hook(block)
+        assert _value(result, site, "fdiff") == pytest.approx(drop, rel=1e-3, abs=1e-4)
+        assert abs(drop) > 1e-3
+        assert _value(result, site, "pe_abs") > 0
+        assert _value(result, site, "rel_delta") < 0.05
