@@ -1,6 +1,7 @@
 """Attention-bias PE: a position bias added to the attention logits. timm's BEiT (``Beit``: per-block
 ``relative_position_bias_table`` or one shared ``RelativePositionBias``), Swin v1 (``SwinTransformer``: a table
-per block, per window) and ``VisionTransformerRelPos`` (``vit_relpos_*``: ``RelPosBias`` tables or
+per block, per window), Swin v2 (``SwinTransformerV2``: ``16 * sigmoid`` of a continuous-position MLP,
+``cpb_mlp``) and ``VisionTransformerRelPos`` (``vit_relpos_*``: ``RelPosBias`` tables or
 ``RelPosMlp`` MLPs, per block or shared).
 
 Site ``blocks.{l}.attn.hook_attn_bias`` (kind ``attn_bias``, blocks numbered globally across Swin stages): the
@@ -14,16 +15,22 @@ is routed through a :class:`~pe_probe.models.HookPoint` the family owns: the bou
 instance for the duration and deleted in ``finally`` (the attention's forward is not copied and no parameter
 is written). A term expanded to the batch, (B, heads, T, T), is applied per image (Swin: per image's windows).
 
+Swin v2 computes its bias inline in ``WindowAttention.forward``: ``16 * sigmoid(cpb_mlp(coords)[index])``. A
+forward hook on ``cpb_mlp`` forms that bias from the MLP's output (the same three operations) and passes it
+through the HookPoint; only when something replaced it does a forward pre-hook on the attention's ``softmax``
+module add the difference ``b' - b`` to the logits (exact up to float rounding). Its term is the bias after
+``16 * sigmoid``, so ``zero`` removes it; a ``cpb_mlp`` whose output is 0 instead gives the constant bias 8,
+which softmax ignores: the same PE off (tested against that hand edit).
+
 Interventions: ``zero`` is the PE off (no bias: zero table, zero MLP output); ``mean`` replaces the
 patch-by-patch block of each head by its mean (position removed, the offset against the prefix rows kept; for
 a model without prefix tokens softmax ignores that constant, so it equals ``zero`` up to rounding);
 ``shuffle`` moves patches: ``b'[i, j] = b[perm[i], perm[j]]`` over patch indices (Swin: the permutation of
 the window's positions that ``perm`` induces, ``perm[perm < N]``).
 
-Not supported (one line each from the constructor): Swin v2 (its bias is computed inline in
-``WindowAttention.forward``, ``16 * sigmoid(cpb_mlp(...))``, with no method or module returning the (heads,
-N, N) bias, so it cannot be replaced per image), BEiT with both per-block and shared tables, LeViT (conv/BN
-blocks without a token stream in (B, T, D) and ``attention_biases`` cached inside the attention in eval mode).
+Not supported (one line each from the constructor): BEiT with both per-block and shared tables, Swin with an
+absolute PE (``ape=True``), LeViT (conv/BN blocks without a token stream in (B, T, D) and ``attention_biases``
+cached inside the attention in eval mode).
 """
 
 from __future__ import annotations
@@ -46,14 +53,16 @@ from .base import Family, Site, Tap
 
 @dataclass(frozen=True)
 class _Source:
-    """Where block ``l``'s bias comes from: ``owner.method()`` (shadowed during runs) or the keyword
-    ``kwarg`` of ``attn``'s forward. ``windows``: the attention runs on ``B * nW`` windows (Swin)."""
+    """Where block ``l``'s bias comes from: ``owner.method()`` (shadowed during runs), the keyword ``kwarg``
+    of ``attn``'s forward, or (``cpb``, Swin v2) ``attn.cpb_mlp``'s output. ``windows``: the attention runs on
+    ``B * nW`` windows (Swin)."""
 
     attn: nn.Module
     owner: nn.Module | None = None
     method: str = ""
     kwarg: str = ""
     windows: bool = False
+    cpb: bool = False  #: Swin v2: the bias is 16 * sigmoid(cpb_mlp(...)) computed inline in the forward
 
 
 def _types() -> dict[str, type]:
@@ -115,15 +124,15 @@ def mean_bias(bias: torch.Tensor, n_prefix: int) -> torch.Tensor:
 
 @register_family
 class AttnBiasFamily(Family):
-    """BEiT, Swin v1 and vit_relpos: one attention-bias site per block (global numbering across stages)."""
+    """BEiT, Swin v1/v2 and vit_relpos: one attention-bias site per block (global numbering across stages)."""
 
     name = "attn_bias"
     pe_kind = "attn_bias"
     priority = 50
     measures = ("per block the position bias added to the attention logits (blocks.{l}.attn.hook_attn_bias; "
                 "(1, heads, T, T), Swin per window), BEiT's absolute pos_embed where present; token norms, stream")
-    limits = ("Swin v2 and LeViT refused (bias computed inline / cached; no per-image replacement); no derived "
-              "per-block PE (receiving_blocks empty)")
+    limits = ("attribution moves the bias linearly from 0 (tokens kept, no PE share); LeViT refused (conv/BN "
+              "blocks, cached biases); no per-block additive PE (receiving_blocks empty)")
 
     @classmethod
     def recognise(cls, model: nn.Module) -> bool:
@@ -132,11 +141,6 @@ class AttnBiasFamily(Family):
     def __init__(self, model: nn.Module) -> None:
         super().__init__(model)
         types = _types()
-        if "swinv2" in types and isinstance(model, types["swinv2"]):
-            raise self.unsupported(
-                "Swin v2 computes its position bias inline in WindowAttention.forward (16 * sigmoid of cpb_mlp's "
-                "table gathered by relative_position_index); no method or module returns the (heads, N, N) bias, so "
-                "it cannot be captured or replaced per image")
         if "levit" in types and isinstance(model, types["levit"]):
             raise self.unsupported(
                 "LeViT's blocks are conv/BatchNorm residuals with no (B, T, D) token stream or norm1, and its "
@@ -149,7 +153,7 @@ class AttnBiasFamily(Family):
         self.in_chans = int(pe.proj.in_channels)
         self._sources: list[_Source] = []
         self._res_post = False
-        self._windows = "swin" in types and isinstance(model, types["swin"])
+        self._windows = isinstance(model, tuple(types[k] for k in ("swin", "swinv2") if k in types))
         if self._windows:
             self._init_swin(model)
         else:
@@ -169,7 +173,14 @@ class AttnBiasFamily(Family):
         self.has_ape = getattr(model, "absolute_pos_embed", None) is not None
         if self.has_ape:
             raise self.unsupported("Swin with absolute_pos_embed (ape=True) is not supported; only its bias tables")
-        self._sources = [_Source(blk.attn, blk.attn, "_get_rel_pos_bias", windows=True) for blk in self.blocks]
+        merges = sum(not isinstance(getattr(stage, "downsample", None), (nn.Identity, type(None)))
+                     for stage in model.layers)
+        self.final_grid = (self.grid[0] // 2 ** merges, self.grid[1] // 2 ** merges)
+        if "swinv2" in _types() and isinstance(model, _types()["swinv2"]):
+            self._res_post = True  # x + norm1(attn(x)): the attention reads the stream itself
+            self._sources = [_Source(blk.attn, windows=True, cpb=True) for blk in self.blocks]
+        else:
+            self._sources = [_Source(blk.attn, blk.attn, "_get_rel_pos_bias", windows=True) for blk in self.blocks]
 
     def _init_vit(self, model: nn.Module, beit: bool) -> None:
         self.blocks = list(model.blocks)
@@ -217,13 +228,15 @@ class AttnBiasFamily(Family):
         if not self._res_post:
             return {**super().stream_taps(), H.POOLED: pooled}
         taps: dict[str, Tap] = {}
+        flat = self._flat()
         for i, blk in enumerate(self.blocks):
-            taps[H.block_hook(i, H.RESID_PRE)] = Tap(blk, "in")
-            taps[H.block_hook(i, H.TOK)] = Tap(blk.attn, "in")
-            taps[H.block_hook(i, H.RESID_POST)] = Tap(blk, "out")
+            taps[H.block_hook(i, H.RESID_PRE)] = Tap(blk, "in", flatten=flat)
+            # the attention reads the stream as it is (Swin v2: after windowing, so the block's input is read)
+            taps[H.block_hook(i, H.TOK)] = Tap(blk, "in", flatten=flat) if self._windows else Tap(blk.attn, "in")
+            taps[H.block_hook(i, H.RESID_POST)] = Tap(blk, "out", flatten=flat)
         if self.final_norm is not None:
-            taps[H.LAST_LN_IN] = Tap(self.final_norm, "in")
-            taps[H.LAST_LN_OUT] = Tap(self.final_norm, "out")
+            taps[H.LAST_LN_IN] = Tap(self.final_norm, "in", flatten=flat)
+            taps[H.LAST_LN_OUT] = Tap(self.final_norm, "out", flatten=flat)
         taps[H.POOLED] = pooled
         return taps
 
@@ -295,7 +308,9 @@ class AttnBiasFamily(Family):
                         out = out.repeat_interleave(rows["n"] // out.shape[0], dim=0)
                     return out
 
-                if src.kwarg:
+                if src.cpb:
+                    handles += self._route_cpb(src.attn, hp)
+                elif src.kwarg:
                     def pre(module, args, kwargs, route=route, key=src.kwarg):
                         if kwargs.get(key) is None:
                             return None
@@ -312,6 +327,34 @@ class AttnBiasFamily(Family):
                 h.remove()
             for src in shadowed:
                 src.owner.__dict__.pop(src.method, None)
+
+    @staticmethod
+    def _route_cpb(attn: nn.Module, hp: HookPoint) -> list:
+        """Swin v2: a forward hook on ``attn.cpb_mlp`` turns its table into the bias the attention adds,
+        ``16 * sigmoid(table[relative_position_index])`` (1, heads, N, N), and passes it through ``hp``; when
+        something replaced it, a forward pre-hook on ``attn.softmax`` adds the difference to the logits (per
+        image's windows for a (B, ...) term). The model's own bias is left in place otherwise."""
+        state: dict[str, torch.Tensor | None] = {"delta": None}
+
+        def after_cpb(module, args, table):
+            n = attn.window_size[0] * attn.window_size[1]
+            index = attn.relative_position_index.view(-1)
+            bias = table.view(-1, attn.num_heads)[index].view(n, n, -1).permute(2, 0, 1).contiguous()
+            term = (16 * torch.sigmoid(bias)).unsqueeze(0)
+            out = hp(term)
+            state["delta"] = None if out is term else out - term
+            return None
+
+        def before_softmax(module, args):
+            delta, state["delta"] = state["delta"], None
+            if delta is None:
+                return None
+            logits = args[0]
+            if delta.shape[0] > 1:
+                delta = delta.repeat_interleave(logits.shape[0] // delta.shape[0], dim=0)
+            return (logits + delta,) + tuple(args[1:])
+
+        return [attn.cpb_mlp.register_forward_hook(after_cpb), attn.softmax.register_forward_pre_hook(before_softmax)]
 
     def run(self, images: torch.Tensor) -> torch.Tensor:
         """Logits with every site routed through its HookPoint (``pos_embed`` via ``functional_call``)."""
@@ -333,7 +376,18 @@ class AttnBiasFamily(Family):
                 out["pos_embed"] = self.model.pos_embed.detach()[0].double().cpu().numpy()
             if self._sources:
                 src = self._sources[0]
-                if src.owner is not None:
+                if src.cpb:
+                    got: dict[str, torch.Tensor] = {}
+                    hp = HookPoint()
+                    hp.register_forward_hook(lambda m, a, o: got.__setitem__("b", o))
+                    hs = self._route_cpb(src.attn, hp)
+                    try:
+                        src.attn.cpb_mlp(src.attn.relative_coords_table)
+                    finally:
+                        for h in hs:
+                            h.remove()
+                    bias = got["b"]
+                elif src.owner is not None:
                     bias = getattr(src.owner, src.method)()
                 else:
                     shared = self.model.rel_pos_bias if src.kwarg == "shared_rel_pos_bias" else self.model.shared_rel_pos

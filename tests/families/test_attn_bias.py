@@ -36,6 +36,7 @@ MODELS = {
                     2, 1, False, True),
     "beit_ape": ("beit_base_patch16_224", dict(VIT, use_abs_pos_emb=True), 2, 1, True, False),
     "swin": ("swin_tiny_patch4_window7_224", SWIN, 4, 0, False, False),
+    "swinv2": ("swinv2_tiny_window8_256", SWIN, 4, 0, False, False),
     "relpos_mlp": ("vit_relpos_small_patch16_224", VIT, 2, 0, False, False),
     "relpos_bias": ("vit_relpos_small_patch16_224", dict(VIT, rel_pos_type="bias"), 2, 0, False, False),
     "relpos_cls": ("vit_relpos_medium_patch16_cls_224", VIT, 2, 1, False, False),
@@ -54,7 +55,7 @@ def scaled(model: nn.Module, gain: float = 2.0) -> nn.Module:
                 p.fill_(1.0)
             elif "relative_position_bias_table" in n:
                 p.normal_(0, 2.0)
-            elif "rel_pos.mlp.fc2" in n:
+            elif "rel_pos.mlp.fc2" in n or "cpb_mlp.2" in n:
                 p.mul_(10.0)
             elif n.startswith("head"):
                 p.normal_(0, 1.0) if p.ndim >= 2 else p.zero_()
@@ -67,10 +68,20 @@ def scaled(model: nn.Module, gain: float = 2.0) -> nn.Module:
     return model
 
 
+#: Models compared in float64: Swin v2's replacement adds b' - b to the logits, exact up to float rounding,
+#: which the scaled-up random network amplifies past 1e-5 in float32.
+DOUBLE = {"swinv2"}
+
+
 def build(key: str) -> nn.Module:
     name, kwargs = MODELS[key][:2]
     torch.manual_seed(0)
-    return scaled(timm.create_model(name, pretrained=False, **kwargs)).eval()
+    model = scaled(timm.create_model(name, pretrained=False, **kwargs)).eval()
+    return model.double() if key in DOUBLE else model
+
+
+def _like(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    return images.to(next(model.parameters()).dtype)
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +107,8 @@ def zero_bias(owner: nn.Module) -> None:
     with torch.no_grad():
         if getattr(owner, "relative_position_bias_table", None) is not None:
             owner.relative_position_bias_table.zero_()
+        elif hasattr(owner, "cpb_mlp"):  # Swin v2: MLP output 0 -> bias 16 * sigmoid(0) = 8 everywhere, which
+            owner.cpb_mlp[-1].weight.zero_()  # softmax ignores: the bias off
         else:  # RelPosMlp: the last layer's output is the bias (mode 'cr': no activation)
             owner.mlp.fc2.weight.zero_()
             owner.mlp.fc2.bias.zero_()
@@ -128,14 +141,14 @@ def no_bias(model: nn.Module, block: int | None = None) -> nn.Module:
 
 def _logits(model, images):
     with torch.no_grad():
-        return model(images)
+        return model(_like(model, images))
 
 
 def _with(fam, sites, kind, images, perm=None):
     with torch.no_grad(), contextlib.ExitStack() as stack:
         for s in sites:
             stack.enter_context(replaced(s.module, fam.replacement(s, kind, perm)))
-        return fam.run(images)
+        return fam.run(_like(fam.model, images))
 
 
 def _kl_agree(intact: torch.Tensor, edited: torch.Tensor) -> tuple[float, float]:
@@ -188,7 +201,7 @@ def test_capture_is_the_bias_each_attention_adds(key, images):
     handles = [s.module.register_forward_hook(lambda m, a, o, n=s.name: got.__setitem__(n, o)) for s in bias_sites(fam)]
     try:
         with torch.no_grad():
-            routed = fam.run(images)
+            routed = fam.run(_like(model, images))
     finally:
         for h in handles:
             h.remove()
@@ -201,20 +214,41 @@ def test_capture_is_the_bias_each_attention_adds(key, images):
                 want = model.shared_rel_pos.get_bias()
             elif hasattr(attn, "rel_pos"):
                 want = attn.rel_pos.get_bias()
+            elif hasattr(attn, "cpb_mlp"):
+                want = swinv2_bias(model, l, images)
             else:
                 want = attn._get_rel_pos_bias()
             want = want if want.ndim == 4 else want.unsqueeze(0)
-            assert torch.equal(got[H.attn_bias_hook(l)], want)
-            n = (attn.window_area if hasattr(attn, "window_area") else fam.num_tokens)
+            if hasattr(attn, "cpb_mlp"):  # read back from the logits: equal to rounding
+                torch.testing.assert_close(got[H.attn_bias_hook(l)], want, atol=1e-4, rtol=1e-5)
+            else:
+                assert torch.equal(got[H.attn_bias_hook(l)], want)
+            n = attn.window_size[0] * attn.window_size[1] if key.startswith("swin") else fam.num_tokens
             assert want.shape == (1, attn.num_heads, n, n)
 
 
+def swinv2_bias(model: nn.Module, l: int, images: torch.Tensor) -> torch.Tensor:
+    """Block l's bias as the attention logits show it: softmax's input in the model minus that in a copy whose
+    cpb_mlp outputs 0 (bias 16 * sigmoid(0) = 8 everywhere), plus 8; the first window of the first image."""
+    def logits(m):
+        got = []
+        attn = attentions(m)[l]
+        h = attn.softmax.register_forward_pre_hook(lambda mod, a: got.append(a[0]))
+        with torch.no_grad():
+            m(_like(m, images[:1]))
+        h.remove()
+        return got[0]
+    ref = copy.deepcopy(model)
+    zero_bias(attentions(ref)[l])
+    return (logits(model) - logits(ref) + 8)[:1]
+
+
 def test_no_hook_or_shadow_survives_a_run_or_an_error(images):
-    for key in ("beit", "swin", "relpos_shared"):
+    for key in ("beit", "swin", "swinv2", "relpos_shared"):
         model = build(key)
         fam = family_for(model)
         with torch.no_grad():
-            fam.run(images)
+            fam.run(_like(model, images))
         with pytest.raises(RuntimeError), fam.running():
             raise RuntimeError("boom")
         assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
@@ -232,7 +266,7 @@ def test_off_is_a_zeroed_table_or_mlp(key, images):
     assert (ref - _logits(model, images)).abs().max() > 1e-2
 
 
-@pytest.mark.parametrize("key", ["beit", "beit_shared", "swin", "relpos_mlp", "relpos_shared"])
+@pytest.mark.parametrize("key", ["beit", "beit_shared", "swin", "swinv2", "relpos_mlp", "relpos_shared"])
 def test_one_site_off_is_one_block_without_bias(key, images):
     model = build(key)
     fam = family_for(model)
@@ -257,7 +291,7 @@ def permuted_index(model: nn.Module, perm: torch.Tensor, n_prefix: int) -> nn.Mo
     return ref
 
 
-@pytest.mark.parametrize("key", ["beit", "swin", "relpos_bias"])
+@pytest.mark.parametrize("key", ["beit", "swin", "swinv2", "relpos_bias"])
 def test_shuffle_is_a_permuted_position_index(key, images):
     model = build(key)
     fam = family_for(model)
@@ -312,8 +346,6 @@ def test_absolute_site_off_is_a_zeroed_pos_embed(key, images):
 
 
 @pytest.mark.parametrize("name, kwargs, match", [
-    ("swinv2_tiny_window8_256", dict(img_size=32, patch_size=4, embed_dim=16, depths=(2, 2), num_heads=(2, 2),
-                                     window_size=4, num_classes=5), "Swin v2"),
     ("levit_128s", dict(img_size=64, num_classes=5), "LeViT"),
 ])
 def test_unsupported_models_are_refused_in_one_line(name, kwargs, match):
@@ -324,7 +356,7 @@ def test_unsupported_models_are_refused_in_one_line(name, kwargs, match):
 
 
 # ---------------------------------------------------------------------------------------------- through the API
-@pytest.mark.parametrize("key", ["beit", "swin", "relpos_mlp", "relpos_shared"])
+@pytest.mark.parametrize("key", ["beit", "swin", "swinv2", "relpos_mlp", "relpos_shared"])
 def test_ablate_reproduces_the_hand_edited_agreement_and_kl(key, images):
     model = build(key)
     intact = _logits(model, images)
@@ -362,13 +394,13 @@ def test_probe_ablate_attribute_run(key, images):
     assert attr is not None
 
 
-@pytest.mark.parametrize("key", ["beit", "swin", "relpos_shared"])
+@pytest.mark.parametrize("key", ["beit", "swin", "swinv2", "relpos_shared"])
 def test_attribution_path_ends_at_the_hand_edited_model(key, images):
     """At a bias site the path runs from no bias to the model's bias (per image; Swin: per image's windows),
     tokens kept: ``fdiff`` equals the predicted-class logit drop of the copy without that block's bias, and
     completeness holds."""
     model = build(key)
-    x = images[:4]
+    x = _like(model, images[:4])
     intact = _logits(model, x)
     pred = intact.argmax(-1)
     result = pe_probe.attribute(model, x, n_steps=32, progress=False, batch_size=4)
