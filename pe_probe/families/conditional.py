@@ -65,6 +65,7 @@ class ConditionalFamily(Family):
         for s, stage in enumerate(model.blocks):
             pe = model.patch_embeds[s]
             self.block_grid += [(int(pe.H), int(pe.W))] * len(stage)
+        self.final_grid = self.block_grid[-1]  # the grid of the tokens the final norm sees
         self._peg_hp = nn.ModuleList(HookPoint() for _ in model.pos_block)
 
     def sites(self, effect: str = "direct") -> list[Site]:

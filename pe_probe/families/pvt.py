@@ -55,6 +55,12 @@ class PvtV2Family(Family):
         self.in_chans = int(pe.proj.in_channels)
         self.global_pool = "avg"
         self.final_norm = model.stages[-1].norm
+        h, w = self.grid
+        for stage in model.stages[1:]:  # each later stage downsamples with a stride-2 overlapping conv
+            c = stage.downsample.proj
+            h = conv_stride_out(h, c.kernel_size[0], c.stride[0], c.padding[0])
+            w = conv_stride_out(w, c.kernel_size[1], c.stride[1], c.padding[1])
+        self.final_grid = (h, w)  # the grid of the tokens the final norm sees
         self.uniform = False
 
     def pool(self, x: torch.Tensor) -> torch.Tensor:

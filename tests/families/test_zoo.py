@@ -362,6 +362,20 @@ def test_probe_gives_a_report(case):
     report = pe_probe.probe(m, images(4), progress=False)
     assert report.meta.get("pe_kind", c.pe_kind) == c.pe_kind
     assert report.meta.get("family", c.family) == c.family
+    fam = family_for(m)
+    for i in range(fam.depth):  # universal quantities at every global block, pe_kind none included
+        assert f"resid_norm@{i}" in report.arrays
+    if fam.final_norm is not None:  # per-token norm maps on the grid of the tokens the final norm sees
+        seen = {}
+        h = fam.final_norm.register_forward_hook(lambda mod, a, out: seen.__setitem__("T", out.shape[1]))
+        try:
+            with torch.no_grad():
+                fam.run(images(1))
+        finally:
+            h.remove()
+        gh, gw = getattr(fam, "final_grid", None) or fam.grid
+        assert gh * gw == seen["T"] - fam.num_prefix_tokens
+        assert report.arrays["norm_before"].shape[1:] == (gh, gw)
 
 
 def test_pvt_v2_has_no_pe_site_to_ablate():
