@@ -75,12 +75,14 @@ class LayerwiseFamily(Family):
     def sites(self, effect: str = "direct") -> list[Site]:  # noqa: D102
         m: PEVisionTransformer = self.model
         npre = self.num_prefix_tokens
-        total_input = Site(H.POS_EMBED, "layerwise", H.INPUT, m.hook_pos_embed, tok=m.patch_embed, n_prefix=npre,
+        # the input term is an absolute PE (x_0 = p + pos_0, as in any timm ViT); the block and Last-LN terms are
+        # the layer-wise ones
+        total_input = Site(H.POS_EMBED, "absolute", H.INPUT, m.hook_pos_embed, tok=m.patch_embed, n_prefix=npre,
                            note="pos_0 everywhere it is read (input and the PE chain)")
         sites: list[Site] = []
         if self.input_pe:
             sites.append(total_input if effect == "total" else
-                         Site(H.INPUT_PE, "layerwise", H.INPUT, m.hook_input_pe, tok=m.patch_embed, n_prefix=npre,
+                         Site(H.INPUT_PE, "absolute", H.INPUT, m.hook_input_pe, tok=m.patch_embed, n_prefix=npre,
                               note="the PE added to the input, x_0 = p + pos_0"))
         for i in self.receiving_blocks:
             blk = m.blocks[i]
@@ -102,7 +104,7 @@ class LayerwiseFamily(Family):
         total = [s for s in self.sites("total") if s.name == H.POS_EMBED]
         if not total:  # input_add=False: pos_0 still feeds the chain
             m = self.model
-            total = [Site(H.POS_EMBED, "layerwise", H.INPUT, m.hook_pos_embed, tok=m.patch_embed,
+            total = [Site(H.POS_EMBED, "absolute", H.INPUT, m.hook_pos_embed, tok=m.patch_embed,
                           n_prefix=self.num_prefix_tokens)]
         return total + [s for s in sites if s.name != H.POS_EMBED]
 
