@@ -1,8 +1,8 @@
 """Attention-bias PE: a position bias added to the attention logits. timm's BEiT (``Beit``: per-block
 ``relative_position_bias_table`` or one shared ``RelativePositionBias``), Swin v1 (``SwinTransformer``: a table
 per block, per window), Swin v2 (``SwinTransformerV2``: ``16 * sigmoid`` of a continuous-position MLP,
-``cpb_mlp``) and ``VisionTransformerRelPos`` (``vit_relpos_*``: ``RelPosBias`` tables or
-``RelPosMlp`` MLPs, per block or shared).
+``cpb_mlp``), ``VisionTransformerRelPos`` (``vit_relpos_*``: ``RelPosBias`` tables or ``RelPosMlp`` MLPs, per
+block or shared) and the linear LeViT (``Levit``: ``attention_biases`` gathered by ``get_attention_biases``).
 
 Site ``blocks.{l}.attn.hook_attn_bias`` (kind ``attn_bias``, blocks numbered globally across Swin stages): the
 bias block ``l`` adds to its attention logits, ``(1, heads, T, T)`` (BEiT, vit_relpos: T tokens, prefix rows
@@ -28,9 +28,14 @@ a model without prefix tokens softmax ignores that constant, so it equals ``zero
 ``shuffle`` moves patches: ``b'[i, j] = b[perm[i], perm[j]]`` over patch indices (Swin: the permutation of
 the window's positions that ``perm`` induces, ``perm[perm < N]``).
 
+LeViT: sites are the biases of its ``LevitBlock`` attentions (blocks numbered across stages; the stream is the
+block input, which the attention reads without a norm); the biases of the stage-changing
+``AttentionDownsample`` (queries on the coarser grid) are not sites. timm caches the gathered biases in eval
+mode; the shadowed ``get_attention_biases`` routes the cached value, which equals the gathered one.
+
 Not supported (one line each from the constructor): BEiT with both per-block and shared tables, Swin with an
-absolute PE (``ape=True``), LeViT (conv/BN blocks without a token stream in (B, T, D) and ``attention_biases``
-cached inside the attention in eval mode).
+absolute PE (``ape=True``), ``levit_conv_*`` (tokens kept as (B, C, H, W) maps), ``swinv2_cr_*`` (not
+recognised: another class).
 """
 
 from __future__ import annotations
@@ -124,15 +129,15 @@ def mean_bias(bias: torch.Tensor, n_prefix: int) -> torch.Tensor:
 
 @register_family
 class AttnBiasFamily(Family):
-    """BEiT, Swin v1/v2 and vit_relpos: one attention-bias site per block (global numbering across stages)."""
+    """BEiT, Swin v1/v2, vit_relpos and LeViT: one attention-bias site per block (global numbering across stages)."""
 
     name = "attn_bias"
     pe_kind = "attn_bias"
     priority = 50
     measures = ("per block the position bias added to the attention logits (blocks.{l}.attn.hook_attn_bias; "
                 "(1, heads, T, T), Swin per window), BEiT's absolute pos_embed where present; token norms, stream")
-    limits = ("attribution moves the bias linearly from 0 (tokens kept, no PE share); LeViT refused (conv/BN "
-              "blocks, cached biases); no per-block additive PE (receiving_blocks empty)")
+    limits = ("attribution moves the bias linearly from 0 (tokens kept, no PE share); LeViT's downsampling "
+              "attention biases are not sites; levit_conv_* refused; no per-block additive PE (receiving_blocks empty)")
 
     @classmethod
     def recognise(cls, model: nn.Module) -> bool:
@@ -141,18 +146,21 @@ class AttnBiasFamily(Family):
     def __init__(self, model: nn.Module) -> None:
         super().__init__(model)
         types = _types()
-        if "levit" in types and isinstance(model, types["levit"]):
-            raise self.unsupported(
-                "LeViT's blocks are conv/BatchNorm residuals with no (B, T, D) token stream or norm1, and its "
-                "attention_biases are cached inside the attention in eval mode; not supported")
+        self._sources: list[_Source] = []
+        self._res_post = False
+        self._windows = False
+        self._levit = "levit" in types and isinstance(model, types["levit"])
+        if self._levit:
+            self._init_levit(model)
+            self._hp = nn.ModuleList([HookPoint() for _ in self._sources])
+            self._ape_hp = HookPoint()
+            return
         pe = getattr(model, "patch_embed", None)
         if pe is None or getattr(pe, "img_size", None) is None:
             raise self.unsupported("the model has no fixed input size (patch_embed.img_size)")
         self.grid = tuple(int(g) for g in pe.grid_size)
         self.img_size = tuple(int(s) for s in pe.img_size)
         self.in_chans = int(pe.proj.in_channels)
-        self._sources: list[_Source] = []
-        self._res_post = False
         self._windows = isinstance(model, tuple(types[k] for k in ("swin", "swinv2") if k in types))
         if self._windows:
             self._init_swin(model)
@@ -160,6 +168,29 @@ class AttnBiasFamily(Family):
             self._init_vit(model, beit="beit" in types and isinstance(model, types["beit"]))
         self._hp = nn.ModuleList([HookPoint() for _ in self._sources])
         self._ape_hp = HookPoint()
+
+    def _init_levit(self, model: nn.Module) -> None:
+        if model.use_conv:
+            raise self.unsupported("levit_conv_* keeps its tokens as (B, C, H, W) feature maps; only the linear "
+                                   "LeViT (tokens (B, N, C)) is supported")
+        if model.global_pool != "avg":
+            raise self.unsupported(f"global_pool={model.global_pool!r}; the family pools LeViT tokens by their mean")
+        self.blocks = [blk for stage in model.stages for blk in stage.blocks]
+        first = self.blocks[0].attn
+        stride = int(model.stem.stride)
+        self.grid = tuple(int(r) for r in first.resolution)
+        self.img_size = (self.grid[0] * stride, self.grid[1] * stride)
+        self.in_chans = int(model.in_chans)
+        self.embed_dim = int(model.num_features)
+        self.num_prefix_tokens = 0
+        self.global_pool = "avg"
+        self.final_norm = None
+        self.uniform = False
+        self.has_ape = False
+        self._res_post = True  # x + attn(x): no norm before the attention, which reads the stream itself
+        self._sources = [_Source(blk.attn, blk.attn, "get_attention_biases") for blk in self.blocks]
+        last = self.blocks[-1].attn.resolution
+        self.final_grid = (int(last[0]), int(last[1]))
 
     def _init_swin(self, model: nn.Module) -> None:
         self.blocks = [blk for stage in model.layers for blk in stage.blocks]
@@ -224,7 +255,8 @@ class AttnBiasFamily(Family):
         """The defaults (``norm1`` in/out), except for res-post blocks (``vit_relpos_*_rpn``: ``norm1`` follows
         the attention), where the stream is the block's input and the attention reads it as it is; plus
         ``hook_pooled`` (the input of ``fc_norm``; Swin: of the head's ``fc``)."""
-        pooled = Tap(self.model.head.fc, "in") if self._windows else Tap(self.model.fc_norm, "in")
+        pooled = Tap(self.model.head.fc, "in") if self._windows else \
+            Tap(self.model.head, "in") if self._levit else Tap(self.model.fc_norm, "in")
         if not self._res_post:
             return {**super().stream_taps(), H.POOLED: pooled}
         taps: dict[str, Tap] = {}
@@ -319,7 +351,8 @@ class AttnBiasFamily(Family):
                 else:
                     handles.append(src.attn.register_forward_pre_hook(record, with_kwargs=True))
                     original = getattr(src.owner, src.method)
-                    object.__setattr__(src.owner, src.method, lambda original=original, route=route: route(original()))
+                    object.__setattr__(src.owner, src.method,
+                                       lambda *a, original=original, route=route: route(original(*a)))
                     shadowed.append(src)
             yield
         finally:
@@ -388,7 +421,8 @@ class AttnBiasFamily(Family):
                             h.remove()
                     bias = got["b"]
                 elif src.owner is not None:
-                    bias = getattr(src.owner, src.method)()
+                    args = (src.owner.attention_biases.device,) if self._levit else ()
+                    bias = getattr(src.owner, src.method)(*args)
                 else:
                     shared = self.model.rel_pos_bias if src.kwarg == "shared_rel_pos_bias" else self.model.shared_rel_pos
                     bias = shared() if src.kwarg == "shared_rel_pos_bias" else shared.get_bias()

@@ -346,7 +346,7 @@ def test_absolute_site_off_is_a_zeroed_pos_embed(key, images):
 
 
 @pytest.mark.parametrize("name, kwargs, match", [
-    ("levit_128s", dict(img_size=64, num_classes=5), "LeViT"),
+    ("levit_conv_128s", dict(img_size=64, num_classes=5), "levit_conv"),
 ])
 def test_unsupported_models_are_refused_in_one_line(name, kwargs, match):
     model = timm.create_model(name, pretrained=False, **kwargs)
@@ -412,3 +412,120 @@ def test_attribution_path_ends_at_the_hand_edited_model(key, images):
         assert abs(drop) > 1e-3
         assert _value(result, site, "pe_abs") > 0
         assert _value(result, site, "rel_delta") < 0.05
+
+
+# ---------------------------------------------------------------------------------------------- LeViT
+LEVIT = dict(img_size=64, num_classes=5, embed_dim=(32, 48), depth=(1, 1), num_heads=(2, 2), key_dim=8)
+
+
+def build_levit(distilled: bool = False) -> nn.Module:
+    """A tiny linear LeViT (two stages, one block each, 4x4 then 2x2 tokens): its residual projections' BNs
+    start at 0, so they are set to 1; biases N(0, 3), matrices x2, head x20 (the bias changes the logits)."""
+    torch.manual_seed(0)
+    model = timm.create_model("levit_128s", pretrained=False, distilled=distilled, **LEVIT)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "attention_biases" in n:
+                p.normal_(0, 3.0)
+            elif n.endswith("bn.weight") and float(p.abs().max()) == 0:
+                p.fill_(1.0)
+            elif n.startswith("head") and p.ndim >= 2:
+                p.mul_(20.0)
+            elif p.ndim >= 2:
+                p.mul_(2.0)
+    return model.eval()
+
+
+def levit_blocks(model: nn.Module) -> list[nn.Module]:
+    return [b for stage in model.stages for b in stage.blocks]
+
+
+def levit_copy(model: nn.Module, edit) -> nn.Module:
+    """A copy with ``edit(attn)`` applied to every block's attention (caches cleared: timm caches the biases in
+    eval mode)."""
+    ref = copy.deepcopy(model)
+    with torch.no_grad():
+        for i, blk in enumerate(levit_blocks(ref)):
+            edit(i, blk.attn)
+    for m in ref.modules():
+        if hasattr(m, "attention_bias_cache"):
+            m.attention_bias_cache = {}
+    return ref
+
+
+@pytest.fixture(scope="module")
+def images64() -> torch.Tensor:
+    return torch.randn(8, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+
+
+def test_levit_sites_and_capture(images64):
+    model = build_levit()
+    fam = family_for(model)
+    assert isinstance(fam, AttnBiasFamily) and fam.grid == (4, 4) and fam.img_size == (64, 64)
+    assert [s.name for s in fam.sites()] == [H.attn_bias_hook(0), H.attn_bias_hook(1)]
+    assert set(s.name for s in fam.sites()) <= set(pe_probe.hook_names(model))
+    got = {}
+    hs = [s.module.register_forward_hook(lambda m, a, o, n=s.name: got.__setitem__(n, o)) for s in fam.sites()]
+    with torch.no_grad():
+        routed = fam.run(images64)
+    for h in hs:
+        h.remove()
+    assert torch.equal(routed, _logits(model, images64))
+    for l, blk in enumerate(levit_blocks(model)):
+        attn = blk.attn
+        assert torch.equal(got[H.attn_bias_hook(l)], attn.attention_biases[:, attn.attention_bias_idxs].unsqueeze(0))
+
+
+@pytest.mark.parametrize("which", [None, 0, 1])
+def test_levit_off_is_zeroed_attention_biases(which, images64):
+    model = build_levit()
+    fam = family_for(model)
+    sites = fam.sites() if which is None else fam.find_sites(select=[H.attn_bias_hook(which)])
+    got = _with(fam, sites, "zero", images64)
+    ref = levit_copy(model, lambda i, a: a.attention_biases.zero_() if which in (None, i) else None)
+    want = _logits(ref, images64)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert (want - _logits(model, images64)).abs().max() > 1e-2
+
+
+def test_levit_shuffle_is_a_permuted_bias_index(images64):
+    model = build_levit()
+    fam = family_for(model)
+    perm = torch.randperm(16, generator=torch.Generator().manual_seed(3))
+    got = _with(fam, fam.sites(), "shuffle", images64, perm)
+
+    def permute(i, attn):
+        n = attn.attention_bias_idxs.shape[0]
+        p = window_perm(perm, n)
+        attn.attention_bias_idxs = attn.attention_bias_idxs[p][:, p].contiguous()
+
+    want = _logits(levit_copy(model, permute), images64)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert (want - _logits(model, images64)).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("distilled", [False, True])
+def test_levit_through_the_api(distilled, images64):
+    model = build_levit(distilled)
+    intact = _logits(model, images64)
+    assert pe_probe.probe(model, images64[:4], progress=False) is not None
+    result = pe_probe.ablate(model, images64, ["zero"], progress=False)
+    attr = pe_probe.attribute(model, images64[:4], n_steps=32, progress=False, batch_size=4)
+    pred = intact[:4].argmax(-1)
+    for l in (0, 1):
+        ref = _logits(levit_copy(model, lambda i, a: a.attention_biases.zero_() if i == l else None), images64)
+        kl, agree = _kl_agree(intact, ref)
+        site = H.attn_bias_hook(l)
+        assert _value(result, site, "kl", "zero") == pytest.approx(kl, rel=1e-4, abs=1e-7)
+        assert _value(result, site, "agree", "zero") == pytest.approx(agree)
+        drop = float((intact[:4].gather(1, pred[:, None]) - ref[:4].gather(1, pred[:, None])).mean())
+        assert _value(attr, site, "fdiff") == pytest.approx(drop, rel=1e-3, abs=1e-4)
+        assert _value(attr, site, "rel_delta") < 0.05
+
+
+def test_levit_zero_biases_get_zero_pe_share(images64):
+    model = levit_copy(build_levit(), lambda i, a: a.attention_biases.zero_())
+    result = pe_probe.attribute(model, images64[:4], n_steps=8, progress=False, batch_size=4)
+    for l in (0, 1):
+        assert _value(result, H.attn_bias_hook(l), "pe_abs") == 0.0
+        assert _value(result, H.attn_bias_hook(l), "pe_attr") == 0.0
