@@ -55,3 +55,21 @@ def patch_rows(x: torch.Tensor, n_prefix: int) -> tuple[torch.Tensor, torch.Tens
 def conv_stride_out(size: int, kernel: int, stride: int, padding: int) -> int:
     """Output length of a convolution (timm's patch embeddings with overlap)."""
     return (size + 2 * padding - kernel) // stride + 1
+
+
+class PooledTap:
+    """Mixin for the zoo families: ``hook_pooled``, the pooled features entering the head (B, D), read at the
+    input of ``self.pooled_module`` (set by the family's ``__init__``: the module right after the pooling)."""
+
+    pooled_module: nn.Module
+
+    def stream_taps(self):  # noqa: D102 - the family's taps plus hook_pooled
+        from ..core import hook_points as H
+        from .base import Tap
+
+        return {**super().stream_taps(), H.POOLED: Tap(self.pooled_module, "in")}
+
+    def names(self) -> list[str]:  # noqa: D102 - the family's names, then hook_pooled
+        from ..core import hook_points as H
+
+        return super().names() + [H.POOLED]

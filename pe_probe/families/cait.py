@@ -24,13 +24,13 @@ from torch.func import functional_call
 from ..core import hook_points as H
 from ..models import HookPoint
 from . import register_family
+from ._zoo import PooledTap
 from .base import Family, Site, Tap
 
 
-def late_class_stream_taps(family: Family, n_self: int) -> dict[str, Tap]:
-    """:meth:`Family.stream_taps` for models whose blocks ``n_self..`` are class-attention blocks returning
-    the class token only: their ``hook_resid_post`` is the next reader's input (a (B, 1 + N, D) stream)."""
-    taps = Family.stream_taps(family)
+def late_class_stream_taps(family: Family, n_self: int, taps: dict[str, Tap]) -> dict[str, Tap]:
+    """``taps`` (a family's stream taps) for models whose blocks ``n_self..`` are class-attention blocks
+    returning the class token only: their ``hook_resid_post`` is the next reader's input ((B, 1 + N, D))."""
     readers = [blk.norm1 for blk in family.blocks[1:]] + [family.final_norm]
     for i in range(n_self, family.depth):
         taps[H.block_hook(i, H.RESID_POST)] = Tap(readers[i], "in")
@@ -38,7 +38,7 @@ def late_class_stream_taps(family: Family, n_self: int) -> dict[str, Tap]:
 
 
 @register_family
-class CaitFamily(Family):
+class CaitFamily(PooledTap, Family):
     """CaiT: ``hook_input_pe`` (kind ``absolute``, patch rows only); class token from the class-attention blocks."""
 
     name, pe_kind, priority = "cait", "absolute", 50
@@ -68,6 +68,7 @@ class CaitFamily(Family):
         self.in_chans = int(pe.proj.in_channels)
         self.global_pool = model.global_pool
         self.final_norm = model.norm
+        self.pooled_module = model.head_drop
         self.input_pe = True
         self.uniform = False  # N tokens in the self-attention blocks, 1 + N in the class-attention ones
         self._hp = HookPoint()
@@ -83,7 +84,7 @@ class CaitFamily(Family):
 
     def stream_taps(self) -> dict[str, Tap]:
         """Default taps; a class-attention block's ``hook_resid_post`` is the next reader's (B, 1 + N, D) input."""
-        return late_class_stream_taps(self, self.n_self)
+        return late_class_stream_taps(self, self.n_self, super().stream_taps())
 
     def derived(self) -> dict:
         """``hook_pos_embed``: the table (1, N, D), patch rows only."""

@@ -19,12 +19,12 @@ from torch import nn
 from ..core import hook_points as H
 from ..models import HookPoint
 from . import register_family
-from ._zoo import hooked
+from ._zoo import PooledTap, hooked
 from .base import Family, Site
 
 
 @register_family
-class ConditionalFamily(Family):
+class ConditionalFamily(PooledTap, Family):
     """Twins PCPVT/SVT: one PEG site per stage, ``pos_block.{s}.hook_peg`` (kind ``conditional``)."""
 
     name, pe_kind, priority = "conditional", "conditional", 50
@@ -60,6 +60,7 @@ class ConditionalFamily(Family):
         self.in_chans = int(pe0.proj.in_channels)
         self.global_pool = "avg"
         self.final_norm = model.norm
+        self.pooled_module = model.head_drop
         self.uniform = False
         self.block_grid = []  # (H, W) of the tokens each block sees
         for s, stage in enumerate(model.blocks):

@@ -22,12 +22,12 @@ from torch import nn
 from ..core import hook_points as H
 from ..models import HookPoint
 from . import register_family
-from ._zoo import hooked
+from ._zoo import PooledTap, hooked
 from .base import Family, Site
 
 
 @register_family
-class HieraFamily(Family):
+class HieraFamily(PooledTap, Family):
     """Hiera: ``hook_input_pe`` (raster order, before the unroll); universal quantities per global block."""
 
     name, pe_kind, priority = "hiera", "absolute", 50
@@ -56,6 +56,7 @@ class HieraFamily(Family):
         self.in_chans = int(model.in_chans)
         self.global_pool = str(pool)
         self.final_norm = None
+        self.pooled_module = model.head.norm
         self.uniform = False
         self.input_pe = True
         self._hp = HookPoint()

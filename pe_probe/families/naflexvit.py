@@ -23,12 +23,12 @@ from torch import nn
 from ..core import hook_points as H
 from ..models import HookPoint
 from . import register_family
-from ._zoo import hooked, input_size
+from ._zoo import PooledTap, hooked, input_size
 from .base import Family, Site
 
 
 @register_family
-class NaFlexVitFamily(Family):
+class NaFlexVitFamily(PooledTap, Family):
     """NaFlexViT in image mode: ``hook_input_pe`` (the resized table the patch tokens receive)."""
 
     name, pe_kind, priority = "naflexvit", "absolute", 50
@@ -60,6 +60,7 @@ class NaFlexVitFamily(Family):
         self.in_chans = int(model.in_chans)
         self.global_pool = model.global_pool
         self.final_norm = None if isinstance(model.norm, nn.Identity) else model.norm
+        self.pooled_module = model.fc_norm
         self.input_pe = emb.pos_embed_type != "none"
         if not self.input_pe:
             self.pe_kind = "none"

@@ -16,12 +16,12 @@ from timm.models.pvt_v2 import PyramidVisionTransformerV2
 from torch import nn
 
 from . import register_family
-from ._zoo import conv_stride_out, input_size
+from ._zoo import PooledTap, conv_stride_out, input_size
 from .base import Family
 
 
 @register_family
-class PvtV2Family(Family):
+class PvtV2Family(PooledTap, Family):
     """PVT-v2: no PE site; universal quantities for every global block."""
 
     name, pe_kind, priority = "pvt_v2", "none", 50
@@ -55,6 +55,7 @@ class PvtV2Family(Family):
         self.in_chans = int(pe.proj.in_channels)
         self.global_pool = "avg"
         self.final_norm = model.stages[-1].norm
+        self.pooled_module = model.head_drop
         h, w = self.grid
         for stage in model.stages[1:]:  # each later stage downsamples with a stride-2 overlapping conv
             c = stage.downsample.proj

@@ -20,12 +20,12 @@ from torch import nn
 from ..core import hook_points as H
 from ..models import HookPoint
 from . import register_family
-from ._zoo import hooked
+from ._zoo import PooledTap, hooked
 from .base import Family, Site
 
 
 @register_family
-class XcitFamily(Family):
+class XcitFamily(PooledTap, Family):
     """XCiT: ``hook_input_pe`` (the Fourier encoding's output, kind ``absolute``); none without ``pos_embed``."""
 
     name, pe_kind, priority = "xcit", "absolute", 50
@@ -53,6 +53,7 @@ class XcitFamily(Family):
         self.in_chans = int(model.in_chans)
         self.global_pool = model.global_pool
         self.final_norm = model.norm
+        self.pooled_module = model.head_drop
         self.uniform = False
         self.input_pe = model.pos_embed is not None
         if not self.input_pe:

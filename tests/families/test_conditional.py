@@ -210,3 +210,19 @@ def test_unsupported_pooling_is_one_line():
     m = twins(global_pool="")
     with pytest.raises(UnsupportedModelError, match=r"^conditional family: global_pool='' gives no pooled features"):
         family_for(m)
+
+
+def test_hook_pooled_is_the_mean_of_the_final_norm_tokens():
+    m, x = twins(scale=3.0), images(2)
+    fam = family_for(m)
+    assert pe_probe.hook_names(m)[-1] == H.POOLED
+    taps, got = fam.stream_taps(), {}
+    hooks = [taps[H.POOLED].module.register_forward_pre_hook(lambda mod, a: got.__setitem__("pooled", a[0])),
+             m.norm.register_forward_hook(lambda mod, a, out: got.__setitem__("final", out))]
+    try:
+        with torch.no_grad():
+            fam.run(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    torch.testing.assert_close(got["pooled"], got["final"].mean(dim=1), rtol=0, atol=0)

@@ -244,6 +244,29 @@ def test_global_blocks_and_the_stream_each_receives(case):
     assert fam.uniform == (len({tuple(v.shape[1:]) for v in mine.values()}) == 1)
 
 
+@pytest.mark.parametrize("case", list(CASES))
+def test_hook_pooled_is_what_the_head_pools_from_the_final_tokens(case):
+    m, x = CASES[case].build(), images(2)
+    fam = family_for(m)
+    assert pe_probe.hook_names(m)[-1] == H.POOLED
+    taps, got = fam.stream_taps(), {}
+    final = taps[H.LAST_LN_OUT] if fam.final_norm is not None else taps[H.block_hook(fam.depth - 1, H.RESID_POST)]
+    pooled = taps[H.POOLED]
+    hooks = [pooled.module.register_forward_pre_hook(lambda mod, a: got.__setitem__("pooled", pooled.read(a, {}, None))),
+             final.module.register_forward_hook(lambda mod, a, out: got.__setitem__("final", final.read(a, {}, out)))
+             if final.side == "out" else
+             final.module.register_forward_pre_hook(lambda mod, a: got.__setitem__("final", final.read(a, {}, None)))]
+    try:
+        with torch.no_grad():
+            fam.run(x)
+            hand = fam.pool(got["final"])
+    finally:
+        for h in hooks:
+            h.remove()
+    assert got["pooled"].shape == (2, m.num_features)
+    torch.testing.assert_close(got["pooled"], hand, rtol=1e-6, atol=1e-6)
+
+
 def test_cait_class_attention_resid_post_is_the_concatenated_stream():
     m, x = strong(cait()), images(2)
     fam = family_for(m)
