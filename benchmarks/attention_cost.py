@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             model = timm.create_model(args.model, pe_mode=args.pe_mode, **(TINY_KWARGS if args.tiny else {})).eval()
         size = model.patch_embed.img_size
         x = torch.randn(args.batch_size, 3, *size)
-        mods = attention_modules(model)
+        mods, _ = attention_modules(model)
 
         def plain():
             with torch.inference_mode():

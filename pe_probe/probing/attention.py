@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from ..core import hook_points as H
 from ..core.attention import ATTENTION_METRICS, LOGIT_METRICS, LOGIT_TERMS, attention_site  # noqa: F401
-from ..core.errors import CheckpointError
+from ..core.errors import CheckpointError, DataError
 from .adapter import view_model
 from .hooks import eval_inference, recording
 from .inputs import iter_images, open_data
@@ -48,24 +48,31 @@ from .inputs import iter_images, open_data
 _SOFTMAX = (torch.Tensor.softmax, torch.softmax, F.softmax)
 
 
-def attention_modules(model: nn.Module) -> list[nn.Module]:
-    """The attention module of each block of ``model`` (``blocks[i].attn``), in block order.
+def attention_modules(model: nn.Module) -> tuple[list[nn.Module | None], dict[int, str]]:
+    """The attention module of each block of ``model`` in global block order (its PE family's
+    :attr:`~pe_probe.families.Family.blocks`), and why a block has none that can be read (``{layer: reason}``).
 
-    Any module with timm's ``fused_attn`` flag, ``num_heads`` and ``scale`` is read (its logits are the input of
-    the softmax it calls once its fused path is off); any other block raises :class:`CheckpointError` naming it.
+    A block's ``attn`` is read when it has timm's ``fused_attn`` flag, ``num_heads`` and ``scale``: its logits
+    are then the input of the softmax it calls once its fused path is off. Other blocks (cross-covariance
+    attention, class-attention-only blocks without them, ...) are listed with the reason; a model none of
+    whose blocks can be read raises :class:`CheckpointError` in one line.
     """
-    blocks = getattr(model, "blocks", None)
-    if blocks is None:
-        raise CheckpointError(f"{type(model).__name__} has no .blocks; attention statistics read ViT blocks")
-    mods = []
-    for i, blk in enumerate(blocks):
+    fam = view_model(model)
+    mods: list[nn.Module | None] = []
+    why: dict[int, str] = {}
+    for i, blk in enumerate(fam.blocks):
         attn = getattr(blk, "attn", None)
         missing = [a for a in ("num_heads", "scale", "fused_attn") if not hasattr(attn, a)]
         if attn is None or missing:
-            raise CheckpointError(f"block {i}'s attention ({type(attn).__name__}) is not a timm multi-head attention "
-                                  f"(missing {missing or ['attn']}); attention statistics are not supported for it")
-        mods.append(attn)
-    return mods
+            why[i] = (f"{type(attn).__name__ if attn is not None else type(blk).__name__} is not a timm multi-head "
+                      f"attention with a fused_attn switch (no {', '.join(missing or ['attn'])})")
+            mods.append(None)
+        else:
+            mods.append(attn)
+    if all(m is None for m in mods):
+        raise CheckpointError(f"{type(model).__name__}: no block has a timm multi-head attention pe-probe can read "
+                              f"({why.get(0, 'no blocks')}); attention statistics are not supported for it")
+    return mods, why
 
 
 @contextlib.contextmanager
@@ -102,7 +109,7 @@ class _SoftmaxTap(TorchFunctionMode):
 @contextlib.contextmanager
 def attention_logits(modules: Sequence[nn.Module], sink: Callable[[int, torch.Tensor, torch.Tensor], None]
                      ) -> Iterator[None]:
-    """Within the block, every forward of ``modules[l]`` hands its attention logits and probabilities,
+    """Within the block, every forward of ``modules[l]`` (None: not read) hands its attention logits and probabilities,
     ``(B, H, T, T)`` each, to ``sink(l, logits, probs)`` (fused attention off: :func:`unfused`). The logits are
     exactly what the module's softmax receives (biases and masks added); the probabilities are its own output.
     Every hook and the function mode are removed on exit, also after an error."""
@@ -117,9 +124,12 @@ def attention_logits(modules: Sequence[nn.Module], sink: Callable[[int, torch.Te
     def leave(module, args, out):
         tap.layer = None
 
-    with unfused(modules):
+    live = [m for m in modules if m is not None]
+    with unfused(live):
         try:
             for l, m in enumerate(modules):
+                if m is None:
+                    continue
                 handles.append(m.register_forward_pre_hook(enter(l)))
                 handles.append(m.register_forward_hook(leave))
             with tap:
@@ -140,7 +150,9 @@ def grid_distances(grid: tuple[int, int], dtype=torch.float64) -> torch.Tensor:
 class AttentionStats:
     """Running sums of the per-head attention statistics of every block (float64 ``state``, fixed size).
 
-    ``n_prefix`` leading tokens are prefix tokens; the rest form the patch ``grid`` (row-major).
+    ``n_prefix`` leading tokens are prefix tokens; the rest form the patch ``grid`` (row-major). A block whose
+    attention is not over exactly these tokens (windowed, pooled or class-only attention) is not measured:
+    :meth:`add_probs` records why in :attr:`skipped` the first time it sees it.
     """
 
     def __init__(self, depth: int, heads: int, grid: tuple[int, int], n_prefix: int) -> None:
@@ -148,11 +160,25 @@ class AttentionStats:
         self.dist = grid_distances(self.grid)
         z = lambda *s: torch.zeros(s, dtype=torch.float64)  # noqa: E731
         self.state = {"queries": z(depth), "dist_sum": z(depth, heads), "prefix_sum": z(depth, heads),
-                      "entropy_sum": z(depth, heads), "entries": z(depth), "logit_ms_sum": z(depth, 4, heads)}
+                      "entropy_sum": z(depth, heads), "entries": z(depth), "logit_ms_sum": z(depth, 4, heads),
+                      "ratio_num": z(depth, heads), "ratio_den": z(depth, heads)}
         self.decomposed: set[int] = set()
+        self.ratio: dict[int, str] = {}  #: layer -> the ratio metric measured there (bias share, rope change)
+        self.skipped: dict[int, str] = {}
+
+    def fits(self, layer: int, probs: torch.Tensor) -> bool:
+        """Whether ``probs`` (B, H, Tq, Tk) is global attention over the model's tokens (else recorded)."""
+        T = self.n_prefix + self.grid[0] * self.grid[1]
+        if probs.ndim == 4 and probs.shape[1] == self.heads and probs.shape[2] == probs.shape[3] == T:
+            return True
+        self.skipped.setdefault(layer, f"attention of shape {tuple(probs.shape)} is not global attention over the "
+                                       f"{T} tokens (B, {self.heads}, {T}, {T}): windowed, pooled or class-only")
+        return False
 
     def add_probs(self, layer: int, probs: torch.Tensor) -> None:
         """Add one batch's attention probabilities (B, H, T, T) of block ``layer``."""
+        if not self.fits(layer, probs):
+            return
         p = probs[:, :, self.n_prefix:, :].double()  # patch queries
         patch = p[..., self.n_prefix:]
         mass = patch.sum(-1)  # (B, H, N)
@@ -175,14 +201,28 @@ class AttentionStats:
         s["entries"][layer] += t0.shape[0] * (t0.shape[2] - npre) * (t0.shape[3] - npre)
         self.decomposed.add(layer)
 
+    def add_ratio(self, layer: int, metric: str, part: torch.Tensor, logits: torch.Tensor) -> None:
+        """Add ``sum centred(part)^2`` and ``sum centred(logits)^2`` over patch queries and all keys, per head
+        (each centred over the keys of its query, so a per-query constant, which the softmax ignores, counts
+        nothing): their ratio is ``metric`` of block ``layer``. ``part`` broadcasts against ``logits``."""
+        npre = self.n_prefix
+        lg = logits[:, :, npre:, :].double()
+        pt = part[..., npre:, :].double().expand_as(lg)
+        centred = lambda x: x - x.mean(-1, keepdim=True)  # noqa: E731
+        self.state["ratio_num"][layer] += centred(pt).square().sum((0, 2, 3)).cpu()
+        self.state["ratio_den"][layer] += centred(lg).square().sum((0, 2, 3)).cpu()
+        self.ratio[layer] = metric
+
     def rows(self, pe_kinds: dict[int, str] | None = None) -> list[tuple[str, str, int, int, str, float]]:
-        """``(site, pe_kind, layer, head, metric, value)`` rows of every block (:data:`~pe_probe.core.attention.ATTENTION_COLUMNS`;
-        logit terms only where they were measured); ``pe_kinds``: the kind of PE reaching each block (default
-        ``none``)."""
+        """``(site, pe_kind, layer, head, metric, value)`` rows of every measured block
+        (:data:`~pe_probe.core.attention.ATTENTION_COLUMNS`; logit terms and ratios only where measured);
+        ``pe_kinds``: the kind of PE reaching each block (default ``none``)."""
         s = {k: v.numpy() for k, v in self.state.items()}
         out: list[tuple[int, int, str, float]] = []
         for l in range(self.depth):
             q = s["queries"][l]
+            if not q:
+                continue
             for h in range(self.heads):
                 out += [(l, h, "attn_distance", s["dist_sum"][l, h] / q),
                         (l, h, "attn_prefix_share", s["prefix_sum"][l, h] / q),
@@ -192,26 +232,29 @@ class AttentionStats:
                     out += [(l, h, f"logit_{t}_ms", float(v)) for t, v in zip(LOGIT_TERMS, ms)]
                     total = float(ms.sum())
                     out.append((l, h, "logit_pos_share", float(ms[1:].sum()) / total if total > 0 else math.nan))
+                if l in self.ratio:
+                    den = s["ratio_den"][l, h]
+                    out.append((l, h, self.ratio[l], s["ratio_num"][l, h] / den if den > 0 else math.nan))
         kinds = pe_kinds or {}
         return [(attention_site(l), kinds.get(l, "none"), l, h, m, float(v)) for l, h, m, v in out]
 
 
 def capture_attention(model: nn.Module, images: torch.Tensor, *, logits: bool = False) -> dict[int, torch.Tensor]:
-    """One batch's attention probabilities of every block, ``{layer: (B, H, T, T)}`` (detached copies; with
-    ``logits=True`` the logits the softmax received instead), fused attention switched off for the call only;
-    eval mode, no hook left afterwards."""
+    """One batch's attention probabilities of every readable block, ``{layer: (B, H, Tq, Tk)}`` (detached
+    copies; with ``logits=True`` the logits the softmax received instead), fused attention switched off for the
+    call only; eval mode, no hook left afterwards. The model runs through its PE family (:meth:`Family.run`)."""
     from .inputs import check_images
 
-    view = view_model(model)
-    mods = attention_modules(model)
-    images = check_images(images, view)
+    fam = view_model(model)
+    mods, _ = attention_modules(model)
+    images = check_images(images, fam)
     out: dict[int, torch.Tensor] = {}
 
     def sink(l, lg, p):
         out[l] = (lg if logits else p).detach().clone()
 
     with eval_inference(model), attention_logits(mods, sink):
-        model(images)
+        fam.run(images)
     return {l: t.clone() for l, t in out.items()}  # plain tensors (made outside inference mode)
 
 
@@ -251,6 +294,34 @@ def split_input_ln(norm: nn.LayerNorm, x: torch.Tensor, pe: torch.Tensor) -> tup
     return norm(x) - pos, pos
 
 
+def _not_splittable(attn: nn.Module) -> str:
+    """Why ``attn``'s logits cannot be split into content and position terms ("" when they can)."""
+    if not isinstance(getattr(attn, "qkv", None), nn.Linear):
+        return f"{type(attn).__name__} has no fused qkv projection"
+    if not isinstance(getattr(attn, "q_norm", nn.Identity()), nn.Identity) or \
+            not isinstance(getattr(attn, "k_norm", nn.Identity()), nn.Identity):
+        return "q and k are normalised (qk_norm): the logits are not bilinear in the input"
+    return ""
+
+
+def _pe_kinds(fam) -> dict[int, str]:
+    """The kind of PE that reaches each block's attention: its own sites' kind (a layer-wise, rotary or bias
+    term), block 0 the input PE's where the model adds one; blocks with none are left out (``none``)."""
+    kinds: dict[int, str] = {}
+    for site in fam.sites("direct"):
+        layer = 0 if site.layer == H.INPUT else site.layer
+        if layer >= 0:
+            kinds.setdefault(layer, site.kind)
+    return kinds
+
+
+def _pad_rows(pe: torch.Tensor, T: int) -> torch.Tensor:
+    """``pe`` (Q, T', D) with zero rows in front for the prefix slots it has no row for (T' < T)."""
+    if pe.shape[-2] == T:
+        return pe
+    return torch.cat([pe.new_zeros((*pe.shape[:-2], T - pe.shape[-2], pe.shape[-1])), pe], -2)
+
+
 def attention_stats(
     model: nn.Module,
     data: Any,
@@ -265,86 +336,111 @@ def attention_stats(
     progress: bool = True,
 ) -> tuple[list[tuple[str, str, int, int, str, float]], dict]:
     """Stream ``data`` through ``model`` with its attention unfused and return per-head rows
-    ``(site, pe_kind, layer, head, metric, value)`` and metadata (``n_images``, ``grid``, ``decomposed_layers``).
+    ``(site, pe_kind, layer, head, metric, value)`` and metadata (``n_images``, ``grid``, ``decomposed_layers``,
+    ``not_decomposed`` and ``not_measured``: ``{layer: why}``).
 
-    ``data`` as for :func:`pe_probe.probe`. ``decompose``: also split the logits of blocks whose attention
-    input has an additive PE term (pe_probe layer-wise blocks; block 0 of models that add the PE to the input,
-    through its LayerNorm with the per-token scale frozen) into content/position terms. Each module's
-    ``fused_attn`` flag and train flag are restored afterwards, also after an error.
+    ``data`` as for :func:`pe_probe.probe`. Every block with global multi-head attention gets
+    ``attn_distance``, ``attn_prefix_share`` and ``attn_entropy``. With ``decompose``, also the PE's part of
+    the logits where the family's sites define one: the content/position split where the attention input has
+    an additive PE term (layer-wise PE blocks; block 0 of models that add the PE to the input, through its
+    LayerNorm with the per-token scale frozen), ``logit_bias_share`` at attention-bias sites and
+    ``logit_rope_change`` at rotary sites (docs/probe.md). Each module's ``fused_attn`` flag and train flag are
+    restored afterwards, also after an error.
     """
-    view = view_model(model)
-    mods = attention_modules(model)
-    heads = {m.num_heads for m in mods}
+    fam = view_model(model)
+    mods, not_measured = attention_modules(model)
+    heads = {m.num_heads for m in mods if m is not None}
     if len(heads) != 1:
-        raise CheckpointError(f"blocks have different head counts {sorted(heads)}; not supported")
-    stats = AttentionStats(view.depth, heads.pop(), view.grid, view.num_prefix_tokens)
+        raise CheckpointError(f"blocks have different head counts {sorted(heads)}; attention statistics need one")
+    stats = AttentionStats(fam.depth, heads.pop(), fam.grid, fam.num_prefix_tokens)
+    sites = fam.sites("direct")
     names: list[str] = []
     pe_layers: list[int] = []
-    input_split = False
+    input_site = None
+    bias: dict[int, Any] = {}
+    rope: dict[int, Any] = {}
     skipped: dict[int, str] = {}
     if decompose:
-        if view.kind == "pe":
-            pe_layers = list(view.receiving_blocks)
-            names += [H.block_hook(l, H.TOK) for l in pe_layers] + [H.block_hook(l, H.PE) for l in pe_layers]
-        input_split = view.input_pe and 0 not in pe_layers and isinstance(getattr(model, "norm_pre", None), nn.Identity)
-        if input_split:
-            names.append(H.block_hook(0, H.RESID_PRE))
-        for l in sorted(set(pe_layers) | ({0} if input_split else set())):
+        if not fam.pe_derived:
+            pe_layers = [l for l in fam.receiving_blocks if mods[l] is not None]
+        input_site = next((s for s in sites if s.layer == H.INPUT and s.additive), None)
+        if input_site is not None and (0 in pe_layers or mods[0] is None
+                                       or not isinstance(getattr(model, "norm_pre", nn.Identity()), nn.Identity)
+                                       or not isinstance(getattr(fam.blocks[0], "norm1", None), nn.LayerNorm)):
+            if 0 not in pe_layers and mods[0] is not None:
+                skipped[0] = "a norm between the input PE and block 0's attention LayerNorm (or none): no split"
+            input_site = None
+        for l in sorted(set(pe_layers) | ({0} if input_site is not None else set())):
             why = _not_splittable(mods[l])
             if why:
                 skipped[l] = why
         pe_layers = [l for l in pe_layers if l not in skipped]
-        input_split = input_split and 0 not in skipped
-        names = [n for n in names if not any(n.startswith(f"blocks.{l}.") for l in skipped)]
-    batches, total = open_data(data, view, batch_size=batch_size, data_dir=None if data_dir is None else str(data_dir),
+        if 0 in skipped:
+            input_site = None
+        names += [H.block_hook(l, H.TOK) for l in pe_layers] + [H.block_hook(l, H.PE) for l in pe_layers]
+        if input_site is not None:
+            names += [H.block_hook(0, H.RESID_PRE), input_site.name]
+        bias = {s.layer: s for s in sites if s.kind == "attn_bias" and s.layer >= 0 and mods[s.layer] is not None}
+        rope = {s.layer: mods[s.layer] for s in sites if s.kind == "rotary" and s.layer >= 0
+                and mods[s.layer] is not None and hasattr(mods[s.layer], "q_norm") and hasattr(mods[s.layer], "k_norm")}
+    derived = {n: fn for n, fn in fam.derived().items() if n in names}
+    batches, total = open_data(data, fam, batch_size=batch_size, data_dir=None if data_dir is None else str(data_dir),
                                mean=mean, std=std, split=split)
     if total is not None and max_images is not None:
         total = min(total, max_images)
+    terms: dict[int, torch.Tensor] = {}  # attention-bias terms of the forward in progress
+    qk: dict[tuple[int, str], torch.Tensor] = {}  # unrotated q and k of rotary blocks
+
     def sink(l, logits, probs):
         stats.add_probs(l, probs)
+        if l in bias and l in terms and stats.fits(l, probs):
+            stats.add_ratio(l, "logit_bias_share", terms.pop(l), logits)
+        if l in rope and (l, "q") in qk and stats.fits(l, probs):
+            q, k = qk.pop((l, "q")), qk.pop((l, "k"))
+            plain = (q * rope[l].scale) @ k.transpose(-2, -1)
+            stats.add_ratio(l, "logit_rope_change", logits - plain, logits)
 
+    handles = []
     n = 0
-    with eval_inference(model), attention_logits(mods, sink), recording(view, names) as store:
-        bar = tqdm(total=total, unit="img", desc="attention", disable=not progress, leave=False)
+    with eval_inference(model):
+        fixed = {name: fn() for name, fn in derived.items()}  # image-independent, before any hook exists
         try:
-            for images in iter_images(batches, view, max_images):
-                store.clear()
-                model(images)
-                for l in pe_layers:
-                    tok, pe = store[H.block_hook(l, H.TOK)], store[H.block_hook(l, H.PE)]
-                    stats.add_terms(l, logit_terms(mods[l], tok, pe.expand_as(tok)))
-                if input_split:
-                    x0 = store[H.block_hook(0, H.RESID_PRE)]
-                    content, position = split_input_ln(model.blocks[0].norm1, x0, _input_pe_rows(model, x0))
-                    stats.add_terms(0, logit_terms(mods[0], content, position))
-                n += len(images)
-                bar.update(len(images))
+            for l, s in bias.items():
+                handles.append(s.module.register_forward_hook(lambda m, a, out, l=l: terms.__setitem__(l, out)))
+            for l, attn in rope.items():
+                handles.append(attn.q_norm.register_forward_hook(lambda m, a, out, l=l: qk.__setitem__((l, "q"), out)))
+                handles.append(attn.k_norm.register_forward_hook(lambda m, a, out, l=l: qk.__setitem__((l, "k"), out)))
+            with attention_logits(mods, sink), recording(fam, [x for x in names if x not in fixed]) as store:
+                bar = tqdm(total=total, unit="img", desc="attention", disable=not progress, leave=False)
+                try:
+                    for images in iter_images(batches, fam, max_images):
+                        store.clear()
+                        store.update(fixed)
+                        fam.run(images)
+                        for l in pe_layers:
+                            tok, pe = store[H.block_hook(l, H.TOK)], store[H.block_hook(l, H.PE)]
+                            stats.add_terms(l, logit_terms(mods[l], tok, pe.expand_as(tok)))
+                        if input_site is not None:
+                            x0 = store[H.block_hook(0, H.RESID_PRE)]
+                            pos = _pad_rows(store[input_site.name], x0.shape[1])
+                            content, position = split_input_ln(fam.blocks[0].norm1, x0, pos.expand_as(x0))
+                            stats.add_terms(0, logit_terms(mods[0], content, position))
+                        n += len(images)
+                        bar.update(len(images))
+                finally:
+                    bar.close()
         finally:
-            bar.close()
-    meta = {"n_images": n, "grid": list(view.grid), "num_prefix_tokens": view.num_prefix_tokens,
-            "heads": stats.heads, "decomposed_layers": sorted(stats.decomposed),
-            "not_decomposed": {str(l): why for l, why in skipped.items()}}
-    kinds = {l: "layerwise" for l in (view.receiving_blocks if view.kind == "pe" else [])}
-    if view.input_pe:
-        kinds.setdefault(0, "absolute")
-    return stats.rows(kinds), meta
-
-
-def _not_splittable(attn: nn.Module) -> str:
-    """Why ``attn``'s logits cannot be split into content and position terms ("" when they can)."""
-    if not isinstance(getattr(attn, "qkv", None), nn.Linear):
-        return f"{type(attn).__name__} has no fused qkv projection"
-    if not isinstance(getattr(attn, "q_norm", nn.Identity()), nn.Identity) or \
-            not isinstance(getattr(attn, "k_norm", nn.Identity()), nn.Identity):
-        return "q and k are normalised (qk_norm): the logits are not bilinear in the input"
-    return ""
-
-
-def _input_pe_rows(model: nn.Module, x0: torch.Tensor) -> torch.Tensor:
-    """The PE part of ``x_0`` (1, T, D): ``pos_embed``, with zero rows for prefix slots it has no row for."""
-    pos = model.pos_embed.to(x0.dtype)
-    T = x0.shape[1]
-    if pos.shape[1] == T:
-        return pos
-    pad = pos.new_zeros((1, T - pos.shape[1], pos.shape[2]))
-    return torch.cat([pad, pos], 1)
+            for h in handles:
+                h.remove()
+    if n == 0:
+        raise DataError("the data yielded no images")
+    not_measured = {**not_measured, **stats.skipped}
+    if len(not_measured) == fam.depth:
+        raise CheckpointError(f"{type(model).__name__}: no block has global attention over its tokens "
+                              f"({next(iter(not_measured.values()))}); attention statistics need it")
+    meta = {"n_images": n, "grid": list(fam.grid), "num_prefix_tokens": fam.num_prefix_tokens,
+            "heads": stats.heads, "family": fam.name, "decomposed_layers": sorted(stats.decomposed),
+            "ratio_layers": {str(l): m for l, m in sorted(stats.ratio.items())},
+            "not_decomposed": {str(l): why for l, why in skipped.items()},
+            "not_measured": {str(l): why for l, why in sorted(not_measured.items())}}
+    return stats.rows(_pe_kinds(fam)), meta
