@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 
 import pytest
 import torch
@@ -24,10 +25,15 @@ import pe_probe  # noqa: E402
 from pe_probe.core import hook_points as H  # noqa: E402
 from pe_probe.core.errors import UnsupportedModelError  # noqa: E402
 from pe_probe.families import family_for, replaced  # noqa: E402
-from pe_probe.families.attn_bias import AttnBiasFamily, mean_bias, shuffle_bias, window_perm  # noqa: E402
+from pe_probe.families.attn_bias import (  # noqa: E402
+    AttnBiasFamily,
+    mean_bias,
+    shuffle_bias,
+    window_perm,
+)
 
-VIT = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=5)
-SWIN = dict(img_size=32, patch_size=4, embed_dim=16, depths=(2, 2), num_heads=(2, 2), window_size=4, num_classes=5)
+VIT = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2, "num_classes": 5}
+SWIN = {"img_size": 32, "patch_size": 4, "embed_dim": 16, "depths": (2, 2), "num_heads": (2, 2), "window_size": 4, "num_classes": 5}
 
 #: id -> (timm name, kwargs, number of bias sites, prefix tokens, has pos_embed, shared bias)
 MODELS = {
@@ -50,8 +56,7 @@ def scaled(model: nn.Module, gain: float = 2.0) -> nn.Module:
     N(0, 1): the bias matters."""
     with torch.no_grad():
         for n, p in model.named_parameters():
-            if n.endswith(("gamma", "gamma_1", "gamma_2")) or (n.endswith("norm1.weight") or n.endswith(
-                    "norm2.weight")) and float(p.abs().max()) < 1e-3:  # layer scales; res-post norms start at 1e-5
+            if n.endswith(("gamma", "gamma_1", "gamma_2")) or (n.endswith(("norm1.weight", "norm2.weight"))) and float(p.abs().max()) < 1e-3:  # layer scales; res-post norms start at 1e-5
                 p.fill_(1.0)
             elif "relative_position_bias_table" in n:
                 p.normal_(0, 2.0)
@@ -284,7 +289,7 @@ def permuted_index(model: nn.Module, perm: torch.Tensor, n_prefix: int) -> nn.Mo
     ref = copy.deepcopy(model)
     for owner in bias_owners(ref):
         index = owner.relative_position_index
-        t = int(round(index.numel() ** 0.5))
+        t = round(index.numel() ** 0.5)
         p = window_perm(perm, t - n_prefix)
         idx = torch.cat([torch.arange(n_prefix), n_prefix + p])
         owner.relative_position_index = index.view(t, t)[idx][:, idx].reshape(index.shape).contiguous()
@@ -312,7 +317,7 @@ def test_mean_is_a_table_of_the_mean_patch_bias(key, images):
     with torch.no_grad():
         for owner in bias_owners(ref):
             table, index = owner.relative_position_bias_table, owner.relative_position_index
-            t = int(round(index.numel() ** 0.5))
+            t = round(index.numel() ** 0.5)
             patch_idx = index.view(t, t)[npre:, npre:].reshape(-1)
             m = table[patch_idx].mean(0)  # per head
             n_patch_rows = table.shape[0] - 3 * npre  # BEiT's last 3 rows are the class-token entries
@@ -346,7 +351,7 @@ def test_absolute_site_off_is_a_zeroed_pos_embed(key, images):
 
 
 @pytest.mark.parametrize("name, kwargs, match", [
-    ("levit_conv_128s", dict(img_size=64, num_classes=5), "levit_conv"),
+    ("levit_conv_128s", {"img_size": 64, "num_classes": 5}, "levit_conv"),
 ])
 def test_unsupported_models_are_refused_in_one_line(name, kwargs, match):
     model = timm.create_model(name, pretrained=False, **kwargs)
@@ -379,7 +384,7 @@ def test_zero_bias_gets_zero_pe_share(key, images):
     for s in bias_sites(fam):
         assert _value(result, s.name, "pe_abs") == 0.0
         share = _value(result, s.name, "pe_share")
-        assert share == 0.0 or share != share  # 0, or NaN where token attribution is not split
+        assert share == 0.0 or math.isnan(share)  # 0, or NaN where token attribution is not split
 
 
 @pytest.mark.parametrize("key", list(MODELS))
@@ -415,7 +420,7 @@ def test_attribution_path_ends_at_the_hand_edited_model(key, images):
 
 
 # ---------------------------------------------------------------------------------------------- LeViT
-LEVIT = dict(img_size=64, num_classes=5, embed_dim=(32, 48), depth=(1, 1), num_heads=(2, 2), key_dim=8)
+LEVIT = {"img_size": 64, "num_classes": 5, "embed_dim": (32, 48), "depth": (1, 1), "num_heads": (2, 2), "key_dim": 8}
 
 
 def build_levit(distilled: bool = False) -> nn.Module:
@@ -463,7 +468,7 @@ def test_levit_sites_and_capture(images64):
     fam = family_for(model)
     assert isinstance(fam, AttnBiasFamily) and fam.grid == (4, 4) and fam.img_size == (64, 64)
     assert [s.name for s in fam.sites()] == [H.attn_bias_hook(0), H.attn_bias_hook(1)]
-    assert set(s.name for s in fam.sites()) <= set(pe_probe.hook_names(model))
+    assert {s.name for s in fam.sites()} <= set(pe_probe.hook_names(model))
     got = {}
     hs = [s.module.register_forward_hook(lambda m, a, o, n=s.name: got.__setitem__(n, o)) for s in fam.sites()]
     with torch.no_grad():
@@ -513,7 +518,7 @@ def test_levit_through_the_api(distilled, images64):
     attr = pe_probe.attribute(model, images64[:4], n_steps=32, progress=False, batch_size=4)
     pred = intact[:4].argmax(-1)
     for l in (0, 1):
-        ref = _logits(levit_copy(model, lambda i, a: a.attention_biases.zero_() if i == l else None), images64)
+        ref = _logits(levit_copy(model, lambda i, a, l=l: a.attention_biases.zero_() if i == l else None), images64)
         kl, agree = _kl_agree(intact, ref)
         site = H.attn_bias_hook(l)
         assert _value(result, site, "kl", "zero") == pytest.approx(kl, rel=1e-4, abs=1e-7)

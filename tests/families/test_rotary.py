@@ -11,6 +11,7 @@ so that the rotation changes the logits (checked, so that no comparison passes v
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -25,7 +26,7 @@ from pe_probe.core.errors import UnknownNameError, UnsupportedModelError  # noqa
 from pe_probe.families import family_for, replaced  # noqa: E402
 from pe_probe.families.rotary import RotaryFamily, identity_rope  # noqa: E402
 
-SMALL = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=5)
+SMALL = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2, "num_classes": 5}
 
 #: id -> (timm name, extra kwargs, has an absolute pos_embed, mixed RoPE)
 MODELS = {
@@ -36,7 +37,7 @@ MODELS = {
     "rope_reg_gap": ("vit_medium_patch16_rope_reg1_gap_256", {}, False, False),
     "eva02": ("eva02_tiny_patch14_224", {}, True, False),
     "dinov3": ("vit_small_patch16_dinov3", {}, False, False),
-    "pe_core_map": ("vit_pe_core_tiny_patch16_384", dict(attn_pool_num_heads=2), True, False),  # norm_pre, map pool
+    "pe_core_map": ("vit_pe_core_tiny_patch16_384", {"attn_pool_num_heads": 2}, True, False),  # norm_pre, map pool
 }
 
 
@@ -308,7 +309,7 @@ def test_identity_rope_gets_zero_pe_share(key, images):
     for s in fam.sites():
         assert _value(result, s.name, "pe_abs") == 0.0
         share = _value(result, s.name, "pe_share")
-        assert share == 0.0 or share != share  # 0, or NaN where token attribution is not split (tokens="keep")
+        assert share == 0.0 or math.isnan(share)  # 0, or NaN where token attribution is not split (tokens="keep")
 
 
 @pytest.mark.parametrize("key", list(MODELS))
