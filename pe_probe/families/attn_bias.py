@@ -41,8 +41,8 @@ recognised: another class).
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -376,7 +376,6 @@ class AttnBiasFamily(Family):
             term = (16 * torch.sigmoid(bias)).unsqueeze(0)
             out = hp(term)
             state["delta"] = None if out is term else out - term
-            return None
 
         def before_softmax(module, args):
             delta, state["delta"] = state["delta"], None
