@@ -16,9 +16,8 @@ Known answers, each against an independent computation:
 from __future__ import annotations
 
 import copy
-import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import pytest
@@ -36,7 +35,7 @@ from .zoo_common import agree_kl, as_frame, frame_value, logit_drop, metric, sit
 torch.set_num_threads(1)
 
 PX = 32
-SMALL = dict(pretrained=False, num_classes=5)
+SMALL = {"pretrained": False, "num_classes": 5}
 
 
 def _create(name: str, **kw) -> torch.nn.Module:
@@ -47,7 +46,7 @@ def _create(name: str, **kw) -> torch.nn.Module:
 # ------------------------------------------------------------------------------------------------ the models
 def pvt_v2() -> torch.nn.Module:
     return _create("pvt_v2_b0", depths=(1, 1, 2, 1), embed_dims=(16, 32, 32, 48), num_heads=(1, 1, 2, 2),
-                   pretrained_cfg_overlay=dict(input_size=(3, PX, PX)))
+                   pretrained_cfg_overlay={"input_size": (3, PX, PX)})
 
 
 def cait() -> torch.nn.Module:
@@ -61,7 +60,7 @@ def xcit() -> torch.nn.Module:
 
 def naflexvit(grid=(4, 4), **kw) -> torch.nn.Module:
     return _create("naflexvit_base_patch16_gap", patch_size=8, embed_dim=32, depth=2, num_heads=2,
-                   pos_embed_grid_size=grid, pretrained_cfg_overlay=dict(input_size=(3, PX, PX)), **kw)
+                   pos_embed_grid_size=grid, pretrained_cfg_overlay={"input_size": (3, PX, PX)}, **kw)
 
 
 def hiera(**kw) -> torch.nn.Module:
@@ -325,7 +324,6 @@ def test_site_term_is_the_hand_pe_and_the_first_block_sees_tokens_plus_it(case):
         h2.remove()
     with torch.no_grad():
         hand = c.hand_pe(m).float()
-        n = hand.shape[1]
         assert got["term"].shape[-2:] == hand.shape[-2:] and got["term"].shape[0] in (1, 2)
         torch.testing.assert_close(got["term"], hand.expand_as(got["term"]), rtol=1e-5, atol=1e-5)
         assert hand.abs().max() > 0.5  # a PE that matters: the check can fail
