@@ -43,6 +43,7 @@ MODELS = {
     "beit_ape": ("beit_base_patch16_224", dict(VIT, use_abs_pos_emb=True), 2, 1, True, False),
     "swin": ("swin_tiny_patch4_window7_224", SWIN, 4, 0, False, False),
     "swinv2": ("swinv2_tiny_window8_256", SWIN, 4, 0, False, False),
+    "swinv2_cr": ("swinv2_cr_tiny_224", {k: v for k, v in SWIN.items() if k != "patch_size"}, 4, 0, False, False),
     "relpos_mlp": ("vit_relpos_small_patch16_224", VIT, 2, 0, False, False),
     "relpos_bias": ("vit_relpos_small_patch16_224", dict(VIT, rel_pos_type="bias"), 2, 0, False, False),
     "relpos_cls": ("vit_relpos_medium_patch16_cls_224", VIT, 2, 1, False, False),
@@ -60,7 +61,7 @@ def scaled(model: nn.Module, gain: float = 2.0) -> nn.Module:
                 p.fill_(1.0)
             elif "relative_position_bias_table" in n:
                 p.normal_(0, 2.0)
-            elif "rel_pos.mlp.fc2" in n or "cpb_mlp.2" in n:
+            elif "rel_pos.mlp.fc2" in n or "cpb_mlp.2" in n or "meta_mlp.fc2" in n:
                 p.mul_(10.0)
             elif n.startswith("head"):
                 p.normal_(0, 1.0) if p.ndim >= 2 else p.zero_()
@@ -96,7 +97,8 @@ def images() -> torch.Tensor:
 
 def attentions(model: nn.Module) -> list[nn.Module]:
     """Every block's attention in global forward order (Swin: across stages)."""
-    blocks = [b for s in model.layers for b in s.blocks] if hasattr(model, "layers") else list(model.blocks)
+    stages = getattr(model, "layers", None) or getattr(model, "stages", None)
+    blocks = [b for s in stages for b in s.blocks] if stages is not None else list(model.blocks)
     return [b.attn for b in blocks]
 
 
@@ -112,6 +114,9 @@ def zero_bias(owner: nn.Module) -> None:
     with torch.no_grad():
         if getattr(owner, "relative_position_bias_table", None) is not None:
             owner.relative_position_bias_table.zero_()
+        elif hasattr(owner, "meta_mlp"):  # Swin v2 cr: the MLP's output is the bias
+            owner.meta_mlp.fc2.weight.zero_()
+            owner.meta_mlp.fc2.bias.zero_()
         elif hasattr(owner, "cpb_mlp"):  # Swin v2: MLP output 0 -> bias 16 * sigmoid(0) = 8 everywhere, which
             owner.cpb_mlp[-1].weight.zero_()  # softmax ignores: the bias off
         else:  # RelPosMlp: the last layer's output is the bias (mode 'cr': no activation)
@@ -221,6 +226,8 @@ def test_capture_is_the_bias_each_attention_adds(key, images):
                 want = attn.rel_pos.get_bias()
             elif hasattr(attn, "cpb_mlp"):
                 want = swinv2_bias(model, l, images)
+            elif hasattr(attn, "meta_mlp"):
+                want = attn._relative_positional_encodings()
             else:
                 want = attn._get_rel_pos_bias()
             want = want if want.ndim == 4 else want.unsqueeze(0)
@@ -271,7 +278,7 @@ def test_off_is_a_zeroed_table_or_mlp(key, images):
     assert (ref - _logits(model, images)).abs().max() > 1e-2
 
 
-@pytest.mark.parametrize("key", ["beit", "beit_shared", "swin", "swinv2", "relpos_mlp", "relpos_shared"])
+@pytest.mark.parametrize("key", ["beit", "beit_shared", "swin", "swinv2", "swinv2_cr", "relpos_mlp", "relpos_shared"])
 def test_one_site_off_is_one_block_without_bias(key, images):
     model = build(key)
     fam = family_for(model)
