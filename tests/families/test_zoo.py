@@ -415,9 +415,12 @@ def test_probe_gives_a_report(case):
         assert report.arrays["norm_before"].shape[1:] == (gh, gw)
 
 
-def test_pvt_v2_has_no_pe_site_to_ablate():
-    with pytest.raises(pe_probe.UnknownNameError, match="no PE site"):
-        pe_probe.ablate(pvt_v2(), images(2), ["zero"], progress=False)
+@pytest.mark.parametrize("call", [pe_probe.ablate, pe_probe.attribute])
+def test_pvt_v2_has_no_pe_site_to_ablate_or_attribute(call):
+    with pytest.raises(pe_probe.UnknownNameError,
+                       match=r"the model \(pvt_v2 family, pe_kind=none\) has no PE site to analyse") as info:
+        call(pvt_v2(), images(2), progress=False)
+    assert "\n" not in str(info.value)
 
 
 # ----------------------------------------------------------------------------------------- refusals
