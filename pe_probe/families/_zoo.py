@@ -13,7 +13,7 @@ hook on ``pe_hp`` reads or replaces the term exactly as the blocks receive it. N
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -63,13 +63,13 @@ class PooledTap:
 
     pooled_module: nn.Module
 
-    def stream_taps(self):  # noqa: D102 - the family's taps plus hook_pooled
+    def stream_taps(self):
         from ..core import hook_points as H
         from .base import Tap
 
         return {**super().stream_taps(), H.POOLED: Tap(self.pooled_module, "in")}
 
-    def names(self) -> list[str]:  # noqa: D102 - the family's names, then hook_pooled
+    def names(self) -> list[str]:
         from ..core import hook_points as H
 
         return super().names() + [H.POOLED]

@@ -1,7 +1,8 @@
 """Attention-bias PE: a position bias added to the attention logits. timm's BEiT (``Beit``: per-block
 ``relative_position_bias_table`` or one shared ``RelativePositionBias``), Swin v1 (``SwinTransformer``: a table
 per block, per window), Swin v2 (``SwinTransformerV2``: ``16 * sigmoid`` of a continuous-position MLP,
-``cpb_mlp``), ``VisionTransformerRelPos`` (``vit_relpos_*``: ``RelPosBias`` tables or ``RelPosMlp`` MLPs, per
+``cpb_mlp``; ``SwinTransformerV2Cr``: its ``meta_mlp`` through ``_relative_positional_encodings``),
+``VisionTransformerRelPos`` (``vit_relpos_*``: ``RelPosBias`` tables or ``RelPosMlp`` MLPs, per
 block or shared) and the linear LeViT (``Levit``: ``attention_biases`` gathered by ``get_attention_biases``).
 
 Site ``blocks.{l}.attn.hook_attn_bias`` (kind ``attn_bias``, blocks numbered globally across Swin stages): the
@@ -34,15 +35,14 @@ block input, which the attention reads without a norm); the biases of the stage-
 mode; the shadowed ``get_attention_biases`` routes the cached value, which equals the gathered one.
 
 Not supported (one line each from the constructor): BEiT with both per-block and shared tables, Swin with an
-absolute PE (``ape=True``), ``levit_conv_*`` (tokens kept as (B, C, H, W) maps), ``swinv2_cr_*`` (not
-recognised: another class).
+absolute PE (``ape=True``), ``levit_conv_*`` (tokens kept as (B, C, H, W) maps).
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -89,6 +89,11 @@ def _types() -> dict[str, type]:
     except ImportError:  # pragma: no cover
         pass
     try:
+        from timm.models.swin_transformer_v2_cr import SwinTransformerV2Cr
+        out["swinv2cr"] = SwinTransformerV2Cr
+    except ImportError:  # pragma: no cover
+        pass
+    try:
         from timm.models.vision_transformer_relpos import VisionTransformerRelPos
         out["relpos"] = VisionTransformerRelPos
     except ImportError:  # pragma: no cover
@@ -129,7 +134,7 @@ def mean_bias(bias: torch.Tensor, n_prefix: int) -> torch.Tensor:
 
 @register_family
 class AttnBiasFamily(Family):
-    """BEiT, Swin v1/v2, vit_relpos and LeViT: one attention-bias site per block (global numbering across stages)."""
+    """BEiT, Swin v1/v2/v2-cr, vit_relpos and LeViT: one attention-bias site per block (global numbering across stages)."""
 
     name = "attn_bias"
     pe_kind = "attn_bias"
@@ -161,7 +166,7 @@ class AttnBiasFamily(Family):
         self.grid = tuple(int(g) for g in pe.grid_size)
         self.img_size = tuple(int(s) for s in pe.img_size)
         self.in_chans = int(pe.proj.in_channels)
-        self._windows = isinstance(model, tuple(types[k] for k in ("swin", "swinv2") if k in types))
+        self._windows = isinstance(model, tuple(types[k] for k in ("swin", "swinv2", "swinv2cr") if k in types))
         if self._windows:
             self._init_swin(model)
         else:
@@ -193,21 +198,27 @@ class AttnBiasFamily(Family):
         self.final_grid = (int(last[0]), int(last[1]))
 
     def _init_swin(self, model: nn.Module) -> None:
-        self.blocks = [blk for stage in model.layers for blk in stage.blocks]
+        types = _types()
+        cr = "swinv2cr" in types and isinstance(model, types["swinv2cr"])
+        stages = model.stages if cr else model.layers
+        self.blocks = [blk for stage in stages for blk in stage.blocks]
         self.embed_dim = int(model.num_features)
         self.num_prefix_tokens = 0
-        self.global_pool = model.global_pool
+        self.global_pool = model.head.global_pool.pool_type if cr else model.global_pool
         if self.global_pool != "avg":
             raise self.unsupported(f"global_pool={self.global_pool!r}; the family pools Swin tokens by their mean ('avg')")
-        self.final_norm = model.norm
+        self.final_norm = None if cr else model.norm  # Swin v2 cr: no final norm on the tokens
         self.uniform = False
         self.has_ape = getattr(model, "absolute_pos_embed", None) is not None
         if self.has_ape:
             raise self.unsupported("Swin with absolute_pos_embed (ape=True) is not supported; only its bias tables")
-        merges = sum(not isinstance(getattr(stage, "downsample", None), (nn.Identity, type(None)))
-                     for stage in model.layers)
+        merges = sum(not isinstance(getattr(stage, "downsample", None), (nn.Identity, type(None))) for stage in stages)
         self.final_grid = (self.grid[0] // 2 ** merges, self.grid[1] // 2 ** merges)
-        if "swinv2" in _types() and isinstance(model, _types()["swinv2"]):
+        if cr:  # res-post blocks; the bias comes from the method _relative_positional_encodings (meta_mlp)
+            self._res_post = True
+            self._sources = [_Source(blk.attn, blk.attn, "_relative_positional_encodings", windows=True)
+                             for blk in self.blocks]
+        elif "swinv2" in types and isinstance(model, types["swinv2"]):
             self._res_post = True  # x + norm1(attn(x)): the attention reads the stream itself
             self._sources = [_Source(blk.attn, windows=True, cpb=True) for blk in self.blocks]
         else:
@@ -376,7 +387,6 @@ class AttnBiasFamily(Family):
             term = (16 * torch.sigmoid(bias)).unsqueeze(0)
             out = hp(term)
             state["delta"] = None if out is term else out - term
-            return None
 
         def before_softmax(module, args):
             delta, state["delta"] = state["delta"], None

@@ -49,6 +49,7 @@ class CaitFamily(PooledTap, Family):
 
     @classmethod
     def recognise(cls, model: nn.Module) -> bool:
+        """Whether ``model`` is a timm ``Cait``."""
         return isinstance(model, Cait)
 
     def __init__(self, model: nn.Module) -> None:

@@ -35,6 +35,7 @@ class ConditionalFamily(PooledTap, Family):
 
     @classmethod
     def recognise(cls, model: nn.Module) -> bool:
+        """Whether ``model`` is a timm ``Twins``."""
         return isinstance(model, Twins)
 
     def __init__(self, model: nn.Module) -> None:

@@ -38,6 +38,7 @@ class HieraFamily(PooledTap, Family):
 
     @classmethod
     def recognise(cls, model: nn.Module) -> bool:
+        """Whether ``model`` is a timm ``Hiera``."""
         return isinstance(model, Hiera)
 
     def __init__(self, model: nn.Module) -> None:

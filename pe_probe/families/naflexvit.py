@@ -39,6 +39,7 @@ class NaFlexVitFamily(PooledTap, Family):
 
     @classmethod
     def recognise(cls, model: nn.Module) -> bool:
+        """Whether ``model`` is a timm ``NaFlexVit``."""
         return isinstance(model, NaFlexVit)
 
     def __init__(self, model: nn.Module) -> None:

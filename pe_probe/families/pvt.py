@@ -31,6 +31,7 @@ class PvtV2Family(PooledTap, Family):
 
     @classmethod
     def recognise(cls, model: nn.Module) -> bool:
+        """Whether ``model`` is a timm ``PyramidVisionTransformerV2``."""
         return isinstance(model, PyramidVisionTransformerV2)
 
     def __init__(self, model: nn.Module) -> None:

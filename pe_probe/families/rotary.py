@@ -25,7 +25,7 @@ Everything is registered inside :meth:`RotaryFamily.run` / :meth:`RotaryFamily.r
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch

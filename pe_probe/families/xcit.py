@@ -36,6 +36,7 @@ class XcitFamily(PooledTap, Family):
 
     @classmethod
     def recognise(cls, model: nn.Module) -> bool:
+        """Whether ``model`` is a timm ``Xcit``."""
         return isinstance(model, Xcit)
 
     def __init__(self, model: nn.Module) -> None:

@@ -204,7 +204,7 @@ def run_attribution(
                     s["delta_abs_max"] = max(s["delta_abs_max"], float(delta.abs().max()))
                     if take and site.additive and a_pe.ndim == 3:
                         pe_maps[site.name].append(_grid(a_pe[:take], h, w))
-                        if a_tok.ndim == 3 and a_tok.shape[1] >= h * w:
+                        if a_tok.ndim == 3:
                             tok_maps[site.name].append(_grid(a_tok[:take], h, w))
                     bar.update(b)
                 n_images += b
@@ -245,6 +245,9 @@ def run_attribution(
 
 
 def _grid(attr: torch.Tensor, h: int, w: int) -> np.ndarray:
-    """(K, T, D) attributions -> (K, h, w): summed over channels, patch rows (the last h*w) on the grid."""
+    """(K, T, D) attributions -> (K, h, w): summed over channels, patch rows (the last h*w) on the input grid; a
+    term with fewer rows than that grid (a later stage's tokens) stays flat, (K, T)."""
     per_token = attr.sum(-1)
+    if per_token.shape[1] < h * w:
+        return per_token.double().cpu().numpy()
     return per_token[:, per_token.shape[1] - h * w:].reshape(len(attr), h, w).double().cpu().numpy()

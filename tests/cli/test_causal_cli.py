@@ -111,7 +111,7 @@ def test_outputs_are_replaced_as_a_pair_or_not_at_all(tmp_path, fake_data, monke
     def broken_csv(*a, **k):
         raise OSError("disk full")
 
-    monkeypatch.setattr(pe_probe.core.causal, "write_rows", broken_csv)  # the CSV, after the JSON's temporary
+    monkeypatch.setattr(pe_probe.core.results, "write_rows", broken_csv)  # the CSV, after the JSON's temporary
     capsys.readouterr()
     assert main(argv + ["--seed", "7"]) == 2  # a file-system error is one line too (docs/reliability.md)
     assert capsys.readouterr().err.strip() == "pe-probe ablate: error: disk full"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 
 import pytest
 import torch
@@ -24,10 +25,15 @@ import pe_probe  # noqa: E402
 from pe_probe.core import hook_points as H  # noqa: E402
 from pe_probe.core.errors import UnsupportedModelError  # noqa: E402
 from pe_probe.families import family_for, replaced  # noqa: E402
-from pe_probe.families.attn_bias import AttnBiasFamily, mean_bias, shuffle_bias, window_perm  # noqa: E402
+from pe_probe.families.attn_bias import (  # noqa: E402
+    AttnBiasFamily,
+    mean_bias,
+    shuffle_bias,
+    window_perm,
+)
 
-VIT = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=5)
-SWIN = dict(img_size=32, patch_size=4, embed_dim=16, depths=(2, 2), num_heads=(2, 2), window_size=4, num_classes=5)
+VIT = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2, "num_classes": 5}
+SWIN = {"img_size": 32, "patch_size": 4, "embed_dim": 16, "depths": (2, 2), "num_heads": (2, 2), "window_size": 4, "num_classes": 5}
 
 #: id -> (timm name, kwargs, number of bias sites, prefix tokens, has pos_embed, shared bias)
 MODELS = {
@@ -37,6 +43,7 @@ MODELS = {
     "beit_ape": ("beit_base_patch16_224", dict(VIT, use_abs_pos_emb=True), 2, 1, True, False),
     "swin": ("swin_tiny_patch4_window7_224", SWIN, 4, 0, False, False),
     "swinv2": ("swinv2_tiny_window8_256", SWIN, 4, 0, False, False),
+    "swinv2_cr": ("swinv2_cr_tiny_224", {k: v for k, v in SWIN.items() if k != "patch_size"}, 4, 0, False, False),
     "relpos_mlp": ("vit_relpos_small_patch16_224", VIT, 2, 0, False, False),
     "relpos_bias": ("vit_relpos_small_patch16_224", dict(VIT, rel_pos_type="bias"), 2, 0, False, False),
     "relpos_cls": ("vit_relpos_medium_patch16_cls_224", VIT, 2, 1, False, False),
@@ -50,12 +57,11 @@ def scaled(model: nn.Module, gain: float = 2.0) -> nn.Module:
     N(0, 1): the bias matters."""
     with torch.no_grad():
         for n, p in model.named_parameters():
-            if n.endswith(("gamma", "gamma_1", "gamma_2")) or (n.endswith("norm1.weight") or n.endswith(
-                    "norm2.weight")) and float(p.abs().max()) < 1e-3:  # layer scales; res-post norms start at 1e-5
+            if n.endswith(("gamma", "gamma_1", "gamma_2")) or (n.endswith(("norm1.weight", "norm2.weight"))) and float(p.abs().max()) < 1e-3:  # layer scales; res-post norms start at 1e-5
                 p.fill_(1.0)
             elif "relative_position_bias_table" in n:
                 p.normal_(0, 2.0)
-            elif "rel_pos.mlp.fc2" in n or "cpb_mlp.2" in n:
+            elif "rel_pos.mlp.fc2" in n or "cpb_mlp.2" in n or "meta_mlp.fc2" in n:
                 p.mul_(10.0)
             elif n.startswith("head"):
                 p.normal_(0, 1.0) if p.ndim >= 2 else p.zero_()
@@ -91,7 +97,8 @@ def images() -> torch.Tensor:
 
 def attentions(model: nn.Module) -> list[nn.Module]:
     """Every block's attention in global forward order (Swin: across stages)."""
-    blocks = [b for s in model.layers for b in s.blocks] if hasattr(model, "layers") else list(model.blocks)
+    stages = getattr(model, "layers", None) or getattr(model, "stages", None)
+    blocks = [b for s in stages for b in s.blocks] if stages is not None else list(model.blocks)
     return [b.attn for b in blocks]
 
 
@@ -107,6 +114,9 @@ def zero_bias(owner: nn.Module) -> None:
     with torch.no_grad():
         if getattr(owner, "relative_position_bias_table", None) is not None:
             owner.relative_position_bias_table.zero_()
+        elif hasattr(owner, "meta_mlp"):  # Swin v2 cr: the MLP's output is the bias
+            owner.meta_mlp.fc2.weight.zero_()
+            owner.meta_mlp.fc2.bias.zero_()
         elif hasattr(owner, "cpb_mlp"):  # Swin v2: MLP output 0 -> bias 16 * sigmoid(0) = 8 everywhere, which
             owner.cpb_mlp[-1].weight.zero_()  # softmax ignores: the bias off
         else:  # RelPosMlp: the last layer's output is the bias (mode 'cr': no activation)
@@ -216,6 +226,8 @@ def test_capture_is_the_bias_each_attention_adds(key, images):
                 want = attn.rel_pos.get_bias()
             elif hasattr(attn, "cpb_mlp"):
                 want = swinv2_bias(model, l, images)
+            elif hasattr(attn, "meta_mlp"):
+                want = attn._relative_positional_encodings()
             else:
                 want = attn._get_rel_pos_bias()
             want = want if want.ndim == 4 else want.unsqueeze(0)
@@ -266,7 +278,7 @@ def test_off_is_a_zeroed_table_or_mlp(key, images):
     assert (ref - _logits(model, images)).abs().max() > 1e-2
 
 
-@pytest.mark.parametrize("key", ["beit", "beit_shared", "swin", "swinv2", "relpos_mlp", "relpos_shared"])
+@pytest.mark.parametrize("key", ["beit", "beit_shared", "swin", "swinv2", "swinv2_cr", "relpos_mlp", "relpos_shared"])
 def test_one_site_off_is_one_block_without_bias(key, images):
     model = build(key)
     fam = family_for(model)
@@ -284,7 +296,7 @@ def permuted_index(model: nn.Module, perm: torch.Tensor, n_prefix: int) -> nn.Mo
     ref = copy.deepcopy(model)
     for owner in bias_owners(ref):
         index = owner.relative_position_index
-        t = int(round(index.numel() ** 0.5))
+        t = round(index.numel() ** 0.5)
         p = window_perm(perm, t - n_prefix)
         idx = torch.cat([torch.arange(n_prefix), n_prefix + p])
         owner.relative_position_index = index.view(t, t)[idx][:, idx].reshape(index.shape).contiguous()
@@ -312,7 +324,7 @@ def test_mean_is_a_table_of_the_mean_patch_bias(key, images):
     with torch.no_grad():
         for owner in bias_owners(ref):
             table, index = owner.relative_position_bias_table, owner.relative_position_index
-            t = int(round(index.numel() ** 0.5))
+            t = round(index.numel() ** 0.5)
             patch_idx = index.view(t, t)[npre:, npre:].reshape(-1)
             m = table[patch_idx].mean(0)  # per head
             n_patch_rows = table.shape[0] - 3 * npre  # BEiT's last 3 rows are the class-token entries
@@ -346,7 +358,7 @@ def test_absolute_site_off_is_a_zeroed_pos_embed(key, images):
 
 
 @pytest.mark.parametrize("name, kwargs, match", [
-    ("levit_conv_128s", dict(img_size=64, num_classes=5), "levit_conv"),
+    ("levit_conv_128s", {"img_size": 64, "num_classes": 5}, "levit_conv"),
 ])
 def test_unsupported_models_are_refused_in_one_line(name, kwargs, match):
     model = timm.create_model(name, pretrained=False, **kwargs)
@@ -379,7 +391,7 @@ def test_zero_bias_gets_zero_pe_share(key, images):
     for s in bias_sites(fam):
         assert _value(result, s.name, "pe_abs") == 0.0
         share = _value(result, s.name, "pe_share")
-        assert share == 0.0 or share != share  # 0, or NaN where token attribution is not split
+        assert share == 0.0 or math.isnan(share)  # 0, or NaN where token attribution is not split
 
 
 @pytest.mark.parametrize("key", list(MODELS))
@@ -415,7 +427,7 @@ def test_attribution_path_ends_at_the_hand_edited_model(key, images):
 
 
 # ---------------------------------------------------------------------------------------------- LeViT
-LEVIT = dict(img_size=64, num_classes=5, embed_dim=(32, 48), depth=(1, 1), num_heads=(2, 2), key_dim=8)
+LEVIT = {"img_size": 64, "num_classes": 5, "embed_dim": (32, 48), "depth": (1, 1), "num_heads": (2, 2), "key_dim": 8}
 
 
 def build_levit(distilled: bool = False) -> nn.Module:
@@ -463,7 +475,7 @@ def test_levit_sites_and_capture(images64):
     fam = family_for(model)
     assert isinstance(fam, AttnBiasFamily) and fam.grid == (4, 4) and fam.img_size == (64, 64)
     assert [s.name for s in fam.sites()] == [H.attn_bias_hook(0), H.attn_bias_hook(1)]
-    assert set(s.name for s in fam.sites()) <= set(pe_probe.hook_names(model))
+    assert {s.name for s in fam.sites()} <= set(pe_probe.hook_names(model))
     got = {}
     hs = [s.module.register_forward_hook(lambda m, a, o, n=s.name: got.__setitem__(n, o)) for s in fam.sites()]
     with torch.no_grad():
@@ -513,7 +525,7 @@ def test_levit_through_the_api(distilled, images64):
     attr = pe_probe.attribute(model, images64[:4], n_steps=32, progress=False, batch_size=4)
     pred = intact[:4].argmax(-1)
     for l in (0, 1):
-        ref = _logits(levit_copy(model, lambda i, a: a.attention_biases.zero_() if i == l else None), images64)
+        ref = _logits(levit_copy(model, lambda i, a, l=l: a.attention_biases.zero_() if i == l else None), images64)
         kl, agree = _kl_agree(intact, ref)
         site = H.attn_bias_hook(l)
         assert _value(result, site, "kl", "zero") == pytest.approx(kl, rel=1e-4, abs=1e-7)

@@ -24,7 +24,7 @@ from pe_probe.core import hook_points as H
 from pe_probe.core.errors import UnsupportedModelError
 from pe_probe.families import family_for, replaced
 
-from .zoo_common import agree_kl, as_frame, frame_value, site_col
+from .zoo_common import agree_kl, as_frame, frame_value, logit_drop, metric, site_col
 
 torch.set_num_threads(1)
 
@@ -226,3 +226,16 @@ def test_hook_pooled_is_the_mean_of_the_final_norm_tokens():
         for h in hooks:
             h.remove()
     torch.testing.assert_close(got["pooled"], got["final"].mean(dim=1), rtol=0, atol=0)
+
+
+def test_attribution_ends_at_the_hand_edited_model_and_is_complete():
+    """tokens kept, PE baseline off: the path ends at the copy without that PEG's conv, so fdiff is the copy's
+    predicted-class logit drop, and the PE attributions sum to it (completeness)."""
+    m, x = twins(scale=3.0), images(4)
+    with torch.no_grad():
+        drop = logit_drop(m(x), pe_off_copy(m, [0])(x))
+    frame = as_frame(pe_probe.attribute(m, x, sites=["pos_block.0.hook_peg"], tokens="keep", n_steps=32,
+                                        progress=False))
+    assert metric(frame, "fdiff") == pytest.approx(drop, rel=1e-4, abs=1e-5)
+    assert metric(frame, "pe_attr") == pytest.approx(drop, rel=0.02)
+    assert abs(drop) > 0.1

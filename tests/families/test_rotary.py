@@ -11,6 +11,7 @@ so that the rotation changes the logits (checked, so that no comparison passes v
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -25,7 +26,7 @@ from pe_probe.core.errors import UnknownNameError, UnsupportedModelError  # noqa
 from pe_probe.families import family_for, replaced  # noqa: E402
 from pe_probe.families.rotary import RotaryFamily, identity_rope  # noqa: E402
 
-SMALL = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=5)
+SMALL = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2, "num_classes": 5}
 
 #: id -> (timm name, extra kwargs, has an absolute pos_embed, mixed RoPE)
 MODELS = {
@@ -36,6 +37,7 @@ MODELS = {
     "rope_reg_gap": ("vit_medium_patch16_rope_reg1_gap_256", {}, False, False),
     "eva02": ("eva02_tiny_patch14_224", {}, True, False),
     "dinov3": ("vit_small_patch16_dinov3", {}, False, False),
+    "pe_core_map": ("vit_pe_core_tiny_patch16_384", {"attn_pool_num_heads": 2}, True, False),  # norm_pre, map pool
 }
 
 
@@ -307,7 +309,7 @@ def test_identity_rope_gets_zero_pe_share(key, images):
     for s in fam.sites():
         assert _value(result, s.name, "pe_abs") == 0.0
         share = _value(result, s.name, "pe_share")
-        assert share == 0.0 or share != share  # 0, or NaN where token attribution is not split (tokens="keep")
+        assert share == 0.0 or math.isnan(share)  # 0, or NaN where token attribution is not split (tokens="keep")
 
 
 @pytest.mark.parametrize("key", list(MODELS))
@@ -343,3 +345,40 @@ def test_attribution_path_ends_at_the_hand_edited_model(key, images):
         assert abs(drop) > 1e-3
         assert _value(result, site, "pe_abs") > 0
         assert _value(result, site, "rel_delta") < 0.05
+
+
+def test_eva_without_rope_is_an_absolute_model(images):
+    """EVA-1 (an Eva with pos_embed only): pe_kind absolute, its one site off == a zeroed pos_embed."""
+    torch.manual_seed(0)
+    model = scaled(timm.create_model("eva_giant_patch14_224", pretrained=False, **SMALL)).eval()
+    with torch.no_grad():
+        model.pos_embed.normal_(0, 1.0)
+    fam = family_for(model)
+    assert fam.name == "rotary" and fam.pe_kind == "absolute" and [s.name for s in fam.sites()] == [H.INPUT_PE]
+    got = _with(fam, fam.sites(), "zero", images)
+    ref = copy.deepcopy(model)
+    with torch.no_grad():
+        ref.pos_embed.zero_()
+    want = _logits(ref, images)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert (want - _logits(model, images)).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("key", ["eva02", "pe_core_map", "rope_ape"])
+def test_derived_block_pe_is_norm1_of_the_input_pe(key):
+    """What block l sees of pos_embed: norm1_l(norm_pre(pos_embed)) (norm_pre: PE-core towers), NaN rows for
+    prefix slots without a row (no_embed_class)."""
+    model = build(key)
+    fam = family_for(model)
+    assert fam.receiving_blocks == [0, 1] and fam.pe_derived
+    pos = model.pos_embed
+    npt = model.num_prefix_tokens
+    if pos.shape[1] < fam.num_tokens:
+        pos = torch.cat([torch.full((1, npt, pos.shape[2]), float("nan")), pos], dim=1)
+    with torch.no_grad():
+        pre = pos if isinstance(model.norm_pre, nn.Identity) else model.norm_pre(pos)
+        for l, blk in enumerate(model.blocks):
+            want = blk.norm1(pre)
+            got = fam.derived()[H.block_hook(l, H.PE)]()
+            torch.testing.assert_close(got, want, equal_nan=True)
+            assert got.shape == (1, fam.num_tokens, fam.embed_dim)

@@ -37,3 +37,16 @@ def frame_value(frame, site: str, intervention: str, metric: str) -> float:
                  & (frame["metric"] == metric)]
     assert len(rows) == 1, rows
     return float(rows["value"].iloc[0])
+
+
+def logit_drop(intact: torch.Tensor, edited: torch.Tensor) -> float:
+    """Mean over images of the intact model's predicted-class logit minus the edited model's logit there."""
+    pred = intact.argmax(-1, keepdim=True)
+    return float((intact.gather(1, pred) - edited.gather(1, pred)).double().mean())
+
+
+def metric(frame, name: str) -> float:
+    """The one value of ``metric == name`` in an attribution frame of one site."""
+    rows = frame[frame["metric"] == name]
+    assert len(rows) == 1, rows
+    return float(rows["value"].iloc[0])
