@@ -37,6 +37,9 @@ _LAZY = {
     "train": "pipeline", "reproduce": "pipeline", "render_figures": "pipeline", "ProbeHistory": "pipeline",
     # probing: causal tests of the PE (they return the core containers AblationResult / AttributionResult)
     "ablate": "probing", "attribute": "probing",
+    # probing: attention and the input (they return AttentionResult / ShuffleResult; the sweep a ResolutionResult)
+    "attention_stats": "probing", "capture_attention": "probing", "patch_shuffle": "probing",
+    "resolution_sweep": "pipeline",
     # PE families (torch)
     "family_for": "families", "register_family": "families", "families": "families", "Family": "families",
     "Site": "families",

@@ -88,7 +88,7 @@ def resolution_by_size(sel: Selection, options: Mapping[str, Any], ref: P.Report
     def make(frame):
         for size, g in frame.groupby("img_size", sort=True):
             for metric in metrics:
-                part = g[g["metric"] == metric]
+                part = g[(g["metric"] == metric) & ((g["layer"] >= 0) | (metric == "top1"))]  # blocks, not the Last LN
                 if len(part):
                     yield dict(img_size=int(size), metric=metric, value=float(part["value"].mean()))
 

@@ -7,14 +7,17 @@ all reading the model through its PE family (:func:`pe_probe.families.family_for
 
 from .ablation import run_ablation
 from .adapter import ModelView, view_model
+from .attention import attention_stats, capture_attention
 from .attribution import run_attribution
 from .checks import mpvg_constant_offset_check
 from .hooks import capture, hook_names
+from .perturb import patch_shuffle, probe_at_sizes
 from .stream import probe
 
 #: ``pe_probe.ablate`` / ``pe_probe.attribute``: they return the core result containers
 #: (:class:`~pe_probe.core.causal.AblationResult`, :class:`~pe_probe.core.causal.AttributionResult`).
 ablate, attribute = run_ablation, run_attribution
 
-__all__ = ["ModelView", "ablate", "attribute", "capture", "hook_names", "mpvg_constant_offset_check", "probe",
+__all__ = ["ModelView", "ablate", "attention_stats", "attribute", "capture", "capture_attention", "patch_shuffle",
+           "probe_at_sizes", "hook_names", "mpvg_constant_offset_check", "probe",
            "run_ablation", "run_attribution", "view_model"]

@@ -35,7 +35,8 @@ from torch.overrides import TorchFunctionMode
 from tqdm.auto import tqdm
 
 from ..core import hook_points as H
-from ..core.attention import ATTENTION_METRICS, LOGIT_METRICS, LOGIT_TERMS, attention_site  # noqa: F401
+from ..core.attention import (ATTENTION_METRICS, LOGIT_METRICS, LOGIT_TERMS, AttentionResult,  # noqa: F401
+                              attention_site)
 from ..core.errors import CheckpointError, DataError
 from .adapter import view_model
 from .hooks import eval_inference, recording
@@ -333,13 +334,16 @@ def attention_stats(
     std: Sequence[float] | None = None,
     split: str | None = None,
     decompose: bool = True,
+    trained_on: dict | None = None,
     progress: bool = True,
-) -> tuple[list[tuple[str, str, int, int, str, float]], dict]:
-    """Stream ``data`` through ``model`` with its attention unfused and return per-head rows
-    ``(site, pe_kind, layer, head, metric, value)`` and metadata (``n_images``, ``grid``, ``decomposed_layers``,
-    ``not_decomposed`` and ``not_measured``: ``{layer: why}``).
+    run: str | os.PathLike | None = None,
+) -> AttentionResult:
+    """Stream ``data`` through ``model`` with its attention unfused and return an
+    :class:`~pe_probe.core.attention.AttentionResult`: per-head rows ``(site, pe_kind, layer, head, metric, value)``
+    and ``meta`` (``n_images``, ``grid``, ``decomposed_layers``, ``not_decomposed`` and ``not_measured``:
+    ``{layer: why}``).
 
-    ``data`` as for :func:`pe_probe.probe`. Every block with global multi-head attention gets
+    ``data`` as for :func:`pe_probe.probe`; ``run`` is recorded in ``meta``. Every block with global multi-head attention gets
     ``attn_distance``, ``attn_prefix_share`` and ``attn_entropy``. With ``decompose``, also the PE's part of
     the logits where the family's sites define one: the content/position split where the attention input has
     an additive PE term (layer-wise PE blocks; block 0 of models that add the PE to the input, through its
@@ -385,7 +389,8 @@ def attention_stats(
                 and mods[s.layer] is not None and hasattr(mods[s.layer], "q_norm") and hasattr(mods[s.layer], "k_norm")}
     derived = {n: fn for n, fn in fam.derived().items() if n in names}
     batches, total = open_data(data, fam, batch_size=batch_size, data_dir=None if data_dir is None else str(data_dir),
-                               mean=mean, std=std, split=split)
+                               mean=mean, std=std, split=split,
+                               trained_on=trained_on)
     if total is not None and max_images is not None:
         total = min(total, max_images)
     terms: dict[int, torch.Tensor] = {}  # attention-bias terms of the forward in progress
@@ -438,9 +443,9 @@ def attention_stats(
     if len(not_measured) == fam.depth:
         raise CheckpointError(f"{type(model).__name__}: no block has global attention over its tokens "
                               f"({next(iter(not_measured.values()))}); attention statistics need it")
-    meta = {"n_images": n, "grid": list(fam.grid), "num_prefix_tokens": fam.num_prefix_tokens,
+    meta = {"run": "" if run is None else str(run), "n_images": n, "grid": list(fam.grid), "num_prefix_tokens": fam.num_prefix_tokens,
             "heads": stats.heads, "family": fam.name, "decomposed_layers": sorted(stats.decomposed),
             "ratio_layers": {str(l): m for l, m in sorted(stats.ratio.items())},
             "not_decomposed": {str(l): why for l, why in skipped.items()},
             "not_measured": {str(l): why for l, why in sorted(not_measured.items())}}
-    return stats.rows(_pe_kinds(fam)), meta
+    return AttentionResult(stats.rows(_pe_kinds(fam)), meta)

@@ -3,7 +3,7 @@
 - :func:`patch_shuffle`: top-1 and agreement with the unshuffled prediction when each image's patches are
   permuted within blocks of ``b`` x ``b`` patches (``b = 1``: no change; the whole grid: any patch anywhere),
   as in Naseer et al. 2021 ("Intriguing properties of vision transformers").
-- :func:`resolution_sweep`: the probe (and top-1 where labels exist) at other input sizes. A model with an
+- :func:`probe_at_sizes`: the probe (and top-1 where labels exist) at other input sizes. A model with an
   absolute PE is copied and its PE resampled with timm's ``set_input_size`` (``resample_abs_pos_embed``); the
   native size probes the model itself, so it reproduces the plain probe exactly.
 """
@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..core.attention import ShuffleResult
 from ..core.errors import CheckpointError, DataError
 from .adapter import view_model
 from .hooks import eval_inference
@@ -69,13 +70,16 @@ def patch_shuffle(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     split: str | None = None,
+    trained_on: dict | None = None,
     progress: bool = True,
-) -> tuple[list[tuple[int, str, float]], dict]:
+    run: str | os.PathLike | None = None,
+) -> ShuffleResult:
     """Top-1 and agreement with the unshuffled prediction when each image's patches are permuted within
     blocks of ``b`` x ``b`` patches, for each ``b`` in ``blocks`` (default :func:`shuffle_blocks`), the PE kept.
 
-    ``data`` as for :func:`pe_probe.probe`. Returns rows ``(block, metric, value)`` (``agree``; ``top1`` where
-    every batch has labels) and metadata (``n_images``, ``seed``, ``grid``, ``patch``, ``blocks``). Seeded: the
+    ``data`` as for :func:`pe_probe.probe`. Returns a :class:`~pe_probe.core.attention.ShuffleResult`: rows
+    ``(block, metric, value)`` (``agree``; ``top1`` where every batch has labels) and ``meta`` (``n_images``,
+    ``seed``, ``grid``, ``patch``, ``blocks``, ``run``). Seeded: the
     permutations depend on ``seed`` and the order of the images only.
     """
     view = view_model(model)
@@ -85,7 +89,8 @@ def patch_shuffle(
         if not isinstance(b, int) or isinstance(b, bool) or b < 1 or view.grid[0] % b or view.grid[1] % b:
             raise ValueError(f"block size {b!r} does not divide the {view.grid[0]}x{view.grid[1]} patch grid")
     batches, total = open_data(data, view, batch_size=batch_size, data_dir=None if data_dir is None else str(data_dir),
-                               mean=mean, std=std, split=split)
+                               mean=mean, std=std, split=split,
+                               trained_on=trained_on)
     if total is not None and max_images is not None:
         total = min(total, max_images)
     gen = torch.Generator().manual_seed(seed)
@@ -96,10 +101,10 @@ def patch_shuffle(
         bar = tqdm(total=total, unit="img", desc="patch shuffle", disable=not progress, leave=False)
         try:
             for images, labels in iter_batches(batches, view, max_images):
-                pred = model(images).argmax(-1)
+                pred = view.run(images).argmax(-1)
                 labelled = labelled and labels is not None
                 for b in blocks:
-                    out = model(shuffle_patches(images, patch, b, gen)).argmax(-1)
+                    out = view.run(shuffle_patches(images, patch, b, gen)).argmax(-1)
                     agree[b] += int((out == pred).sum())
                     if labels is not None:
                         correct[b] += int((out == labels).sum())
@@ -114,7 +119,8 @@ def patch_shuffle(
         rows.append((b, "agree", agree[b] / n))
         if labelled:
             rows.append((b, "top1", correct[b] / n))
-    return rows, {"n_images": n, "seed": seed, "grid": list(view.grid), "patch": patch, "blocks": blocks}
+    return ShuffleResult(rows, {"run": "" if run is None else str(run), "n_images": n, "seed": seed,
+                                "grid": list(view.grid), "patch": patch, "blocks": blocks})
 
 
 def at_resolution(model: nn.Module, img_size: int | tuple[int, int]) -> tuple[nn.Module, dict]:
@@ -164,7 +170,7 @@ class _Resized:
             yield images if labels is None else (images, labels)
 
 
-def resolution_sweep(
+def probe_at_sizes(
     model: nn.Module,
     data: Any,
     sizes: Sequence[int],
@@ -175,6 +181,7 @@ def resolution_sweep(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     split: str | None = None,
+    trained_on: dict | None = None,
     progress: bool = True,
     **probe_kwargs: Any,
 ) -> dict[int, tuple[Any, dict]]:
@@ -183,7 +190,9 @@ def resolution_sweep(
     Images are read at the model's own size and resized (:func:`resize_images`), so every size sees the same
     images; the model is :func:`at_resolution` (PE resampled where it is absolute; the native size probes the
     model itself and gives the plain probe's report). ``info`` adds ``top1`` (where the data has labels) and is
-    also recorded in the report's metadata (``resolution``). Other keywords go to :func:`pe_probe.probe`.
+    also recorded in the report's metadata (``resolution``). ``trained_on``: the run's ``config.json`` ``data``
+    (its images are checked against it at the model's own size, and it picks the split as the probe does).
+    Other keywords go to :func:`pe_probe.probe`.
     """
     from .stream import probe
 
@@ -195,6 +204,7 @@ def resolution_sweep(
     for s in tqdm(list(sizes), desc="resolutions", disable=not progress, leave=False):
         m, info = at_resolution(model, s)
         resized = _Resized(lambda: open_data(data, view, batch_size=batch_size, mean=mean, std=std, split=split,
+                                             trained_on=trained_on,
                                              data_dir=None if data_dir is None else str(data_dir))[0], view, (s, s))
         correct = seen = 0
         labelled = True

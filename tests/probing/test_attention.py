@@ -90,7 +90,8 @@ def test_uniform_attention_gives_the_grid_mean_distance():
         for blk in m.blocks:
             blk.attn.qkv.weight.zero_()  # q = k = bias: every logit of a query equal -> uniform attention
             blk.attn.qkv.bias.zero_()
-    rows, meta = attention_stats(m, images(4), progress=False)
+    res = attention_stats(m, images(4), progress=False)
+    rows, meta = res.rows, res.meta
     T = 16 + 1
     got = {(l, h, k): v for _, _, l, h, k, v in rows}
     for l in range(TINY["depth"]):
@@ -148,7 +149,8 @@ def test_input_pe_split_through_the_first_layernorm():
     sigma = torch.sqrt(x0.var(-1, unbiased=False, keepdim=True) + m.blocks[0].norm1.eps)
     pe = m.pos_embed - m.pos_embed.mean(-1, keepdim=True)
     torch.testing.assert_close(pos, m.blocks[0].norm1.weight * pe / sigma)
-    rows, meta = attention_stats(m, torch.randn(4, 3, 16, 16), progress=False)
+    res = attention_stats(m, torch.randn(4, 3, 16, 16), progress=False)
+    rows, meta = res.rows, res.meta
     assert meta["decomposed_layers"] == [0]
     share = [v for *_, k, v in rows if k == "logit_pos_share"]
     assert len(share) == 2 and all(0 < s < 1 for s in share)
@@ -161,7 +163,8 @@ def test_zero_pe_model_has_zero_position_terms():
         for blk in m.blocks:
             if blk.pe_norm is not None:  # LN'(0) = beta: zero it too so the PE term is exactly zero
                 blk.pe_norm.bias.zero_()
-    rows, meta = attention_stats(m, images(3), progress=False)
+    res = attention_stats(m, images(3), progress=False)
+    rows, meta = res.rows, res.meta
     assert set(meta["decomposed_layers"]) == {0, *m.pe_receiving_blocks()}  # block 0: the input PE, split
     for _, kind, l, h, k, v in rows:
         if k in ("logit_cp_ms", "logit_pc_ms", "logit_pp_ms", "logit_pos_share"):
@@ -171,7 +174,8 @@ def test_zero_pe_model_has_zero_position_terms():
 def test_qk_norm_blocks_get_distances_but_no_logit_split():
     m = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=16, patch_size=4, embed_dim=32,
                           depth=2, num_heads=2, qk_norm=True)
-    rows, meta = attention_stats(m, torch.randn(2, 3, 16, 16), progress=False)
+    res = attention_stats(m, torch.randn(2, 3, 16, 16), progress=False)
+    rows, meta = res.rows, res.meta
     assert meta["decomposed_layers"] == [] and "qk_norm" in meta["not_decomposed"]["0"]
     assert {k for *_, k, _ in rows} == {"attn_distance", "attn_prefix_share", "attn_entropy"}
     with pytest.raises(CheckpointError, match="no PE family reads a Linear"):

@@ -62,12 +62,13 @@ def test_bias_share_equals_the_logit_change_of_a_zeroed_table_copy(name, kw, npr
     with_bias = capture_attention(m, x, logits=True)[0].double().numpy()
     without = capture_attention(zero, x, logits=True)[0].double().numpy()  # block 0 sees the same input
     want = centred_ratio(with_bias - without, with_bias, npre)
-    rows, meta = attention_stats(m, x, progress=False)
+    res = attention_stats(m, x, progress=False)
+    rows, meta = res.rows, res.meta
     got = rows_of(rows, "logit_bias_share", 0)
     np.testing.assert_allclose(got, want, rtol=1e-4)
     assert got.min() > 1e-3  # the bias matters in this model, so the comparison is not vacuous
     assert {k for s, k, l, *_ in rows if l == 0} == {"attn_bias"}
-    rows0, _ = attention_stats(zero, x, progress=False)
+    rows0 = attention_stats(zero, x, progress=False).rows
     assert np.all(rows_of(rows0, "logit_bias_share", 0) == 0.0)  # a zero table has no share
 
 
@@ -81,7 +82,8 @@ def test_rope_change_equals_the_logit_change_without_rotation():
     unrot = capture_attention(plain, x, logits=True)[0].double().numpy()
     npre = m.num_prefix_tokens
     want = centred_ratio(rot - unrot, rot, npre)
-    rows, meta = attention_stats(m, x, progress=False)
+    res = attention_stats(m, x, progress=False)
+    rows, meta = res.rows, res.meta
     got = rows_of(rows, "logit_rope_change", 0)
     np.testing.assert_allclose(got, want, rtol=1e-4)
     assert got.min() > 0.01 and meta["ratio_layers"] == {"0": "logit_rope_change", "1": "logit_rope_change"}

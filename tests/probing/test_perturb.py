@@ -13,7 +13,7 @@ from timm.layers.pos_embed_sincos import build_sincos2d_pos_embed
 
 import pe_probe
 from pe_probe import PEVisionTransformer
-from pe_probe.probing.perturb import at_resolution, patch_shuffle, resolution_sweep, shuffle_blocks, shuffle_patches
+from pe_probe.probing.perturb import at_resolution, patch_shuffle, probe_at_sizes, shuffle_blocks, shuffle_patches
 
 from ..conftest import TINY
 
@@ -50,7 +50,8 @@ def test_patch_shuffle_known_answers():
     with torch.no_grad():
         m.pos_embed.zero_()
     data = torch.utils.data.TensorDataset(images(8), torch.arange(8) % 5)
-    rows, meta = patch_shuffle(m, data, progress=False)
+    res = patch_shuffle(m, data, progress=False)
+    rows, meta = res.rows, res.meta
     got = {(b, k): v for b, k, v in rows}
     assert meta["blocks"] == [1, 2, 4]
     for b in meta["blocks"]:
@@ -66,10 +67,10 @@ def test_patch_shuffle_known_answers():
         s.head.weight.mul_(20)
     data = torch.utils.data.TensorDataset(torch.randn(32, 3, 16, 16, generator=torch.Generator().manual_seed(1)),
                                           torch.arange(32) % 5)
-    rows, _ = patch_shuffle(s, data, progress=False, seed=3)
+    rows = patch_shuffle(s, data, progress=False, seed=3).rows
     got = {(b, k): v for b, k, v in rows}
     assert got[(1, "agree")] == 1.0 and got[(4, "agree")] < 1.0
-    rows2, _ = patch_shuffle(s, data, progress=False, seed=3)
+    rows2 = patch_shuffle(s, data, progress=False, seed=3).rows
     assert rows2 == rows  # seeded
 
 
@@ -79,7 +80,7 @@ def test_native_size_reproduces_the_plain_probe_exactly():
     m = PEVisionTransformer("mpvg", **TINY).eval()
     x = images(10)
     plain = pe_probe.probe(m, x, batch_size=4, progress=False)
-    out = resolution_sweep(m, x, [16], batch_size=4, progress=False)
+    out = probe_at_sizes(m, x, [16], batch_size=4, progress=False)
     report, info = out[16]
     assert info["pe_resampled"] is None and info["grid"] == [4, 4]
     assert report.meta["resolution"] == info
@@ -96,7 +97,7 @@ def test_other_sizes_resample_the_absolute_pe_with_timm():
     assert info == {"img_size": [32, 32], "grid": [8, 8], "pe_resampled": [17, 65]}
     want = resample_abs_pos_embed(m.pos_embed, new_size=(8, 8), old_size=(4, 4), num_prefix_tokens=1)
     torch.testing.assert_close(big.pos_embed, want, atol=0, rtol=0)
-    out = resolution_sweep(m, torch.utils.data.TensorDataset(images(8), torch.arange(8) % 5), [16, 32],
+    out = probe_at_sizes(m, torch.utils.data.TensorDataset(images(8), torch.arange(8) % 5), [16, 32],
                            batch_size=4, progress=False)
     rep32, info32 = out[32]
     assert rep32.meta["grid"] == [8, 8] and rep32.arrays["tok_map@0"].shape == (65, TINY["embed_dim"])
@@ -121,4 +122,4 @@ def test_bad_sizes_are_refused():
     with pytest.raises(pe_probe.DataError, match="4-px patches"):
         at_resolution(m, 18)
     with pytest.raises(ValueError, match="positive ints"):
-        resolution_sweep(m, images(2), [0], progress=False)
+        probe_at_sizes(m, images(2), [0], progress=False)
