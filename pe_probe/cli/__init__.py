@@ -15,7 +15,7 @@ import traceback
 from ..core.errors import PEProbeError
 
 #: Subcommand modules, in the order ``pe-probe --help`` lists them.
-SUBCOMMANDS = ("train", "eval", "probe", "ablate", "attribute", "figures", "reproduce")
+SUBCOMMANDS = ("train", "eval", "probe", "ablate", "attribute", "attention", "figures", "reproduce")
 
 #: Exceptions that mean bad input or a failing file system (one line, exit code 2), not a bug.
 USER_ERRORS = (PEProbeError, ValueError, OSError)

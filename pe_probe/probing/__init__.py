@@ -11,7 +11,7 @@ from .attention import attention_stats, capture_attention
 from .attribution import run_attribution
 from .checks import mpvg_constant_offset_check
 from .hooks import capture, hook_names
-from .perturb import patch_shuffle, probe_at_sizes
+from .perturb import check_sizes, patch_shuffle, probe_at_sizes
 from .stream import probe
 
 #: ``pe_probe.ablate`` / ``pe_probe.attribute``: they return the core result containers
@@ -19,5 +19,5 @@ from .stream import probe
 ablate, attribute = run_ablation, run_attribution
 
 __all__ = ["ModelView", "ablate", "attention_stats", "attribute", "capture", "capture_attention", "patch_shuffle",
-           "probe_at_sizes", "hook_names", "mpvg_constant_offset_check", "probe",
+           "check_sizes", "probe_at_sizes", "hook_names", "mpvg_constant_offset_check", "probe",
            "run_ablation", "run_attribution", "view_model"]

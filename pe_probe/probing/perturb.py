@@ -150,6 +150,21 @@ def at_resolution(model: nn.Module, img_size: int | tuple[int, int]) -> tuple[nn
     return new, info
 
 
+def check_sizes(model: nn.Module, sizes: Sequence[int]) -> list[int]:
+    """``sizes`` as a list once each is a positive int and a whole number of the model's patches (else
+    ValueError / :class:`~pe_probe.core.errors.DataError` naming the size): checked before anything is measured."""
+    view = view_model(model)
+    patch = view.img_size[0] // view.grid[0]
+    out = []
+    for s in sizes:
+        if not isinstance(s, int) or isinstance(s, bool) or s < 1:
+            raise ValueError(f"sizes must be positive ints (pixels), got {s!r}")
+        if s % patch:
+            raise DataError(f"{s}x{s} px is not a whole number of {patch}-px patches")
+        out.append(s)
+    return out
+
+
 def resize_images(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """``images`` resized to ``size`` (bilinear with antialiasing; unchanged at their own size)."""
     if tuple(images.shape[-2:]) == tuple(size):
@@ -198,10 +213,8 @@ def probe_at_sizes(
 
     view = view_model(model)
     out: dict[int, tuple[Any, dict]] = {}
-    for s in sizes:
-        if not isinstance(s, int) or isinstance(s, bool) or s < 1:
-            raise ValueError(f"sizes must be positive ints (pixels), got {s!r}")
-    for s in tqdm(list(sizes), desc="resolutions", disable=not progress, leave=False):
+    sizes = check_sizes(model, sizes)
+    for s in tqdm(sizes, desc="resolutions", disable=not progress, leave=False):
         m, info = at_resolution(model, s)
         resized = _Resized(lambda: open_data(data, view, batch_size=batch_size, mean=mean, std=std, split=split,
                                              trained_on=trained_on,
