@@ -78,9 +78,9 @@ def pe_sites(pe: dict, depth: int = DEPTH) -> list[tuple[str, int]]:
 def fake_ablation(pe: dict, seed: int, depth: int = DEPTH) -> pd.DataFrame:
     """An ``ablation.csv`` frame (every site, intervention and metric) with the attrs ``ablation.json`` holds."""
     rng = np.random.default_rng(seed + 2000)
-    rows = [dict(hook=h, layer=l, intervention=k, metric=m, value=float(rng.uniform(0, 1)))
+    rows = [dict(site=h, pe_kind="absolute" if l == -2 else "layerwise", layer=l, intervention=k, metric=m, value=float(rng.uniform(0, 1)))
             for h, l in pe_sites(pe, depth) for k in ("zero", "mean", "shuffle") for m in ("top1", "agree", "kl")]
-    frame = pd.DataFrame(rows, columns=["hook", "layer", "intervention", "metric", "value"])
+    frame = pd.DataFrame(rows, columns=["site", "pe_kind", "layer", "intervention", "metric", "value"])
     frame.attrs.update(depth=depth, n_images=N_IMAGES, effect="direct", intact_top1=0.9)
     return frame
 
@@ -90,18 +90,46 @@ def fake_attribution(pe: dict, seed: int, depth: int = DEPTH) -> pd.DataFrame:
     rng = np.random.default_rng(seed + 3000)
     metrics = ("pe_attr", "tok_attr", "pe_abs", "tok_abs", "pe_share", "fdiff", "delta_abs_mean", "delta_abs_max",
                "rel_delta")
-    rows = [dict(hook=h, layer=l, metric=m, value=float(rng.uniform(0, 1) if m != "rel_delta" else 10 ** rng.uniform(-6, -2)))
+    rows = [dict(site=h, pe_kind="absolute" if l == -2 else "layerwise", layer=l, metric=m,
+                 value=float(rng.uniform(0, 1) if m != "rel_delta" else 10 ** rng.uniform(-6, -2)))
             for h, l in pe_sites(pe, depth) for m in metrics]
-    frame = pd.DataFrame(rows, columns=["hook", "layer", "metric", "value"])
+    frame = pd.DataFrame(rows, columns=["site", "pe_kind", "layer", "metric", "value"])
     frame.attrs.update(depth=depth, n_images=N_IMAGES, baseline="mean", tokens="zero", target="predicted", n_steps=32)
     return frame
+
+
+def fake_attention(seed: int, depth: int = DEPTH, heads: int = 2) -> pd.DataFrame:
+    """Seeded attention statistics per block and head (``attention.csv``'s columns)."""
+    rng = np.random.default_rng(seed)
+    rows = [(f"blocks.{l}.attn", "none", l, h, m, float(rng.uniform(0, 1)))
+            for l in range(depth) for h in range(heads) for m in ("attn_distance", "attn_entropy", "logit_pos_share")]
+    return pd.DataFrame(rows, columns=["site", "pe_kind", "layer", "head", "metric", "value"])
+
+
+def fake_shuffle(seed: int) -> pd.DataFrame:
+    """Seeded patch-shuffle rows (``shuffle.csv``): agreement 1 at block 1, falling with the block size."""
+    rng = np.random.default_rng(seed)
+    rows = [(1, "agree", 1.0), (3, "agree", float(rng.uniform(0.3, 0.9)))]
+    return pd.DataFrame(rows, columns=["block", "metric", "value"])
+
+
+def fake_resolution(seed: int, depth: int = DEPTH, sizes=(9, 12, 15)) -> pd.DataFrame:
+    """Seeded resolution-sweep rows (``resolution.csv``): top-1 and a per-layer correlation per input size."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for size in sizes:
+        rows.append((size, "", "none", -3, "top1", float(rng.uniform(0.5, 1))))
+        rows += [(size, f"blocks.{l}.hook_pe", "layerwise", l, "tok_pe_corr", float(rng.uniform(-1, 1)))
+                 for l in range(depth)]
+    return pd.DataFrame(rows, columns=["img_size", "site", "pe_kind", "layer", "metric", "value"])
 
 
 def make_run(name: str, preset: str = "default", *, report: bool = True, top1: float | None = 80.0,
              model: str = "pe_deit_tiny_patch16_224", dataset: str = "digits", seed: int = 0,
              train_seed: int = 0, history: bool = True, causal: bool = True, **changes) -> RunResult:
     """A RunResult with a config.json-shaped dict (``train_seed`` is its training seed, ``seed`` seeds the fake
-    numbers) and, by default, a fake report, probe history, ablation and attribution; ``changes`` override
+    numbers) and, by default, a fake report, probe history, ablation, attribution, attention statistics, patch
+    shuffle and resolution sweep; ``changes`` override
     PEConfig fields."""
     pe = {**PRESETS[preset], **changes}
     config = {
@@ -118,8 +146,10 @@ def make_run(name: str, preset: str = "default", *, report: bool = True, top1: f
     rep = fake_report(name, pe, seed=seed, pe_mode=preset) if report else None
     hist = fake_history(pe, seed) if history and pe["layerwise"] else None
     abl, att = (fake_ablation(pe, seed), fake_attribution(pe, seed)) if causal else (None, None)
+    extra = dict(attention=fake_attention(seed), shuffle=fake_shuffle(seed), resolution=fake_resolution(seed)) \
+        if causal else {}
     return RunResult(name=name, config=config, summary=summary, report=rep, history=hist, ablation=abl,
-                     attribution=att)
+                     attribution=att, **extra)
 
 
 def seeded_runs(seeds: int = 3) -> list[RunResult]:

@@ -102,3 +102,10 @@ def test_scan_cost_tiny(capsys):
                                   "--no-augment"])
     assert out["scan_s"] > 0 and out["epoch_s"] > 0
     assert "scan / epoch" in capsys.readouterr().out
+
+
+def test_attention_cost_tiny(capsys):
+    out = load("attention_cost").main(["--tiny", "--batch-size", "2", "--repeats", "1", "--threads", "1"])
+    assert set(out) == {"plain_s", "plain", "unfused", "attention", "attention (no split)"}
+    assert out["plain"] == 1.0 and all(v > 0 for v in out.values())
+    assert "x unfused" in capsys.readouterr().out

@@ -14,6 +14,8 @@ from typing import Any, Mapping
 
 import pandas as pd
 
+from ..core.attention import AttentionResult, ResolutionResult, ShuffleResult
+from ..core.errors import CheckpointError
 from ..core.report import ProbeReport
 from ..core.rundir import RunDir
 from .causal import read_ablation, read_attribution
@@ -40,6 +42,9 @@ class RunResult:
     history: pd.DataFrame | None = None  #: ``probe_history.csv`` (epoch, layer, metric, value), if recorded
     ablation: pd.DataFrame | None = None  #: ``ablation.csv`` (hook, layer, intervention, metric, value), if computed
     attribution: pd.DataFrame | None = None  #: ``attribution.csv`` (hook, layer, metric, value), if computed
+    attention: pd.DataFrame | None = None  #: ``attention.csv`` (site, pe_kind, layer, head, metric, value), if computed
+    shuffle: pd.DataFrame | None = None  #: ``shuffle.csv`` (block, metric, value), if computed
+    resolution: pd.DataFrame | None = None  #: ``resolution.csv`` (img_size, site, pe_kind, layer, metric, value)
 
     @property
     def display(self) -> str:
@@ -135,14 +140,20 @@ class RunResult:
 
     @classmethod
     def from_dir(cls, path: str | Path | RunDir, report: ProbeReport | None = None, **kwargs: Any) -> "RunResult":
-        """Read ``config.json`` and (if present) ``summary.json``, ``probe_history.csv``, ``ablation.csv`` and
-        ``attribution.csv`` of a run directory (``kwargs`` given win: e.g. frames just computed)."""
+        """Read ``config.json`` and (if present) ``summary.json``, ``probe_history.csv``, ``ablation.csv``,
+        ``attribution.csv``, ``attention.csv``, ``shuffle.csv`` and ``resolution.csv`` of a run directory (``kwargs`` given win: e.g. frames just computed)."""
         run = path if isinstance(path, RunDir) else RunDir(path)
         history = pd.read_csv(run.probe_history_path) if run.probe_history_path.is_file() else None
         if "ablation" not in kwargs and run.ablation_path.is_file():
             kwargs["ablation"] = read_ablation(run.path)
         if "attribution" not in kwargs and run.attribution_path.is_file():
             kwargs["attribution"] = read_attribution(run.path).frame
+        for name, result in (("attention", AttentionResult), ("shuffle", ShuffleResult), ("resolution", ResolutionResult)):
+            if name not in kwargs and (run.path / result.CSV).is_file():
+                try:
+                    kwargs[name] = result.load(run.path).frame()
+                except CheckpointError:  # an unreadable or old cache: the figures that need it skip the run
+                    pass
         return cls(name=kwargs.pop("name", run.name), config=run.read_config(), summary=run.read_summary(),
                    report=report, path=run.path, history=history, **kwargs)
 

@@ -16,7 +16,7 @@ from typing import Any
 from ..core.pe import PEConfig
 from .runs import RunResult
 
-NEEDS = ("summary", "report", "history", "ablation", "attribution")
+NEEDS = ("summary", "report", "history", "ablation", "attribution", "attention", "shuffle", "resolution")
 TAKES = ("all", "one")
 
 #: Flat selector fields (``RunResult.fields()``); anything else must be a dotted path under ``ROOTS``.
@@ -235,7 +235,7 @@ def _has(run: RunResult, need: str) -> bool:
         return run.top1 is not None
     if need == "report":
         return run.report is not None
-    if need in ("history", "ablation", "attribution"):
+    if need in ("history", "ablation", "attribution", "attention", "shuffle", "resolution"):
         frame = getattr(run, need)
         return frame is not None and len(frame) > 0
     raise ValueError(f"unknown need {need!r}")
@@ -272,7 +272,9 @@ class Selection:
 def _needs_text(needs: Sequence[str]) -> str:
     what = {"summary": "a summary (finished training)", "report": "a probe report",
             "history": "a probe history (trained with --probe-every)",
-            "ablation": "a PE ablation (ablation.csv)", "attribution": "a PE attribution (attribution.csv)"}
+            "ablation": "a PE ablation (ablation.csv)", "attribution": "a PE attribution (attribution.csv)",
+            "attention": "attention statistics (attention.csv)", "shuffle": "a patch-shuffle test (shuffle.csv)",
+            "resolution": "a resolution sweep (resolution.csv)"}
     return (" with " + " and ".join(what[n] for n in needs)) if needs else ""
 
 

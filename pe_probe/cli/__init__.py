@@ -17,7 +17,7 @@ from ..core.errors import PEProbeError
 from ..core.signals import Terminated, exit_code, terminate_as_interrupt
 
 #: Subcommand modules, in the order ``pe-probe --help`` lists them.
-SUBCOMMANDS = ("train", "eval", "probe", "ablate", "attribute", "figures", "reproduce")
+SUBCOMMANDS = ("train", "eval", "probe", "ablate", "attribute", "attention", "figures", "reproduce")
 
 #: Exceptions that mean bad input or a failing file system (one line, exit code 2), not a bug.
 USER_ERRORS = (PEProbeError, ValueError, OSError)

@@ -31,6 +31,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterator
 
+from .attention import ATTENTION_CSV, ATTENTION_JSON, RESOLUTION_CSV, RESOLUTION_JSON, SHUFFLE_CSV, SHUFFLE_JSON
 from .causal import ABLATION_CSV, ABLATION_JSON, ATTRIBUTION_CSV, ATTRIBUTION_JSON
 from .errors import CheckpointError
 from .io import atomic_path, write_json, write_text
@@ -53,6 +54,9 @@ class RunDir:
     PROBE_HISTORY = "probe_history.csv"
     ABLATION, ABLATION_META = ABLATION_CSV, ABLATION_JSON
     ATTRIBUTION, ATTRIBUTION_META = ATTRIBUTION_CSV, ATTRIBUTION_JSON
+    ATTENTION, ATTENTION_META = ATTENTION_CSV, ATTENTION_JSON
+    SHUFFLE, SHUFFLE_META = SHUFFLE_CSV, SHUFFLE_JSON
+    RESOLUTION, RESOLUTION_META = RESOLUTION_CSV, RESOLUTION_JSON
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path).expanduser()
@@ -83,6 +87,9 @@ class RunDir:
     probe_history_path = property(lambda self: self.path / self.PROBE_HISTORY, doc="``probe_history.csv``")
     ablation_path = property(lambda self: self.path / self.ABLATION, doc="``ablation.csv``")
     attribution_path = property(lambda self: self.path / self.ATTRIBUTION, doc="``attribution.csv``")
+    attention_path = property(lambda self: self.path / self.ATTENTION, doc="``attention.csv``")
+    shuffle_path = property(lambda self: self.path / self.SHUFFLE, doc="``shuffle.csv``")
+    resolution_path = property(lambda self: self.path / self.RESOLUTION, doc="``resolution.csv``")
 
     def is_run(self) -> bool:
         """Whether the directory holds a run (it has a ``config.json``)."""

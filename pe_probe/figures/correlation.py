@@ -14,10 +14,13 @@ from ._axes import current_ax
 
 def correlation_lines(data: pd.DataFrame, ax=None, *, x: str = "layer", y: str = "value",
                       hue: str = "series", units: str | None = "run", paper: Mapping[int, float] | None = None,
-                      paper_label: str = "paper", ylabel: str = "Pearson r (token map vs PE map)"):
+                      paper_label: str = "paper", ylabel: str = "Pearson r (token map vs PE map)",
+                      xlabel: str = "layer (block index)", ylim: tuple[float, float] | None = (-1.05, 1.05),
+                      zero_line: bool = True):
     """One line per ``hue`` value through the mean of ``y`` per ``x`` (rows: one per seed), with the 95% t band
     (:func:`pe_probe.analysis.stats.ci_bounds`, drawn by seaborn) and each ``units`` value (seed run) as a thin
-    line; ``paper`` ({layer: r}) as black dashed markers. Returns ``ax``."""
+    line; ``paper`` ({layer: r}) as black dashed markers. ``ylim`` None: matplotlib's own range; ``zero_line``:
+    a grey line at 0. Returns ``ax``."""
     ax = current_ax(ax)
     order = list(dict.fromkeys(data[hue]))
     palette = {name: f"C{i}" for i, name in enumerate(order)}
@@ -30,9 +33,11 @@ def correlation_lines(data: pd.DataFrame, ax=None, *, x: str = "layer", y: str =
     if paper:
         layers = sorted(paper)
         ax.plot(layers, [paper[k] for k in layers], linestyle="--", marker="s", color="black", label=paper_label)
-    ax.axhline(0.0, color="0.7", linewidth=0.8, zorder=0)
-    ax.set_xlabel("layer (block index)")
+    if zero_line:
+        ax.axhline(0.0, color="0.7", linewidth=0.8, zorder=0)
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.set_ylim(-1.05, 1.05)
+    if ylim is not None:
+        ax.set_ylim(*ylim)
     ax.legend(fontsize=7)
     return ax

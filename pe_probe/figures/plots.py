@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
+from ..analysis import attention as at_
 from ..analysis import figure_data as fd_
 from ..analysis.figure_data import FigureData
 from .accuracy import accuracy_bars
@@ -174,6 +175,58 @@ def draw_table(fd: FigureData, options: Mapping[str, Any], title: str) -> str:
     return md + (f"\n{fd.footnote}\n" if fd.footnote else "")
 
 
+#: Axis labels of the attention and input-side metrics (docs/probe.md defines them).
+_LABELS = {"attn_distance": "mean attention distance (patches)", "attn_entropy": "attention entropy (nats)",
+           "attn_prefix_share": "attention to prefix tokens", "logit_pos_share": "share of logit power with the PE",
+           "agree": "predictions unchanged", "top1": "top-1"}
+
+
+def _integer_ticks(ax) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def draw_layer_lines(fd: FigureData, options: Mapping[str, Any], title: str) -> Figure:
+    """One line per configuration through a per-block statistic (mean over seeds, 95% band, each seed thin)."""
+    fig = _figure(5.0, 3.8)
+    ax = fig.subplots()
+    metric = options["metric"]
+    share = metric.endswith("share")
+    correlation_lines(fd.data, ax, ylabel=_LABELS.get(metric, metric), ylim=(-0.02, 1.02) if share else None,
+                      zero_line=share)
+    _integer_ticks(ax)
+    ax.set_title(_wrap(title, 5.0), fontsize=10)
+    return fig
+
+
+def draw_shuffle_lines(fd: FigureData, options: Mapping[str, Any], title: str) -> Figure:
+    """One line per configuration: the metric against the side of the shuffled blocks, in patches."""
+    fig = _figure(5.0, 3.8)
+    ax = fig.subplots()
+    correlation_lines(fd.data, ax, x="block", ylabel=_LABELS.get(options["metric"], options["metric"]),
+                      xlabel="patches shuffled within blocks of k x k (k)", ylim=(-0.02, 1.02))
+    ax.set_xscale("log", base=2)
+    ax.set_title(_wrap(title, 5.0), fontsize=10)
+    return fig
+
+
+def draw_resolution_lines(fd: FigureData, options: Mapping[str, Any], title: str) -> Figure:
+    """Two panels against the input size: top-1, and the position statistic; the training size marked."""
+    fig = _figure(8.4, 3.8)
+    axes = fig.subplots(1, 2)
+    data = fd.data
+    for ax, metric in zip(axes, ["top1", options["metric"]]):
+        part = data[data["metric"] == metric]
+        correlation_lines(part, ax, x="img_size", ylabel=_LABELS.get(metric, metric), xlabel="input size (px)",
+                          ylim=(-0.02, 1.02) if metric == "top1" else None, zero_line=metric != "top1")
+        for size in sorted(set(part.loc[part["native"], "img_size"])):
+            ax.axvline(size, color="0.6", linestyle=":", linewidth=1)
+        _integer_ticks(ax)
+    fig.suptitle(_wrap(title, 8.4), fontsize=10)
+    return fig
+
+
 #: Every plot a spec can name.
 PLOTS: dict[str, Plot] = {p.name: p for p in (
     Plot("accuracy_bars", "figure", fd_.accuracy_bars, draw_accuracy_bars,
@@ -192,6 +245,9 @@ PLOTS: dict[str, Plot] = {p.name: p for p in (
     Plot("ablation", "figure", fd_.ablation_by_layer, draw_ablation,
          {"metric": "agree", "interventions": ["zero", "mean", "shuffle"]}),
     Plot("attribution", "figure", fd_.attribution_by_layer, draw_attribution, {"max_rel_delta": 0.05}),
+    Plot("attention_lines", "figure", at_.attention_by_layer, draw_layer_lines, {"metric": "attn_distance"}),
+    Plot("shuffle_lines", "figure", at_.shuffle_by_block, draw_shuffle_lines, {"metric": "agree"}),
+    Plot("resolution_lines", "figure", at_.resolution_by_size, draw_resolution_lines, {"metric": "tok_pe_corr"}),
     Plot("accuracy_table", "table", fd_.accuracy_table, draw_table,
          {"backbones": ["DeiT-Ti", "DeiT-S", "DeiT-B"], "digits": 2}),
     Plot("ablation_table", "table", fd_.ablation_table, draw_table, {"paper_rows": True, "digits": 2},

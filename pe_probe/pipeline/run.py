@@ -33,6 +33,7 @@ from ..probing import probe
 from ..training import TrainConfig, load_run
 from ..training.config import check_run_options, recipe_for
 from ..training.recipes import DEFAULT_RECIPE_FOR_DATASET, get_recipe
+from .attention import position_tests
 from .causal import RUN_ATTRIBUTION_IMAGES, ablate_run, attribute_run
 from .history import train
 from .presets import RunPlan, preset_plans
@@ -275,8 +276,10 @@ def run_one(config: TrainConfig, *, data_dir: str | os.PathLike | None = None, m
 
 
 def _causal(run: RunDir, data_dir, max_images: int | None, recompute: bool) -> dict:
-    """The run's ablation and attribution frames (computed once, then read from the run directory)."""
+    """The run's ablation and attribution frames, and its attention, patch-shuffle and resolution frames
+    (:func:`~pe_probe.pipeline.attention.position_tests`), each computed once, then read from the run directory."""
     return {
+        **position_tests(run, data_dir, max_images, recompute),
         "ablation": ablate_run(run, data_dir=data_dir, max_images=max_images, recompute=recompute, progress=False),
         "attribution": attribute_run(
             run, data_dir=data_dir, recompute=recompute, progress=False,

@@ -10,20 +10,20 @@ import numpy as np
 import pytest
 
 import pe_probe
-from pe_probe.analysis.causal import (ablation_frame, attribution_of, read_ablation, read_attribution, save_ablation,
-                                      save_attribution)
+from pe_probe.analysis.causal import read_ablation, read_attribution, save_ablation, save_attribution
 from pe_probe.core.causal import AblationResult, AttributionResult
 from pe_probe.pipeline.causal import ablate_run
 
 
 def _ablation(n):
-    rows = [("hook_input_pe", -2, "zero", "agree", 0.25 * n), ("blocks.1.hook_pe", 1, "mean", "kl", 0.1 / n)]
-    return ablation_frame(AblationResult(rows, {"n_images": n}))
+    rows = [("hook_input_pe", "abs", -2, "zero", "agree", 0.25 * n), ("blocks.1.hook_pe", "abs", 1, "mean", "kl",
+                                                                          0.1 / n)]
+    return AblationResult(rows, {"n_images": n})
 
 
 def _attribution(n):
     maps = {"blocks.1.hook_pe": np.full((1, 2, 2), float(n))}
-    return attribution_of(AttributionResult([("blocks.1.hook_pe", 1, "pe_share", 1 / n)], {"n_images": n}, maps, {}))
+    return AttributionResult([("blocks.1.hook_pe", "abs", 1, "pe_share", 1 / n)], {"n_images": n}, maps, {})
 
 
 def _killed_between_renames(monkeypatch, json_name, save):
