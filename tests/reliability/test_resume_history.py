@@ -106,7 +106,9 @@ def test_sigterm_mid_training_exits_143_in_one_line_and_resumes_to_the_uninterru
     out = tmp_path / "R"
     proc = subprocess.Popen(pe_probe_cmd("train", "--out", out, *ARGS), env=env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    _wait_for(out / "probe_history.csv", proc)
+    # after the first history write and its epoch's state (before it, the fresh run saved nothing: it is removed,
+    # as test_sigterm_on_a_fresh_run... checks)
+    _wait_for(out / "state.pt", proc)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143 and err.splitlines() == ["pe-probe train: terminated"]
