@@ -382,6 +382,8 @@ def _lape_source(file: Path, sd: dict, key: str | None, args: dict, model: str |
 def _file_source(file: Path, model: str | None, use_ema: bool) -> _Source:
     sd, key, args = read_weights(file, use_ema=use_ema)
     fmt = "safetensors" if file.name.lower().endswith(".safetensors") else "torch"
+    if (foreign := _foreign_file_source(file, sd, key, model, fmt)) is not None:
+        return foreign
     if args.get("join_type") is not None:
         return _lape_source(file, sd, key, args, model)
     if model:
@@ -395,6 +397,77 @@ def _file_source(file: Path, model: str | None, use_ema: bool) -> _Source:
     recorded = {"img_size": size[0] if size[0] == size[1] else list(size)} if size else {}
     return _Source(fmt, file, sd, key, name, name_source, recorded, None, size, {},
                    lambda n, extra: _create(n, {**recorded, **extra}))
+
+
+# ---------------------------------------------------------------------------------------------- other libraries
+def _foreign_source(fmt: str, file: Path, foreign: Any, key: str | None, model: str | None, data: dict) -> _Source:
+    """A converted torchvision / Hugging Face / open_clip ViT (:class:`pe_probe.models.foreign.Foreign`)."""
+    from ..models.foreign import set_layer_norm_eps
+
+    kwargs, size = dict(foreign.kwargs), foreign.kwargs["img_size"]
+    source = foreign.described + "".join(f"; {n}" for n in foreign.notes)
+    return _Source(fmt, file, foreign.state_dict, key, model or foreign.model, "given" if model else source, kwargs,
+                   None, (size, size), {"img_size": size, "in_chans": kwargs.get("in_chans", 3), **data},
+                   lambda n, extra: set_layer_norm_eps(_create(n, {**kwargs, **extra}), foreign.layer_norm_eps))
+
+
+def _foreign_file_source(file: Path, sd: dict, key: str | None, model: str | None, fmt: str) -> _Source | None:
+    """A state dict of a torchvision ``VisionTransformer`` or an open_clip / OpenAI CLIP visual tower, converted
+    to timm's names (None for any other state dict). Neither records its head count (width / 64 is every
+    released model's; ``--model-arg num_heads=N`` otherwise) nor, for CLIP, its activation (GELU;
+    ``--model-arg act_layer=quick_gelu`` for OpenAI's weights)."""
+    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+
+    from ..models import foreign
+
+    if foreign.is_torchvision_vit(sd):
+        return _foreign_source(fmt, file, foreign.from_torchvision(sd), key, model,
+                               {"mean": list(IMAGENET_DEFAULT_MEAN), "std": list(IMAGENET_DEFAULT_STD)})
+    if foreign.clip_prefix(sd) is not None:
+        return _foreign_source(fmt, file, foreign.from_open_clip(sd), key, model,
+                               {"mean": list(OPENAI_CLIP_MEAN), "std": list(OPENAI_CLIP_STD)})
+    return None
+
+
+#: The weights files of a Hugging Face transformers folder, in ``from_pretrained``'s order.
+HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+
+
+def _hf_config(path: Path) -> dict | None:
+    """``path/config.json`` when it is a Hugging Face transformers config (``model_type``, no pe-probe run or
+    timm hub keys), else None."""
+    try:
+        cfg = json.loads((path / RunDir.CONFIG).read_text())
+    except (OSError, ValueError):
+        return None
+    foreign = isinstance(cfg, dict) and isinstance(cfg.get("model_type"), str)
+    return cfg if foreign and not {"model_kwargs", "architecture"} & set(cfg) else None
+
+
+def _hf_source(path: Path, model: str | None, use_ema: bool) -> _Source:
+    """A Hugging Face transformers folder (``config.json`` + ``model.safetensors`` / ``pytorch_model.bin``, as
+    ``save_pretrained`` writes it): ViT, DeiT, DINOv2; image statistics from ``preprocessor_config.json``."""
+    from ..models.foreign import from_hf
+
+    if use_ema:
+        raise CheckpointError(f"{path} is a Hugging Face folder: it holds one set of weights and no EMA; drop --ema")
+    cfg = _hf_config(path) or {}
+    file = next((path / n for n in HF_WEIGHTS if (path / n).is_file()), None)
+    if file is None:
+        sharded = sorted(p.name for p in path.glob("*.index.json"))
+        why = f" (sharded weights {sharded[0]} are not read)" if sharded else ""
+        raise CheckpointError(f"{path} is a Hugging Face folder without {' or '.join(HF_WEIGHTS)}{why}")
+    sd, key, _ = read_weights(file, use_ema=False)
+    data: dict = {}
+    try:
+        pre = json.loads((path / "preprocessor_config.json").read_text())
+    except (OSError, ValueError):
+        pre = {}
+    if isinstance(pre, dict):
+        for ours, theirs in (("mean", "image_mean"), ("std", "image_std")):
+            if isinstance(pre.get(theirs), list) and len(pre[theirs]) == 3:
+                data[ours] = [float(v) for v in pre[theirs]]
+    return _foreign_source("hf", file, from_hf(cfg, sd), key, model, data)
 
 
 # ---------------------------------------------------------------------------------------------- building
@@ -473,7 +546,8 @@ def load_checkpoint(
         if not (path / RunDir.CONFIG).is_file():
             raise CheckpointError(f"{path} is neither a pe-probe run directory nor a timm hub folder (no "
                                   f"{RunDir.CONFIG})")
-        src = _hub_source(path, model, use_ema) if _is_hub_folder(path) else _run_source(path, model, use_ema)
+        src = (_hub_source(path, model, use_ema) if _is_hub_folder(path) else _hf_source(path, model, use_ema)
+               if _hf_config(path) is not None else _run_source(path, model, use_ema))
     elif not path.is_file():  # a FIFO, a device or a link loop would block or fail the read
         raise CheckpointError(f"{path} is neither a folder nor a regular file")
     else:
