@@ -28,8 +28,18 @@ SUPPORTED = ("torchvision VisionTransformer (vit_b_16, ...)", "Hugging Face ViT,
 #: timm's ViT size names: (width, depth, heads) -> name, to pick the registered timm name of a standard model.
 VIT_SIZES = {(192, 12, 3): "tiny", (384, 12, 6): "small", (768, 12, 12): "base", (1024, 24, 16): "large",
              (1280, 32, 16): "huge", (1536, 40, 24): "giant"}
-#: Head width of every torchvision, OpenAI and open_clip ViT: their state dicts do not record the head count.
+#: Head counts of the standard ViT sizes, (width, depth) -> heads (Ti, S, B, L, H, open_clip's g and bigG,
+#: DINOv2's g): torchvision, OpenAI and open_clip state dicts do not record the head count.
+STANDARD_HEADS = {(192, 12): 3, (384, 12): 6, (768, 12): 12, (1024, 24): 16, (1280, 32): 16, (1408, 40): 16,
+                  (1664, 48): 16, (1536, 40): 24}
+#: The head width assumed for any other size (ViT-Ti to ViT-L's).
 HEAD_DIM = 64
+
+
+def guess_heads(width: int, depth: int) -> int:
+    """The head count of a ViT whose weights do not record it: the standard size's (:data:`STANDARD_HEADS`),
+    else ``width // 64``."""
+    return STANDARD_HEADS.get((width, depth), max(1, width // HEAD_DIM))
 #: Hugging Face ``hidden_act`` -> timm ``act_layer`` (names timm's ``get_act_layer`` knows).
 HF_ACTS = {"gelu": None, "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "quick_gelu": "quick_gelu",
            "relu": "relu", "silu": "silu"}
@@ -83,8 +93,10 @@ def _mlp_ratio(hidden: int, width: int) -> float:
     return (hidden + 0.5) / width if hidden % width else float(hidden // width)
 
 
-def _vit_name(width: int, depth: int, heads: int, patch: int, img: int, fallback: str, fmt: str = "vit_{s}_patch{p}_{i}",
-              ) -> str:
+def _vit_name(width: int, depth: int, heads: int, patch: int, img: int, fallback: str,
+              fmt: str = "vit_{s}_patch{p}_{i}") -> str:
+    """timm's registered name for a standard size (``fmt`` filled with size, patch, image size), else
+    ``fallback`` (the kwargs set the architecture either way)."""
     import timm
 
     size = VIT_SIZES.get((width, depth, heads))
@@ -136,8 +148,8 @@ def from_torchvision(sd: dict[str, torch.Tensor], num_heads: int | None = None, 
                      ) -> Foreign:
     """A torchvision ``VisionTransformer`` state dict as the matching timm ViT (``vit_b_16`` ->
     ``vit_base_patch16_224``, ...). The head count is not in the weights: ``num_heads`` (a model object knows
-    it), else width / 64 as in every torchvision ViT. ``vit_h_14``'s conv stem variant and a ``pre_logits``
-    representation layer have no timm counterpart and are refused."""
+    it), else :func:`guess_heads` (right for every torchvision ViT). ``vit_h_14``'s conv stem variant and a
+    ``pre_logits`` representation layer have no timm counterpart and are refused."""
     what = "torchvision VisionTransformer"
     if any(k.startswith("conv_proj.conv_") for k in sd):
         raise _unsupported(f"{what} with a convolutional stem (conv_stem_configs)")
@@ -146,7 +158,7 @@ def from_torchvision(sd: dict[str, torch.Tensor], num_heads: int | None = None, 
     out = _rename(sd, _TORCHVISION_KEYS, what)
     width, _, patch, _ = out["patch_embed.proj.weight"].shape
     depth = _depth(out, r"blocks\.(\d+)\.")
-    heads = num_heads or max(1, width // HEAD_DIM)
+    heads = num_heads or guess_heads(width, depth)
     grid = _grid_of(out["pos_embed"].shape[1], 1, what)
     img = _img_size(grid, patch)
     kwargs = dict(img_size=img, patch_size=patch, embed_dim=width, depth=depth, num_heads=heads,
@@ -310,7 +322,7 @@ def from_open_clip(sd: dict[str, torch.Tensor], num_heads: int | None = None, ac
     """An open_clip / OpenAI CLIP ViT visual tower (a whole CLIP state dict or the tower's) as timm's
     ``vit_*_clip_*`` model (``pre_norm=True``, class-token pooling, the projection as a bias-free ``head``),
     converted by timm's ``_convert_openai_clip``. Not in the weights: the head count (``num_heads``, else
-    width / 64 as in every OpenAI and open_clip ViT) and the activation (``act_layer="quick_gelu"`` for
+    :func:`guess_heads`, right for every OpenAI and open_clip ViT) and the activation (``act_layer="quick_gelu"`` for
     OpenAI's weights and open_clip's ``-quickgelu`` models; GELU otherwise, open_clip's default)."""
     from timm.models.vision_transformer import _convert_openai_clip
 
@@ -326,7 +338,7 @@ def from_open_clip(sd: dict[str, torch.Tensor], num_heads: int | None = None, ac
     out = _convert_openai_clip(sd, None, prefix=prefix)
     width, _, patch, _ = out["patch_embed.proj.weight"].shape
     depth = _depth(out, r"blocks\.(\d+)\.")
-    heads = num_heads or max(1, width // HEAD_DIM)
+    heads = num_heads or guess_heads(width, depth)
     grid = _grid_of(out["pos_embed"].shape[1], 1, what)
     img = grid * patch
     kwargs: dict[str, Any] = dict(img_size=img, patch_size=patch, embed_dim=width, depth=depth, num_heads=heads,

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from ..core import hook_points as H
 from ..core.causal import INTERVENTIONS, AblationResult
 from ..core.errors import DataError, UnknownNameError
+from ..models.foreign import convert_model
 from .hooks import eval_inference, recording
 from .inputs import iter_batches, open_data
 from .sites import Runner, Site, find_sites, intervene, replaced, shuffle_permutation
@@ -96,6 +97,7 @@ def run_ablation(
     Last LN and the head (same numbers, fewer blocks; the input site and timm models always take full passes).
     Runs in eval mode under ``torch.inference_mode()``; hooks are removed and train flags restored even on errors.
     """
+    model = convert_model(model)  # a torchvision / Hugging Face / open_clip ViT object -> its timm model
     t0 = time.perf_counter()
     interventions = [interventions] if isinstance(interventions, str) else list(interventions)
     bad = [k for k in interventions if k not in INTERVENTIONS]

@@ -413,9 +413,9 @@ def _foreign_source(fmt: str, file: Path, foreign: Any, key: str | None, model: 
 
 def _foreign_file_source(file: Path, sd: dict, key: str | None, model: str | None, fmt: str) -> _Source | None:
     """A state dict of a torchvision ``VisionTransformer`` or an open_clip / OpenAI CLIP visual tower, converted
-    to timm's names (None for any other state dict). Neither records its head count (width / 64 is every
-    released model's; ``--model-arg num_heads=N`` otherwise) nor, for CLIP, its activation (GELU;
-    ``--model-arg act_layer=quick_gelu`` for OpenAI's weights)."""
+    to timm's names (None for any other state dict). Neither records its head count (the standard size's, else
+    width / 64: :func:`pe_probe.models.foreign.guess_heads`; ``--model-arg num_heads=N`` otherwise) nor, for
+    CLIP, its activation (GELU; ``--model-arg act_layer=quick_gelu`` for OpenAI's weights)."""
     from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
     from ..models import foreign
@@ -434,14 +434,15 @@ HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 
 
 def _hf_config(path: Path) -> dict | None:
-    """``path/config.json`` when it is a Hugging Face transformers config (``model_type``, no pe-probe run or
-    timm hub keys), else None."""
+    """``path/config.json`` when it is a Hugging Face transformers config (``model_type``, no run's
+    ``model_kwargs``: :func:`pe_probe.core.rundir.foreign_config`), else None."""
+    from ..core.rundir import FOREIGN_CONFIG_KEYS, foreign_config
+
     try:
         cfg = json.loads((path / RunDir.CONFIG).read_text())
     except (OSError, ValueError):
         return None
-    foreign = isinstance(cfg, dict) and isinstance(cfg.get("model_type"), str)
-    return cfg if foreign and not {"model_kwargs", "architecture"} & set(cfg) else None
+    return cfg if foreign_config(cfg) == FOREIGN_CONFIG_KEYS["model_type"] else None
 
 
 def _hf_source(path: Path, model: str | None, use_ema: bool) -> _Source:
