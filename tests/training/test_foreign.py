@@ -271,6 +271,23 @@ def test_open_clip_quick_gelu_object_exact_and_file_with_act_layer(tmp_path):
     assert info.model_kwargs["act_layer"] == "quick_gelu"
 
 
+@pytest.mark.parametrize("name, timm_name", [("ViT-B-32", "vit_base_patch32_clip_224"),
+                                             ("ViT-L-14", "vit_large_patch14_clip_224"),
+                                             ("ViT-H-14", "vit_huge_patch14_clip_224")])
+def test_open_clip_standard_towers_map_to_timms_names(name, timm_name):
+    """open_clip's own configs (ViT-H: 16 heads of 80), built on the meta device: timm's name, shapes, heads."""
+    open_clip = pytest.importorskip("open_clip")
+    cfg = open_clip.get_model_config(name)["vision_cfg"]
+    with torch.device("meta"):
+        tower = open_clip.transformer.VisionTransformer(
+            image_size=cfg["image_size"], patch_size=cfg["patch_size"], width=cfg["width"], layers=cfg["layers"],
+            heads=cfg["width"] // cfg.get("head_width", 64), mlp_ratio=cfg.get("mlp_ratio", 4.0), output_dim=512)
+        theirs = timm.create_model(timm_name, pretrained=False, num_classes=512).state_dict()
+    f = foreign.from_open_clip(tower.state_dict())
+    assert f.model == timm_name and f.kwargs["num_heads"] == tower.transformer.resblocks[0].attn.num_heads
+    assert {k: tuple(v.shape) for k, v in f.state_dict.items()} == {k: tuple(v.shape) for k, v in theirs.items()}
+
+
 def test_open_clip_attention_pooled_tower_is_refused():
     open_clip = pytest.importorskip("open_clip")
     tower = open_clip.transformer.VisionTransformer(image_size=16, patch_size=4, width=64, layers=1, heads=1,
