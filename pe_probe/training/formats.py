@@ -8,7 +8,11 @@ Accepted (docs/probe.md, "Bring your own checkpoint"):
 - a file: ``.safetensors``, or ``.pth`` / ``.pt`` / ``.bin`` / ``.pth.tar`` holding a state dict or a training
   checkpoint dict (weights under ``model``, ``state_dict``, ``model_ema`` or ``state_dict_ema``; ``module.`` and
   ``_orig_mod.`` prefixes removed with timm's ``clean_state_dict``), e.g. DeiT's, LaPE's or timm's
-  ``train.py``'s.
+  ``train.py``'s;
+- another library's ViT, converted to the timm model that computes the same outputs
+  (:mod:`pe_probe.models.foreign`): a torchvision ``VisionTransformer`` state dict, an open_clip / OpenAI CLIP
+  state dict (whole model or visual tower), or a Hugging Face transformers folder (``config.json`` with
+  ``model_type`` + ``model.safetensors`` or ``pytorch_model.bin``: ViT, DeiT, DINOv2).
 
 Pickled files are read with timm's loader and ``torch.load(weights_only=True)``: tensors, plain containers and
 ``argparse.Namespace`` (training arguments) only. A file that needs any other global is refused before anything
@@ -56,7 +60,7 @@ class CheckpointInfo:
 
     Attributes:
         path: the checkpoint given (file or folder).
-        format: ``run``, ``hub``, ``safetensors`` or ``torch``.
+        format: ``run``, ``hub``, ``hf`` (a Hugging Face folder), ``safetensors`` or ``torch``.
         weights_file: the file the weights came from.
         weights_key: the entry of a training checkpoint that held them (``model``, ``model_ema``,
             ``state_dict``, ``state_dict_ema``), or None for a bare state dict.
@@ -516,8 +520,10 @@ def load_checkpoint(
 ) -> tuple[nn.Module, CheckpointInfo]:
     """Load a checkpoint for probing: ``(model in eval mode, CheckpointInfo)``.
 
-    ``path``: a pe-probe run directory, a timm hub-style folder, or a ``.safetensors`` / ``.pth`` / ``.pt`` /
-    ``.bin`` / ``.pth.tar`` file with a state dict or a training checkpoint (module docstring).
+    ``path``: a pe-probe run directory, a timm hub-style folder, a Hugging Face transformers folder, or a
+    ``.safetensors`` / ``.pth`` / ``.pt`` / ``.bin`` / ``.pth.tar`` file with a state dict or a training checkpoint
+    (module docstring). torchvision, Hugging Face and open_clip ViTs load with no flags as the equivalent timm
+    model (name and architecture read from the weights' shapes and the config; docs/probe.md).
 
     - **Model name**: ``model`` when given, else what the checkpoint records (a training checkpoint's
       ``args.model`` or ``arch``, a hub folder's ``architecture``, a run's ``config.json``); with neither a

@@ -21,6 +21,7 @@ from pe_probe import CheckpointError, RunDir
 from pe_probe.models import foreign
 
 from ..probing.reference import randomize_norms
+from ..probing.test_cli import fake_data  # noqa: F401 - the fixture: a stand-in data set "toy"
 
 X16 = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(1))
 TOL = 1e-5
@@ -323,3 +324,29 @@ def test_probe_ablate_attribute_take_model_objects():
     np.testing.assert_allclose(a["value"].to_numpy(), b["value"].to_numpy(), atol=1e-6)
     a, b = (pe_probe.attribute(m, X16, n_steps=4, progress=False) for m in (hf, hf_timm))
     np.testing.assert_allclose(a.frame["value"].to_numpy(), b.frame["value"].to_numpy(), rtol=1e-4, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------- command line
+def test_cli_takes_foreign_checkpoints_with_no_flags(tmp_path, fake_data, capsys):
+    from pe_probe.cli import main
+
+    src = hf_model("vit-classifier")
+    src.save_pretrained(tmp_path / "hf")
+    (tmp_path / "hf" / "preprocessor_config.json").write_text(json.dumps({"image_mean": [0.5] * 3,
+                                                                         "image_std": [0.25] * 3}))
+    assert main(["probe", str(tmp_path / "hf"), "--data", "toy", "--out", str(tmp_path / "rep"), "--no-progress",
+                 "--max-images", "4"]) == 0
+    assert "Hugging Face ViTForImageClassification" in capsys.readouterr().out
+    meta = pe_probe.ProbeReport.load(tmp_path / "rep").meta
+    assert meta["checkpoint_format"] == "hf" and meta["n_images"] == 4
+    assert fake_data[0]["img_size"] == 16 and list(fake_data[0]["mean"]) == [0.5] * 3
+    assert list(fake_data[0]["std"]) == [0.25] * 3
+    torch.save(tv_vit().state_dict(), tmp_path / "vit_b.pth")
+    assert main(["ablate", str(tmp_path / "vit_b.pth"), "--data", "toy", "--out", str(tmp_path / "abl"),
+                 "--no-progress", "--max-images", "4"]) == 0
+    (tmp_path / "swin").mkdir()
+    (tmp_path / "swin" / "config.json").write_text(json.dumps({"model_type": "swin"}))
+    save_file({"x": torch.zeros(1)}, str(tmp_path / "swin" / "model.safetensors"))
+    assert main(["probe", str(tmp_path / "swin"), "--data", "toy", "--out", str(tmp_path / "r3")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "model_type='swin'" in err and "supported:" in err and "\n" not in err and not (tmp_path / "r3").exists()
