@@ -131,6 +131,17 @@ def is_torchvision_vit(sd: dict) -> bool:
     return "encoder.pos_embedding" in sd and any(k.startswith("conv_proj.") for k in sd)
 
 
+def _require(out: dict, keys: tuple[str, ...], what: str) -> None:
+    """A converted state dict has the keys its shapes are read from (else one line naming the first missing)."""
+    missing = [k for k in keys if k not in out]
+    if missing:
+        raise CheckpointError(f"{what}: the weights have no {missing[0]} (after conversion to timm's names)")
+
+
+#: The converted keys the architecture is read from.
+_SHAPE_KEYS = ("patch_embed.proj.weight", "pos_embed", "blocks.0.mlp.fc1.weight")
+
+
 def _rename(sd: dict, rules, what: str) -> dict[str, torch.Tensor]:
     out = {}
     for key, value in sd.items():
@@ -156,6 +167,7 @@ def from_torchvision(sd: dict[str, torch.Tensor], num_heads: int | None = None, 
     if any(k.startswith("heads.pre_logits") for k in sd):
         raise _unsupported(f"{what} with a representation layer (heads.pre_logits, tanh)")
     out = _rename(sd, _TORCHVISION_KEYS, what)
+    _require(out, _SHAPE_KEYS, what)
     width, _, patch, _ = out["patch_embed.proj.weight"].shape
     depth = _depth(out, r"blocks\.(\d+)\.")
     heads = num_heads or guess_heads(width, depth)
@@ -257,9 +269,12 @@ def from_hf(config: dict, sd: dict[str, torch.Tensor]) -> Foreign:
     _join(out, ("attn.q", "attn.k", "attn.v"), "attn.qkv", what)
     _join(out, ("attn.query", "attn.key", "attn.value"), "attn.qkv", what)
     _join(out, ("mlp.gate", "mlp.up"), "mlp.w12", what)
+    _require(out, _SHAPE_KEYS[:2], what)
     width, chans, patch, _ = out["patch_embed.proj.weight"].shape
     depth = _depth(out, r"blocks\.(\d+)\.")
-    heads = int(config["num_attention_heads"])
+    heads = config.get("num_attention_heads")
+    if not isinstance(heads, int) or isinstance(heads, bool) or heads < 1 or width % heads:
+        raise CheckpointError(f"{what}: config.json num_attention_heads={heads!r} does not divide the width {width}")
     kwargs: dict[str, Any] = dict(patch_size=int(patch), embed_dim=int(width), depth=depth, num_heads=heads,
                                   in_chans=int(chans), qkv_bias=bool(config.get("qkv_bias", True)),
                                   class_token=True, global_pool="token")
@@ -273,6 +288,7 @@ def from_hf(config: dict, sd: dict[str, torch.Tensor]) -> Foreign:
         regs = int(out["register_tokens"].shape[1]) if "register_tokens" in out else 0
         grid = _grid_of(out["pos_embed"].shape[1], 1, what)
         out = _convert_dinov2(out, None)
+        _require(out, _SHAPE_KEYS, what)
         hidden = out["blocks.0.mlp.fc1.weight"].shape[0]
         kwargs.update(init_values=1.0 if "blocks.0.ls1.gamma" in out else None, num_classes=0,
                       mlp_ratio=_mlp_ratio(hidden, width))
@@ -285,6 +301,7 @@ def from_hf(config: dict, sd: dict[str, torch.Tensor]) -> Foreign:
             fmt = f"vit_{{s}}_patch{{p}}_reg{regs}_dinov2" if regs else "vit_{s}_patch{p}_dinov2"
             name = _vit_name(width, depth, heads, patch, 0, "vit_small_patch14_dinov2", fmt)
     else:
+        _require(out, _SHAPE_KEYS, what)
         hidden = out["blocks.0.mlp.fc1.weight"].shape[0]
         kwargs["mlp_ratio"] = _mlp_ratio(hidden, width)
         kwargs["num_classes"] = int(out["head.weight"].shape[0]) if "head.weight" in out else 0
@@ -336,6 +353,7 @@ def from_open_clip(sd: dict[str, torch.Tensor], num_heads: int | None = None, ac
     if odd:
         raise _unsupported(f"{what} with {odd[0].split('.')[0]} ({odd[0]})")
     out = _convert_openai_clip(sd, None, prefix=prefix)
+    _require(out, _SHAPE_KEYS, what)
     width, _, patch, _ = out["patch_embed.proj.weight"].shape
     depth = _depth(out, r"blocks\.(\d+)\.")
     heads = num_heads or guess_heads(width, depth)
@@ -392,13 +410,11 @@ def read_object(obj: nn.Module) -> Foreign | None:
             raise _unsupported(f"torchvision {cls}")
         attn = obj.encoder.layers[0].self_attention
         return from_torchvision(obj.state_dict(), num_heads=int(attn.num_heads), layer_norm_eps=obj.encoder.ln.eps)
-    if mod.startswith("transformers.") or mod.startswith("transformers"):
+    if mod.split(".")[0] == "transformers":
         config = getattr(obj, "config", None)
         if config is None or not hasattr(config, "to_dict"):
             raise _unsupported(f"Hugging Face {cls} (no config)")
-        cfg = config.to_dict()
-        cfg.setdefault("architectures", [cls])
-        cfg["architectures"] = [cls]
+        cfg = {**config.to_dict(), "architectures": [cls]}
         return from_hf(cfg, obj.state_dict())
     if mod.startswith("open_clip"):
         tower = getattr(obj, "visual", obj)

@@ -350,3 +350,22 @@ def test_cli_takes_foreign_checkpoints_with_no_flags(tmp_path, fake_data, capsys
     assert main(["probe", str(tmp_path / "swin"), "--data", "toy", "--out", str(tmp_path / "r3")]) == 2
     err = capsys.readouterr().err.strip()
     assert "model_type='swin'" in err and "supported:" in err and "\n" not in err and not (tmp_path / "r3").exists()
+
+
+def test_broken_foreign_weights_are_one_line_errors(tmp_path):
+    sd = sd_of(tv_vit())
+    del sd["encoder.layers.encoder_layer_0.mlp.0.weight"]
+    torch.save(sd, tmp_path / "tv.pth")
+    with pytest.raises(CheckpointError, match=r"torchvision VisionTransformer: the weights have no blocks.0.mlp.fc1"):
+        pe_probe.load_checkpoint(tmp_path / "tv.pth")
+    sd = sd_of(tv_vit())
+    sd["encoder.layers.encoder_layer_0.extra.weight"] = torch.zeros(1)
+    torch.save(sd, tmp_path / "tv.pth")
+    with pytest.raises(CheckpointError, match=r"key 'encoder.layers.encoder_layer_0.extra.weight' has no timm"):
+        pe_probe.load_checkpoint(tmp_path / "tv.pth")
+    src = hf_model("vit-classifier")
+    src.save_pretrained(tmp_path / "hf")
+    cfg = json.loads((tmp_path / "hf" / "config.json").read_text())
+    (tmp_path / "hf" / "config.json").write_text(json.dumps({**cfg, "num_attention_heads": 5}))
+    with pytest.raises(CheckpointError, match=r"num_attention_heads=5 does not divide the width 32"):
+        pe_probe.load_checkpoint(tmp_path / "hf")
