@@ -16,7 +16,8 @@ def add_checkpoint_args(p: argparse.ArgumentParser) -> None:
     """CHECKPOINT, ``--data``, ``--data-dir``, ``--split``, ``--model``, ``--model-arg``, ``--ema``,
     ``--resample-pos-embed`` and ``--device``."""
     p.add_argument("checkpoint", metavar="CHECKPOINT",
-                   help="run directory, timm hub folder, or .safetensors/.pth/.pt/.bin/.pth.tar file")
+                   help="run directory, timm hub or Hugging Face folder, or .safetensors/.pth/.pt/.bin/.pth.tar "
+                        "file (pe-probe, timm, DeiT, LaPE, torchvision, open_clip/OpenAI CLIP)")
     p.add_argument("--data", help="data-set name for pe_probe.data.build_dataset (default: the run's data set)")
     p.add_argument("--data-dir", help="where the data set lives (default: the run's, for the run's data set)")
     p.add_argument("--split", choices=("val", "train", "all"), default=None,

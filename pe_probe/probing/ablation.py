@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from ..core import hook_points as H
 from ..core.causal import INTERVENTIONS, AblationResult
 from ..core.errors import DataError, UnknownNameError
+from ..models.foreign import convert_model
 from .hooks import eval_inference, recording
 from .inputs import iter_batches, open_data
 from .sites import find_sites, replaced, shuffle_permutation
@@ -76,6 +77,7 @@ def run_ablation(
     :meth:`~pe_probe.families.base.Family.resume` always take full passes).
     Runs in eval mode under ``torch.inference_mode()``; hooks are removed and train flags restored even on errors.
     """
+    model = convert_model(model)  # a torchvision / Hugging Face / open_clip ViT object -> its timm model
     t0 = time.perf_counter()
     interventions = [interventions] if isinstance(interventions, str) else list(interventions)
     bad = [k for k in interventions if k not in INTERVENTIONS]

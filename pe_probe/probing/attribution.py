@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from ..core.causal import BASELINES, TOKEN_BASELINES, AttributionResult
 from ..core.errors import DataError, UnknownNameError
+from ..models.foreign import convert_model
 from .hooks import eval_grad
 from .inputs import iter_batches, open_data
 from .sites import Runner, Site, find_sites, replaced
@@ -152,6 +153,7 @@ def run_attribution(
     Cost per image and site: ``n_steps + 4`` forward and ``n_steps`` backward passes, plus one shared forward
     pass for the predicted class; ``internal_batch_size`` bounds the rows per pass (default all ``n_steps * B``).
     """
+    model = convert_model(model)  # a torchvision / Hugging Face / open_clip ViT object -> its timm model
     t0 = time.perf_counter()
     if baseline not in BASELINES:
         raise UnknownNameError(f"baseline={baseline!r} is unknown; valid values: {BASELINES}")

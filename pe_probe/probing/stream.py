@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 from .._version import __version__
 from ..core.errors import DataError
 from ..core.report import META_KEYS, SCHEMA_VERSION, ProbeReport
+from ..models.foreign import convert_model
 from .accumulate import RunningStats
 from .adapter import AdapterKind, ModelView, view_model
 from .hooks import eval_inference, fill_derived, recording
@@ -93,6 +94,7 @@ def probe(
     ``meta``: extra metadata merged into the report's (e.g. the checkpoint it came from:
     ``CheckpointInfo.meta()``); it may not replace the keys the probe computes.
     """
+    model = convert_model(model)  # a torchvision / Hugging Face / open_clip ViT object -> its timm model
     extra_meta = dict(meta or {})
     clash = sorted(set(extra_meta) & set(COMPUTED_META))
     if clash:
