@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import shlex
 
 from ._fields import add_fields, field_values, to_flags
@@ -95,6 +96,10 @@ def run(args: argparse.Namespace) -> int:
             print(shlex.join([*launcher, "train", *to_flags(TrainConfig, p.config, names), "--resume"]))
         print(shlex.join(["pe-probe", "figures", str(p.run.path.parent), "--out", f"{args.out}/figures"]))
         return 0
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # [issue 22]
+        raise ValueError("reproduce does not run under torchrun: use --executor slurm|local (one job per run), "
+                         "or --plan --nproc-per-node K; `torchrun ... -m pe_probe figures RUNS` spreads the probing "
+                         "of finished runs over the ranks")
     if args.executor:  # [issue 22]
         return _submit(args, options)
     if args.nproc_per_node:
