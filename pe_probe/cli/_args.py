@@ -61,17 +61,13 @@ def holding(attr: str, run: Callable[[argparse.Namespace], int]) -> Callable[[ar
     Under torchrun (``WORLD_SIZE`` > 1) the command first joins the process group (so the API shards the
     images over the processes); rank 0 alone takes the lock and writes (``args.writer``), and a failure that
     rank 0 reports for the whole job is not printed again by the other ranks (exit code 2)."""
-    def locked(args: argparse.Namespace) -> int:
-        from ..probing.distributed import joined_group, main_lock  # [issue 22] (torch: imported when run)
 
-        with joined_group(getattr(args, "device", None)) as env, main_lock(getattr(args, attr)) as writer:
+    def locked(args: argparse.Namespace) -> int:
+        from ..probing.distributed import joined_group, main_lock, quiet_peers  # [issue 22] (torch: when run)
+
+        with joined_group(getattr(args, "device", None)), main_lock(getattr(args, attr)) as writer, quiet_peers():
             args.writer = writer
-            try:
-                return run(args)
-            except Exception as exc:
-                if env.rank != 0 and getattr(exc, "reported_by_main", False):
-                    raise SystemExit(2) from None  # rank 0 prints the one line for the whole job
-                raise
+            return run(args)
 
     locked.__doc__ = run.__doc__
     return locked

@@ -31,9 +31,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run ``pe-probe figures``."""
     from .. import render_figures
-    from ..probing.distributed import joined_group
+    from ..probing.distributed import joined_group, quiet_peers
 
-    with joined_group():  # [issue 22] under torchrun the ranks share the runs; rank 0 renders
+    with joined_group(), quiet_peers():  # [issue 22] under torchrun the ranks share the runs; rank 0 renders
         result = render_figures(args.runs_dir, args.out, data_dir=args.data_dir, max_images=args.max_images,
                                 reprobe=args.reprobe, specs=args.spec, progress=not args.no_progress,
                                 causal_tests=not args.no_causal)

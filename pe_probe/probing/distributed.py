@@ -104,6 +104,18 @@ def joined_group(device: str | None = None) -> Iterator[Any]:
         shutdown(env)
 
 
+@contextlib.contextmanager
+def quiet_peers() -> Iterator[None]:
+    """On a rank other than 0, turn an error that rank 0 reports for the whole job (``reported_by_main``, see
+    :func:`collective_errors`) into a silent exit with code 2, so a command prints its one line once."""
+    try:
+        yield
+    except Exception as exc:
+        if rank_world()[0] != 0 and getattr(exc, "reported_by_main", False):
+            raise SystemExit(2) from None
+        raise
+
+
 # ---------------------------------------------------------------------------------------------------- sharding
 def batch_shard(n: int, batch_size: int, rank: int, world_size: int) -> range:
     """The images ``rank`` of ``world_size`` reads out of ``n``: a contiguous run of whole batches of
