@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,5 +83,7 @@ def load(args: argparse.Namespace) -> Checkpoint:
         raise DataError("--data is required (no data set recorded for this checkpoint)")
     data_dir = args.data_dir or (recorded.get("data_dir") if data == recorded.get("dataset") else None)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:  # [issue 22] torchrun
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
     model.to(device)
     return Checkpoint(path, model, info, data, data_dir, args.split)
