@@ -40,3 +40,25 @@ def torchrun(*args: str, nproc: int = 2, timeout: float = 240) -> subprocess.Com
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", *args]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+def zoo_models() -> dict:
+    """Small random timm models whose families are not uniform (per-layer state entries): Hiera (pooling
+    stages, a final norm) and PVT-v2 (stages, no PE)."""
+    import timm
+
+    torch.manual_seed(0)
+    hiera = timm.create_model("hiera_tiny_224", pretrained=False, num_classes=5, img_size=(32, 32), embed_dim=16,
+                              num_heads=1, stages=(1, 1, 1), q_pool=2, mask_unit_size=(4, 4),
+                              mask_unit_attn=(True, False, False))
+    torch.manual_seed(0)
+    pvt = timm.create_model("pvt_v2_b0", pretrained=False, num_classes=5, depths=(1, 1, 2, 1),
+                            embed_dims=(16, 32, 32, 48), num_heads=(1, 1, 2, 2),
+                            pretrained_cfg_overlay={"input_size": (3, 32, 32)})
+    return {"hiera": hiera.eval(), "pvt_v2": pvt.eval()}
+
+
+def zoo_images(n: int, model) -> torch.Tensor:
+    """``n`` random images of the size ``model`` takes (16 px for the pe_probe model, else 32 px)."""
+    px = 16 if type(model).__name__ == "PEVisionTransformer" else 32
+    return torch.randn(n, 3, px, px, generator=torch.Generator().manual_seed(n))
