@@ -321,9 +321,10 @@ def test_probe_ablate_attribute_take_model_objects():
     hf = hf_model("vit-classifier", seed=6)
     hf_timm = pe_probe.convert_model(hf)
     a, b = (pe_probe.ablate(m, X16, progress=False) for m in (hf, hf_timm))
-    np.testing.assert_allclose(a["value"].to_numpy(), b["value"].to_numpy(), atol=1e-6)
+    assert a.sites == b.sites
+    np.testing.assert_allclose(a.frame()["value"].to_numpy(), b.frame()["value"].to_numpy(), atol=1e-6)
     a, b = (pe_probe.attribute(m, X16, n_steps=4, warn_rel_delta=10.0, progress=False) for m in (hf, hf_timm))
-    np.testing.assert_allclose(a.frame["value"].to_numpy(), b.frame["value"].to_numpy(), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(a.frame()["value"].to_numpy(), b.frame()["value"].to_numpy(), rtol=1e-4, atol=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------- command line
