@@ -94,6 +94,12 @@ def probe(
     differ from the run's training images in size, channels or class count is refused (``DataError``).
     ``meta``: extra metadata merged into the report's (e.g. the checkpoint it came from:
     ``CheckpointInfo.meta()``); it may not replace the keys the probe computes.
+
+    The model is read through its PE family (:func:`pe_probe.families.family_for`; ``adapter`` forces one):
+    every model gets the per-layer token stream and norms (and the Last LN where a norm acts on every token),
+    layers with an additive PE the token-vs-PE statistics; the family and its sites are in ``meta``
+    (``family``, ``pe_kind``, ``pe_sites``). Unsupported models raise
+    :class:`~pe_probe.core.errors.UnsupportedModelError` in one line.
     """
     model = convert_model(model)  # a torchvision / Hugging Face / open_clip ViT object -> its timm model
     extra_meta = dict(meta or {})
