@@ -24,7 +24,7 @@ from .core.rundir import RunDir
 #: Public names loaded on first use: name -> module (relative to this package).
 _LAZY = {
     # models (torch)
-    "HookPoint": "models", "PEVisionTransformer": "models",
+    "HookPoint": "models", "PEVisionTransformer": "models", "convert_model": "models",
     # probing (torch)
     "capture": "probing", "hook_names": "probing", "probe": "probing", "mpvg_constant_offset_check": "probing",
     # training (torch)

@@ -56,11 +56,17 @@ def add_site_args(p: argparse.ArgumentParser) -> None:
 def holding(attr: str, run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     """``run`` holding the writer lock of the folder named by flag ``attr`` (e.g. ``--out``) from the start, so a
     second command writing there stops at once (:func:`pe_probe.core.locks.folder_lock`; a folder it creates
-    and leaves empty is removed again)."""
-    from ..core.locks import folder_lock
+    and leaves empty is removed again).
+
+    Under torchrun (``WORLD_SIZE`` > 1) the command first joins the process group (so the API shards the
+    images over the processes); rank 0 alone takes the lock and writes (``args.writer``), and a failure that
+    rank 0 reports for the whole job is not printed again by the other ranks (exit code 2)."""
 
     def locked(args: argparse.Namespace) -> int:
-        with folder_lock(getattr(args, attr)):
+        from ..probing.distributed import joined_group, main_lock, quiet_peers  # [issue 22] (torch: when run)
+
+        with joined_group(getattr(args, "device", None)), main_lock(getattr(args, attr)) as writer, quiet_peers():
+            args.writer = writer
             return run(args)
 
     locked.__doc__ = run.__doc__

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,8 @@ def add_checkpoint_args(p: argparse.ArgumentParser) -> None:
     """CHECKPOINT, ``--data``, ``--data-dir``, ``--split``, ``--model``, ``--model-arg``, ``--ema``,
     ``--resample-pos-embed`` and ``--device``."""
     p.add_argument("checkpoint", metavar="CHECKPOINT",
-                   help="run directory, timm hub folder, or .safetensors/.pth/.pt/.bin/.pth.tar file")
+                   help="run directory, timm hub or Hugging Face folder, or .safetensors/.pth/.pt/.bin/.pth.tar "
+                        "file (pe-probe, timm, DeiT, LaPE, torchvision, open_clip/OpenAI CLIP)")
     p.add_argument("--data", help="data-set name for pe_probe.data.build_dataset (default: the run's data set)")
     p.add_argument("--data-dir", help="where the data set lives (default: the run's, for the run's data set)")
     p.add_argument("--split", choices=("val", "train", "all"), default=None,
@@ -81,5 +83,7 @@ def load(args: argparse.Namespace) -> Checkpoint:
         raise DataError("--data is required (no data set recorded for this checkpoint)")
     data_dir = args.data_dir or (recorded.get("data_dir") if data == recorded.get("dataset") else None)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:  # [issue 22] torchrun
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
     model.to(device)
     return Checkpoint(path, model, info, data, data_dir, args.split)

@@ -39,6 +39,8 @@ def run(args: argparse.Namespace) -> int:
                    seed=args.seed, reuse_prefix=not args.no_reuse_prefix, batch_size=args.batch_size,
                    max_images=args.max_images, num_workers=args.num_workers, run=str(ckpt.path),
                    progress=not args.no_progress, **ckpt.data_options())
+    if not getattr(args, "writer", True):  # [issue 22] torchrun: rank 0 alone writes and prints
+        return 0
     out = save_ablation(result, args.out)
     meta, frame = result.meta, result.frame()
     top1 = meta.get("intact_top1")

@@ -58,6 +58,8 @@ def run(args: argparse.Namespace) -> int:
                        internal_batch_size=args.internal_batch_size, n_maps=args.n_maps, batch_size=args.batch_size,
                        max_images=args.max_images, num_workers=args.num_workers, run=str(ckpt.path),
                        progress=not args.no_progress, **ckpt.data_options())
+    if not getattr(args, "writer", True):  # [issue 22] torchrun: rank 0 alone writes and prints
+        return 0
     out = save_attribution(result, args.out)
     meta, frame = result.meta, result.frame()
     print(f"attributed {meta['n_images']} images of {ckpt.data!r} with {meta['model']} (pe_mode={meta['pe_mode']}, "

@@ -39,11 +39,14 @@ def run(args: argparse.Namespace) -> int:
     """Evaluate and record the result in ``eval.json`` (atomically); prints one result line."""
     from .. import RunDir, evaluate, load_run
     from ..core.errors import CheckpointError, DataWarning
+    from ..probing.distributed import joined_group, main_lock
 
     run_dir = RunDir(args.run)
     if not run_dir.path.is_dir():
         raise CheckpointError(f"run directory {run_dir.path} does not exist")
-    with run_dir.lock():  # one writer: a training run or another eval of this run makes this one stop at once
+    # [issue 22] under torchrun every process scores its exact shard; rank 0 alone locks, records and prints
+    with joined_group(args.device), main_lock(run_dir.path) as writer:
+        # one writer: a training run or another eval of this run makes this one stop at once
         loaded = load_run(args.run)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", DataWarning)
@@ -52,9 +55,12 @@ def run(args: argparse.Namespace) -> int:
                               download=args.download, skip_bad=args.skip_bad)
         for w in caught:
             if issubclass(w.category, DataWarning):
-                print(f"pe-probe eval: warning: {w.message}", file=sys.stderr)
+                if writer:
+                    print(f"pe-probe eval: warning: {w.message}", file=sys.stderr)
             else:
                 warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+        if not writer:
+            return 0
         run_dir.record_eval(result)
     where = f"{result['dataset']} {result['data_dir']}" if result["data_dir"] else result["dataset"]
     print(f"{args.run}: {where} split {result['split']}  top1 {result['top1']:.2f}  top5 {result['top5']:.2f}  "

@@ -31,10 +31,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run ``pe-probe figures``."""
     from .. import render_figures
+    from ..probing.distributed import joined_group, quiet_peers
 
-    result = render_figures(args.runs_dir, args.out, data_dir=args.data_dir, max_images=args.max_images,
-                            reprobe=args.reprobe, specs=args.spec, progress=not args.no_progress,
-                            causal_tests=not args.no_causal)
+    with joined_group(), quiet_peers():  # [issue 22] under torchrun the ranks share the runs; rank 0 renders
+        result = render_figures(args.runs_dir, args.out, data_dir=args.data_dir, max_images=args.max_images,
+                                reprobe=args.reprobe, specs=args.spec, progress=not args.no_progress,
+                                causal_tests=not args.no_causal)
+    if result is None:  # a rank other than 0: its runs are measured, rank 0 prints
+        return 0
     verdicts = [c.verdict for c in result.claims]
     print(f"{len(result.rendered)} rendered, {len(result.skipped)} skipped, {len(result.failed)} failed; claims: "
           + ", ".join(f"{verdicts.count(v)} {v}" for v in ("supported", "contradicted", "inconclusive"))

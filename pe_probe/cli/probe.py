@@ -41,6 +41,8 @@ def run(args: argparse.Namespace) -> int:
         adapter=args.adapter, n_norm_maps=args.n_norm_maps, run=str(path), progress=not args.no_progress,
         meta=ckpt.info.meta(), **ckpt.data_options(),
     )
+    if not getattr(args, "writer", True):  # [issue 22] torchrun: rank 0 alone writes and prints
+        return 0
     out = save_report(report, args.out)
     frame = summary_frame(report)
     corr = frame[frame.metric == "tok_pe_corr"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import shlex
 
 from ._fields import add_fields, field_values, to_flags
@@ -50,6 +51,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--plan", action="store_true", help="print one pe-probe train command per run and exit")
     p.add_argument("--nproc-per-node", type=int, metavar="K",
                    help="with --plan: launch each run with torchrun --nproc-per-node K")
+    # [issue 22] a scheduler through submitit: one job per run, then a dependent figures job
+    ex = p.add_argument_group("scheduler (submitit; pip install 'pe-probe[slurm]')")
+    ex.add_argument("--executor", choices=("slurm", "local"),
+                    help="submit one job per run and a figures job after them: slurm, or local (submitit's "
+                         "LocalExecutor on this machine, at most --jobs at a time); a job that reaches its time "
+                         "limit or is preempted is requeued and resumes")
+    ex.add_argument("--partition", help="SLURM partition")
+    ex.add_argument("--account", help="SLURM account")
+    ex.add_argument("--qos", help="SLURM quality of service")
+    ex.add_argument("--constraint", help="SLURM node constraint")
+    ex.add_argument("--nodes", type=int, default=1, help="nodes per run job (default 1)")
+    ex.add_argument("--gpus-per-node", type=int, default=0,
+                    help="GPUs per node; each GPU is one task (DDP), as submitit expects (default 0: CPU)")
+    ex.add_argument("--cpus-per-task", type=int, help="CPU cores per task")
+    ex.add_argument("--mem-gb", type=float, help="memory per node in GB")
+    ex.add_argument("--time-min", type=int, default=60, help="time limit per job in minutes (default 60)")
+    ex.add_argument("--max-timeouts", type=int, default=3,
+                    help="times a job that hit its time limit or was preempted is requeued (default 3)")
+    ex.add_argument("--wait", action="store_true", help="with slurm: wait for every job (local always waits)")
+    ex.add_argument("--logs", help="submitit's folder for job scripts and logs (default OUT/jobs)")
     p.add_argument("--no-causal", action="store_true",
                    help="skip the causal tests (PE ablation and attribution per run) and their figures")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -75,6 +96,12 @@ def run(args: argparse.Namespace) -> int:
             print(shlex.join([*launcher, "train", *to_flags(TrainConfig, p.config, names), "--resume"]))
         print(shlex.join(["pe-probe", "figures", str(p.run.path.parent), "--out", f"{args.out}/figures"]))
         return 0
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # [issue 22]
+        raise ValueError("reproduce does not run under torchrun: use --executor slurm|local (one job per run), "
+                         "or --plan --nproc-per-node K; `torchrun ... -m pe_probe figures RUNS` spreads the probing "
+                         "of finished runs over the ranks")
+    if args.executor:  # [issue 22]
+        return _submit(args, options)
     if args.nproc_per_node:
         raise ValueError("--nproc-per-node only applies with --plan (reproduce itself trains one run at a time)")
     from .. import reproduce
@@ -88,6 +115,23 @@ def run(args: argparse.Namespace) -> int:
           + ", ".join(f"{verdicts.count(v)} {v}" for v in ("supported", "contradicted", "inconclusive"))
           + f" -> {fig.index}")
     return 1 if fig.failed else 0
+
+
+def _submit(args: argparse.Namespace, options: dict) -> int:
+    """[issue 22] ``--executor``: submit the study through submitit and print the jobs."""
+    from ..pipeline.executors import Resources, submit_study
+
+    res = Resources(partition=args.partition, nodes=args.nodes, gpus_per_node=args.gpus_per_node,
+                    cpus_per_task=args.cpus_per_task, mem_gb=args.mem_gb, timeout_min=args.time_min,
+                    max_timeouts=args.max_timeouts, account=args.account, qos=args.qos, constraint=args.constraint)
+    sub = submit_study(args.out, executor=args.executor, resources=res, jobs=args.jobs, wait=args.wait,
+                       max_images=args.max_images, causal_tests=not args.no_causal, logs=args.logs, **options)
+    for name, job in sub.runs.items():
+        print(f"{job.job_id}  {name}")
+    print(f"{sub.figures.job_id}  figures -> {args.out}/figures/index.md (after the runs)")
+    print(f"reproduce: {len(sub.runs)} run job(s) and a figures job submitted ({args.executor}), "
+          f"{len(sub.reused)} run(s) reused; logs in {sub.logs}")
+    return 0
 
 
 @dataclasses.dataclass

@@ -38,6 +38,18 @@ from .io import atomic_path, write_json, write_text
 
 #: Keys every ``config.json`` has.
 CONFIG_KEYS = ("model", "model_kwargs", "num_classes", "data")
+#: ``config.json`` keys other libraries write beside their weights and a run's config never has: Hugging Face
+#: transformers' ``model_type``, a timm hub folder's ``architecture``. Such a folder is a checkpoint
+#: (``pe_probe.load_checkpoint``), never a run.
+FOREIGN_CONFIG_KEYS = {"model_type": "Hugging Face transformers", "architecture": "timm hub"}
+
+
+def foreign_config(config: Any) -> str | None:
+    """The library whose ``config.json`` this is (:data:`FOREIGN_CONFIG_KEYS`), or None for a run's (or any
+    other) config."""
+    if not isinstance(config, dict) or "model_kwargs" in config:
+        return None
+    return next((lib for key, lib in FOREIGN_CONFIG_KEYS.items() if key in config), None)
 
 
 class RunDir:
@@ -92,8 +104,14 @@ class RunDir:
     resolution_path = property(lambda self: self.path / self.RESOLUTION, doc="``resolution.csv``")
 
     def is_run(self) -> bool:
-        """Whether the directory holds a run (it has a ``config.json``)."""
-        return self.config_path.is_file()
+        """Whether the directory holds a run (it has a ``config.json``, not another library's)."""
+        return self.config_path.is_file() and self._foreign() is None
+
+    def _foreign(self) -> str | None:
+        try:
+            return foreign_config(json.loads(self.config_path.read_text()))
+        except (OSError, ValueError):
+            return None  # unreadable: reading it as a run gives the precise error
 
     def is_complete(self) -> bool:
         """Whether training completed (``summary.json`` exists)."""
@@ -115,7 +133,8 @@ class RunDir:
     @classmethod
     def find(cls, root: str | os.PathLike) -> list["RunDir"]:
         """Every run directory under ``root`` (any depth), sorted by path."""
-        return [cls(p.parent) for p in sorted(Path(root).rglob(cls.CONFIG))]
+        runs = (cls(p.parent) for p in sorted(Path(root).rglob(cls.CONFIG)))
+        return [r for r in runs if r._foreign() is None]  # a Hugging Face or timm hub folder is no run
 
     # ------------------------------------------------------------------ JSON files
     def _read_json(self, path: Path, what: str) -> Any:
@@ -136,6 +155,9 @@ class RunDir:
         if not isinstance(config, dict):
             raise CheckpointError(f"{self.config_path} is not a JSON object")
         missing = [k for k in CONFIG_KEYS if k not in config]
+        if missing and foreign_config(config):
+            raise CheckpointError(f"{self.path} is a {foreign_config(config)} folder, not a pe-probe run directory; "
+                                  "load it with pe_probe.load_checkpoint (pe-probe probe/ablate/attribute take it)")
         if missing:
             raise CheckpointError(f"{self.config_path} lacks {', '.join(missing)}")
         check_config_types(config, self.config_path)

@@ -5,8 +5,9 @@ pe_mode="mpvg")``). The PE configuration itself is the torch-free :mod:`pe_probe
 """
 
 from .block import PEBlock
+from .foreign import convert_model
 from .hooks import HookPoint
 from .registry import VARIANT_ARGS
 from .vit import PEVisionTransformer
 
-__all__ = ["HookPoint", "PEBlock", "PEVisionTransformer", "VARIANT_ARGS"]
+__all__ = ["HookPoint", "PEBlock", "PEVisionTransformer", "VARIANT_ARGS", "convert_model"]

@@ -30,6 +30,7 @@ from ..figures.render import RenderResult, render_all
 from ..figures.spec import resolve_specs
 from ..models import VARIANT_ARGS
 from ..probing import probe
+from ..probing.distributed import is_main  # [issue 22]
 from ..training import TrainConfig, load_run
 from ..training.config import check_run_options, recipe_for
 from ..training.recipes import DEFAULT_RECIPE_FOR_DATASET, get_recipe
@@ -37,6 +38,7 @@ from .attention import position_tests
 from .causal import RUN_ATTRIBUTION_IMAGES, ablate_run, attribute_run
 from .history import train
 from .presets import RunPlan, preset_plans
+from .spread import main_locked_on, spread_over_ranks  # [issue 22]
 
 log = logging.getLogger(__name__)
 
@@ -326,7 +328,7 @@ def probe_run(
     return report
 
 
-@locked_on("out")  # a second writer of the folder stops at once, before any probing
+@main_locked_on("out")  # a second writer of the folder stops at once, before any probing ([issue 22] rank 0's)
 def render_figures(
     runs_dir: str | os.PathLike,
     out: str | os.PathLike,
@@ -339,11 +341,15 @@ def render_figures(
     only: Sequence[str] | None = None,
     progress: bool = True,
     causal_tests: bool = True,
-) -> RenderResult:
+) -> RenderResult | None:
     """Probe (or reuse the saved probe of) every complete run under ``runs_dir`` and render every figure the
     runs support into ``out`` (PNG, PDF, CSV per figure, Markdown tables, ``index.md``). With ``causal_tests``
     each run's PE ablation and attribution (:func:`~pe_probe.pipeline.causal.ablate_run`,
-    :func:`~pe_probe.pipeline.causal.attribute_run`) are computed (or read back) too; ``reprobe`` recomputes them."""
+    :func:`~pe_probe.pipeline.causal.attribute_run`) are computed (or read back) too; ``reprobe`` recomputes them.
+
+    Under a process group of several ranks (``torchrun ... -m pe_probe figures``) each run is measured by one
+    rank (:func:`~pe_probe.pipeline.spread.spread_over_ranks`) and rank 0 alone renders; the other ranks
+    return None."""
     if max_images is not None and (isinstance(max_images, bool) or not isinstance(max_images, int) or max_images < 1):
         raise DataError(f"max_images must be a positive int or None, got {max_images!r}")
     if specs is not None:  # a bad spec is reported before any run is probed, ablated or attributed
@@ -356,6 +362,13 @@ def render_figures(
         raise DataError(f"no complete run (a directory with {RunDir.CONFIG} and {RunDir.SUMMARY}) under {runs_dir}")
     for d in incomplete:
         log.warning("skipping %s: training not complete (no %s)", d.path, RunDir.SUMMARY)
+    # [issue 22] under a process group each rank measures its share of the runs; rank 0 then reads them back
+    spread = spread_over_ranks(complete, lambda d: (
+        probe_run(d, data_dir=data_dir, max_images=max_images, reprobe=reprobe, progress=False),
+        causal_tests and _causal(d, data_dir, max_images, recompute=reprobe)))
+    if spread and not is_main():
+        return None
+    reprobe = reprobe and not spread
     runs = []
     for d in tqdm(complete, desc="probe runs", unit="run", disable=not progress):
         report = probe_run(d, data_dir=data_dir, max_images=max_images, reprobe=reprobe, progress=False)

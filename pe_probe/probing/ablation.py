@@ -20,8 +20,10 @@ from tqdm.auto import tqdm
 from ..core import hook_points as H
 from ..core.causal import INTERVENTIONS, AblationResult
 from ..core.errors import DataError, UnknownNameError
+from ..models.foreign import convert_model
+from .distributed import all_reduce_numbers, collective_errors, open_sharded  # [issue 22] torch.distributed
 from .hooks import eval_inference, recording
-from .inputs import iter_batches, open_data
+from .inputs import iter_batches
 from .sites import find_sites, replaced, shuffle_permutation
 from .stream import build_meta
 
@@ -76,6 +78,7 @@ def run_ablation(
     :meth:`~pe_probe.families.base.Family.resume` always take full passes).
     Runs in eval mode under ``torch.inference_mode()``; hooks are removed and train flags restored even on errors.
     """
+    model = convert_model(model)  # a torchvision / Hugging Face / open_clip ViT object -> its timm model
     t0 = time.perf_counter()
     interventions = [interventions] if isinstance(interventions, str) else list(interventions)
     bad = [k for k in interventions if k not in INTERVENTIONS]
@@ -87,8 +90,10 @@ def run_ablation(
         raise ValueError(f"seed={seed!r} must be an int")
     runner = find_sites(model, effect, sites)
     view = runner.view
-    batches, total = open_data(data, view, batch_size=batch_size, data_dir=None if data_dir is None else str(data_dir),
-                               mean=mean, std=std, num_workers=num_workers, split=split, trained_on=trained_on)
+    # [issue 22] under torch.distributed: this rank's exact shard of the first max_images images
+    batches, total, max_images = open_sharded(
+        data, view, batch_size=batch_size, max_images=max_images, data_dir=None if data_dir is None else str(data_dir),
+        mean=mean, std=std, num_workers=num_workers, split=split, trained_on=trained_on)
     if total is not None and max_images is not None:
         total = min(total, max_images)
     perm = shuffle_permutation(view.grid[0] * view.grid[1], seed)
@@ -104,7 +109,7 @@ def run_ablation(
     fns = {(s.name, k): view.replacement(s, k, perm) for s, k in pairs}  # refuses what makes no sense, once
     tallies = {(s.name, k): _Tally() for s, k in pairs}
     intact_correct, n_images, labelled, block_calls = 0, 0, True, 0
-    with eval_inference(model):
+    with collective_errors("ablate"), eval_inference(model):  # [issue 22] a failing rank ends every rank
         bar = tqdm(total=total, unit="img", desc="ablate", disable=not progress, leave=False)
         try:
             for images, labels in iter_batches(batches, view, max_images):
@@ -130,6 +135,9 @@ def run_ablation(
                 del rec
         finally:
             bar.close()
+    # [issue 22] the counts and sums of every rank (exact: integers and float64 sums)
+    n_images, intact_correct, block_calls, labelled = _combined(tallies, n_images, intact_correct, block_calls,
+                                                                 labelled)
     if n_images == 0:
         raise DataError("the data yielded no images")
     rows = []
@@ -148,3 +156,17 @@ def run_ablation(
         seconds=time.perf_counter() - t0,
     )
     return AblationResult(rows, meta)
+
+
+def _combined(tallies: dict, n_images: int, intact_correct: int, block_calls: int,
+              labelled: bool) -> tuple[int, int, int, bool]:
+    """[issue 22] Sum the tallies and counts over the ranks of a process group (in place for the tallies); a
+    batch without labels on any rank makes the result unlabelled. The identity with one process."""
+    flat: dict = {"n_images": n_images, "intact_correct": intact_correct, "block_calls": block_calls,
+                  "unlabelled": int(not labelled and n_images > 0)}
+    for i, t in enumerate(tallies.values()):
+        flat.update({f"{i}.n": t.n, f"{i}.agree": t.agree, f"{i}.correct": t.correct, f"{i}.kl": t.kl})
+    out = all_reduce_numbers(flat)
+    for i, t in enumerate(tallies.values()):
+        t.n, t.agree, t.correct, t.kl = out[f"{i}.n"], out[f"{i}.agree"], out[f"{i}.correct"], out[f"{i}.kl"]
+    return out["n_images"], out["intact_correct"], out["block_calls"], out["unlabelled"] == 0

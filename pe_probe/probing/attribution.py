@@ -31,8 +31,10 @@ from tqdm.auto import tqdm
 
 from ..core.causal import BASELINES, TOKEN_BASELINES, AttributionResult
 from ..core.errors import DataError, UnknownNameError
+from ..models.foreign import convert_model
+from .distributed import all_reduce_numbers, collective_errors, gather_first, open_sharded  # [issue 22]
 from .hooks import eval_grad
-from .inputs import iter_batches, open_data
+from .inputs import iter_batches
 from .sites import Runner, Site, find_sites, replaced
 from .stream import build_meta
 
@@ -157,6 +159,7 @@ def run_attribution(
     Cost per image and site: ``n_steps + 4`` forward and ``n_steps`` backward passes, plus one shared forward
     pass for the predicted class; ``internal_batch_size`` bounds the rows per pass (default all ``n_steps * B``).
     """
+    model = convert_model(model)  # a torchvision / Hugging Face / open_clip ViT object -> its timm model
     t0 = time.perf_counter()
     if baseline not in BASELINES:
         raise UnknownNameError(f"baseline={baseline!r} is unknown; valid values: {BASELINES}")
@@ -179,8 +182,10 @@ def run_attribution(
             raise ValueError(f"target={target!r} must be None, 'label' or a class index 0..{(n_classes or 0) - 1}")
     runner = find_sites(model, effect, sites)
     view = runner.view
-    batches, total = open_data(data, view, batch_size=batch_size, data_dir=None if data_dir is None else str(data_dir),
-                               mean=mean, std=std, num_workers=num_workers, split=split, trained_on=trained_on)
+    # [issue 22] under torch.distributed: this rank's exact shard of the first max_images images
+    batches, total, max_images = open_sharded(
+        data, view, batch_size=batch_size, max_images=max_images, data_dir=None if data_dir is None else str(data_dir),
+        mean=mean, std=std, num_workers=num_workers, split=split, trained_on=trained_on)
     if total is not None and max_images is not None:
         total = min(total, max_images)
     h, w = view.grid
@@ -189,7 +194,7 @@ def run_attribution(
     pe_maps: dict[str, list[np.ndarray]] = {s.name: [] for s in runner.sites}
     tok_maps: dict[str, list[np.ndarray]] = {s.name: [] for s in runner.sites}
     n_images = 0
-    with eval_grad(model):
+    with collective_errors("attribute"), eval_grad(model):  # [issue 22] a failing rank ends every rank
         bar = tqdm(total=None if total is None else total * len(runner.sites), unit="img", desc="attribute",
                    disable=not progress, leave=False)
         try:
@@ -220,6 +225,7 @@ def run_attribution(
                 n_images += b
         finally:
             bar.close()
+    n_images = _combined(sums, pe_maps, tok_maps, n_images, n_maps)  # [issue 22] over the ranks
     if n_images == 0:
         raise DataError("the data yielded no images")
     rows = []
@@ -261,3 +267,21 @@ def _grid(attr: torch.Tensor, h: int, w: int) -> np.ndarray:
     if per_token.shape[1] < h * w:
         return per_token.double().cpu().numpy()
     return per_token[:, per_token.shape[1] - h * w:].reshape(len(attr), h, w).double().cpu().numpy()
+
+
+def _combined(sums: dict, pe_maps: dict, tok_maps: dict, n_images: int, n_maps: int) -> int:
+    """[issue 22] Combine the per-site sums (SUM; ``delta_abs_max``: MAX) and the first ``n_maps`` maps (in rank
+    order) over the ranks of a process group, in place; returns the total image count. The identity with one
+    process."""
+    flat = {f"{hook}\0{k}": v for hook, s in sums.items() for k, v in s.items() if k != "delta_abs_max"}
+    flat["\0n_images"] = n_images
+    out = all_reduce_numbers(flat)
+    peak = all_reduce_numbers({hook: s["delta_abs_max"] for hook, s in sums.items()}, op="max")
+    for hook, s in sums.items():
+        s.update({k: out[f"{hook}\0{k}"] for k in s if k != "delta_abs_max"}, delta_abs_max=peak[hook])
+    for maps in (pe_maps, tok_maps):
+        for hook in sums:
+            mine = np.concatenate(maps[hook]) if maps.get(hook) else np.zeros((0,))
+            first = gather_first(mine, n_maps)
+            maps[hook] = [first] if len(first) else []
+    return out["\0n_images"]

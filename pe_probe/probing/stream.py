@@ -11,10 +11,12 @@ from tqdm.auto import tqdm
 from .._version import __version__
 from ..core.errors import DataError
 from ..core.report import META_KEYS, SCHEMA_VERSION, ProbeReport
+from ..models.foreign import convert_model
 from .accumulate import RunningStats
 from .adapter import AdapterKind, ModelView, view_model
+from .distributed import collective_errors, open_sharded, reduce_running_stats  # [issue 22] torch.distributed
 from .hooks import eval_inference, fill_derived, recording
-from .inputs import iter_images, open_data
+from .inputs import iter_images
 
 
 #: Metadata keys the probe computes itself (``probe(meta=...)`` may add others, not these).
@@ -99,6 +101,7 @@ def probe(
     (``family``, ``pe_kind``, ``pe_sites``). Unsupported models raise
     :class:`~pe_probe.core.errors.UnsupportedModelError` in one line.
     """
+    model = convert_model(model)  # a torchvision / Hugging Face / open_clip ViT object -> its timm model
     extra_meta = dict(meta or {})
     clash = sorted(set(extra_meta) & set(COMPUTED_META))
     if clash:
@@ -109,16 +112,17 @@ def probe(
     stats = RunningStats(view, n_norm_maps=n_norm_maps)
     names = stats.hook_names()
     source: dict = {}
-    batches, total = open_data(data, view, batch_size=batch_size, data_dir=None if data_dir is None else str(data_dir),
-                               mean=mean, std=std, num_workers=num_workers, split=split, trained_on=trained_on,
-                               source=source)
+    # [issue 22] under torch.distributed: this rank's exact shard of the first max_images images
+    batches, total, max_images = open_sharded(
+        data, view, batch_size=batch_size, max_images=max_images, data_dir=None if data_dir is None else str(data_dir),
+        mean=mean, std=std, num_workers=num_workers, split=split, trained_on=trained_on, source=source)
     if total is not None and max_images is not None:
         total = min(total, max_images)
     with eval_inference(model):
         derived: dict = {}
         fill_derived(view, names, derived)  # image-independent: computed once, before any hook exists
     feed = stats.feed()  # each block's statistics are added as the forward pass reaches it (cache-hot)
-    with eval_inference(model), recording(view, names, store=feed):
+    with collective_errors("probe"), eval_inference(model), recording(view, names, store=feed):  # [issue 22]
         bar = tqdm(total=total, unit="img", desc="probe", disable=not progress, leave=False)
         try:
             for images in iter_images(batches, view, max_images):
@@ -129,6 +133,7 @@ def probe(
         finally:
             bar.close()
             feed.reset()
+    reduce_running_stats(stats)  # [issue 22] float64 sums, exact counts and the first maps over the ranks
     if stats.n_images == 0:
         raise DataError("the data yielded no images")
     computed = build_meta(view, stats.n_images, run, n_norm_maps=stats.n_maps, **source)

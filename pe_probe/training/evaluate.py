@@ -21,7 +21,7 @@ from ..data.folders import default_split, describe_split, reads_training_images
 from ..data.signature import check_fits
 from ..data.workers import default_num_workers
 from .distributed import DistEnv, all_sum, pick_device
-from .sampler import shard_indices
+from ..probing.distributed import batch_shard, rank_world  # [issue 22]
 
 if TYPE_CHECKING:  # pragma: no cover
     from .checkpoints import Run
@@ -40,8 +40,8 @@ def run_eval(model: nn.Module, dataset: Dataset, *, batch_size: int, device: tor
     """Loss and accuracy (in %) of ``model`` on ``dataset``, sharded over the processes of ``env``."""
     was_training = model.training
     model.eval()
-    if env is not None and env.distributed:
-        dataset = Subset(dataset, shard_indices(len(dataset), env.rank, env.world_size))
+    if env is not None and env.distributed:  # [issue 22] whole batches, each image once: as one process reads them
+        dataset = Subset(dataset, list(batch_shard(len(dataset), batch_size, env.rank, env.world_size)))
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         generator=torch.Generator().manual_seed(0), pin_memory=device.type == "cuda")
     loss_sum = c1 = c5 = n = 0.0
@@ -125,7 +125,7 @@ def evaluate(
     """
     from .checkpoints import Run, load_run
 
-    dev = pick_device(device)
+    dev = pick_device(device, int(os.environ.get("LOCAL_RANK", "0")))  # [issue 22] torchrun: this rank's GPU
     if split is not None and train_split and split != "train":
         raise ValueError(f"train_split=True contradicts split={split!r}")
     if isinstance(run_or_model, nn.Module):
@@ -164,8 +164,10 @@ def evaluate(
                       DataWarning, stacklevel=2)
     model.to(dev)
     workers = default_num_workers(dev, in_memory=dataset == "digits") if num_workers is None else num_workers
+    rank, world = rank_world()  # [issue 22] under torch.distributed each process scores its exact shard
+    env = DistEnv(rank, world, int(os.environ.get("LOCAL_RANK", "0")), dev, False) if world > 1 else None
     result = run_eval(model, ds, batch_size=batch_size, device=dev, amp=dev.type == "cuda" if amp is None else amp,
-                      num_workers=workers, progress=progress)
+                      num_workers=workers, progress=progress, env=env)
     data_dir_text = str(Path(data_dir).expanduser().resolve()) if data_dir is not None else None
     return {**result, "dataset": dataset, "data_dir": data_dir_text, "split": split,
             "skipped_images": len(getattr(ds, "bad", {}))}

@@ -8,7 +8,11 @@ Accepted (docs/probe.md, "Bring your own checkpoint"):
 - a file: ``.safetensors``, or ``.pth`` / ``.pt`` / ``.bin`` / ``.pth.tar`` holding a state dict or a training
   checkpoint dict (weights under ``model``, ``state_dict``, ``model_ema`` or ``state_dict_ema``; ``module.`` and
   ``_orig_mod.`` prefixes removed with timm's ``clean_state_dict``), e.g. DeiT's, LaPE's or timm's
-  ``train.py``'s.
+  ``train.py``'s;
+- another library's ViT, converted to the timm model that computes the same outputs
+  (:mod:`pe_probe.models.foreign`): a torchvision ``VisionTransformer`` state dict, an open_clip / OpenAI CLIP
+  state dict (whole model or visual tower), or a Hugging Face transformers folder (``config.json`` with
+  ``model_type`` + ``model.safetensors`` or ``pytorch_model.bin``: ViT, DeiT, DINOv2).
 
 Pickled files are read with timm's loader and ``torch.load(weights_only=True)``: tensors, plain containers and
 ``argparse.Namespace`` (training arguments) only. A file that needs any other global is refused before anything
@@ -56,7 +60,7 @@ class CheckpointInfo:
 
     Attributes:
         path: the checkpoint given (file or folder).
-        format: ``run``, ``hub``, ``safetensors`` or ``torch``.
+        format: ``run``, ``hub``, ``hf`` (a Hugging Face folder), ``safetensors`` or ``torch``.
         weights_file: the file the weights came from.
         weights_key: the entry of a training checkpoint that held them (``model``, ``model_ema``,
             ``state_dict``, ``state_dict_ema``), or None for a bare state dict.
@@ -385,6 +389,8 @@ def _lape_source(file: Path, sd: dict, key: str | None, args: dict, model: str |
 def _file_source(file: Path, model: str | None, use_ema: bool) -> _Source:
     sd, key, args = read_weights(file, use_ema=use_ema)
     fmt = "safetensors" if file.name.lower().endswith(".safetensors") else "torch"
+    if (foreign := _foreign_file_source(file, sd, key, model, fmt)) is not None:
+        return foreign
     if args.get("join_type") is not None:
         return _lape_source(file, sd, key, args, model)
     if model:
@@ -398,6 +404,78 @@ def _file_source(file: Path, model: str | None, use_ema: bool) -> _Source:
     recorded = {"img_size": size[0] if size[0] == size[1] else list(size)} if size else {}
     return _Source(fmt, file, sd, key, name, name_source, recorded, None, size, {},
                    lambda n, extra: _create(n, {**recorded, **extra}))
+
+
+# ---------------------------------------------------------------------------------------------- other libraries
+def _foreign_source(fmt: str, file: Path, foreign: Any, key: str | None, model: str | None, data: dict) -> _Source:
+    """A converted torchvision / Hugging Face / open_clip ViT (:class:`pe_probe.models.foreign.Foreign`)."""
+    from ..models.foreign import set_layer_norm_eps
+
+    kwargs, size = dict(foreign.kwargs), foreign.kwargs["img_size"]
+    source = foreign.described + "".join(f"; {n}" for n in foreign.notes)
+    return _Source(fmt, file, foreign.state_dict, key, model or foreign.model, "given" if model else source, kwargs,
+                   None, (size, size), {"img_size": size, "in_chans": kwargs.get("in_chans", 3), **data},
+                   lambda n, extra: set_layer_norm_eps(_create(n, {**kwargs, **extra}), foreign.layer_norm_eps))
+
+
+def _foreign_file_source(file: Path, sd: dict, key: str | None, model: str | None, fmt: str) -> _Source | None:
+    """A state dict of a torchvision ``VisionTransformer`` or an open_clip / OpenAI CLIP visual tower, converted
+    to timm's names (None for any other state dict). Neither records its head count (the standard size's, else
+    width / 64: :func:`pe_probe.models.foreign.guess_heads`; ``--model-arg num_heads=N`` otherwise) nor, for
+    CLIP, its activation (GELU; ``--model-arg act_layer=quick_gelu`` for OpenAI's weights)."""
+    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+
+    from ..models import foreign
+
+    if foreign.is_torchvision_vit(sd):
+        return _foreign_source(fmt, file, foreign.from_torchvision(sd), key, model,
+                               {"mean": list(IMAGENET_DEFAULT_MEAN), "std": list(IMAGENET_DEFAULT_STD)})
+    if foreign.clip_prefix(sd) is not None:
+        return _foreign_source(fmt, file, foreign.from_open_clip(sd), key, model,
+                               {"mean": list(OPENAI_CLIP_MEAN), "std": list(OPENAI_CLIP_STD)})
+    return None
+
+
+#: The weights files of a Hugging Face transformers folder, in ``from_pretrained``'s order.
+HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+
+
+def _hf_config(path: Path) -> dict | None:
+    """``path/config.json`` when it is a Hugging Face transformers config (``model_type``, no run's
+    ``model_kwargs``: :func:`pe_probe.core.rundir.foreign_config`), else None."""
+    from ..core.rundir import FOREIGN_CONFIG_KEYS, foreign_config
+
+    try:
+        cfg = json.loads((path / RunDir.CONFIG).read_text())
+    except (OSError, ValueError):
+        return None
+    return cfg if foreign_config(cfg) == FOREIGN_CONFIG_KEYS["model_type"] else None
+
+
+def _hf_source(path: Path, model: str | None, use_ema: bool) -> _Source:
+    """A Hugging Face transformers folder (``config.json`` + ``model.safetensors`` / ``pytorch_model.bin``, as
+    ``save_pretrained`` writes it): ViT, DeiT, DINOv2; image statistics from ``preprocessor_config.json``."""
+    from ..models.foreign import from_hf
+
+    if use_ema:
+        raise CheckpointError(f"{path} is a Hugging Face folder: it holds one set of weights and no EMA; drop --ema")
+    cfg = _hf_config(path) or {}
+    file = next((path / n for n in HF_WEIGHTS if (path / n).is_file()), None)
+    if file is None:
+        sharded = sorted(p.name for p in path.glob("*.index.json"))
+        why = f" (sharded weights {sharded[0]} are not read)" if sharded else ""
+        raise CheckpointError(f"{path} is a Hugging Face folder without {' or '.join(HF_WEIGHTS)}{why}")
+    sd, key, _ = read_weights(file, use_ema=False)
+    data: dict = {}
+    try:
+        pre = json.loads((path / "preprocessor_config.json").read_text())
+    except (OSError, ValueError):
+        pre = {}
+    if isinstance(pre, dict):
+        for ours, theirs in (("mean", "image_mean"), ("std", "image_std")):
+            if isinstance(pre.get(theirs), list) and len(pre[theirs]) == 3:
+                data[ours] = [float(v) for v in pre[theirs]]
+    return _foreign_source("hf", file, from_hf(cfg, sd), key, model, data)
 
 
 # ---------------------------------------------------------------------------------------------- building
@@ -445,8 +523,10 @@ def load_checkpoint(
 ) -> tuple[nn.Module, CheckpointInfo]:
     """Load a checkpoint for probing: ``(model in eval mode, CheckpointInfo)``.
 
-    ``path``: a pe-probe run directory, a timm hub-style folder, or a ``.safetensors`` / ``.pth`` / ``.pt`` /
-    ``.bin`` / ``.pth.tar`` file with a state dict or a training checkpoint (module docstring).
+    ``path``: a pe-probe run directory, a timm hub-style folder, a Hugging Face transformers folder, or a
+    ``.safetensors`` / ``.pth`` / ``.pt`` / ``.bin`` / ``.pth.tar`` file with a state dict or a training checkpoint
+    (module docstring). torchvision, Hugging Face and open_clip ViTs load with no flags as the equivalent timm
+    model (name and architecture read from the weights' shapes and the config; docs/probe.md).
 
     - **Model name**: ``model`` when given, else what the checkpoint records (a training checkpoint's
       ``args.model`` or ``arch``, a hub folder's ``architecture``, a run's ``config.json``); with neither a
@@ -478,7 +558,8 @@ def load_checkpoint(
         if not (path / RunDir.CONFIG).is_file():
             raise CheckpointError(f"{path} is neither a pe-probe run directory nor a timm hub folder (no "
                                   f"{RunDir.CONFIG})")
-        src = _hub_source(path, model, use_ema) if _is_hub_folder(path) else _run_source(path, model, use_ema)
+        src = (_hub_source(path, model, use_ema) if _is_hub_folder(path) else _hf_source(path, model, use_ema)
+               if _hf_config(path) is not None else _run_source(path, model, use_ema))
     elif not path.is_file():  # a FIFO, a device or a link loop would block or fail the read
         raise CheckpointError(f"{path} is neither a folder nor a regular file")
     else:

@@ -84,7 +84,3 @@ def _seed_all(seed: int) -> None:
     np.random.seed(seed)
     torch.manual_seed(seed)
 
-
-def shard_indices(n: int, rank: int, world_size: int) -> list[int]:
-    """Evaluation shard of one process: every ``world_size``-th item, nothing dropped or repeated."""
-    return list(range(rank, n, world_size))

@@ -1,0 +1,64 @@
+"""What the distributed tests share: a tiny model with a strong PE and a data set whose size does not divide
+by 2, built the same way in every process; and how to launch torchrun with bounded time."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+
+#: 37 images, batch 8: 5 batches, 2 on rank 0 and 3 on rank 1 (the last one short).
+N_IMAGES = 37
+
+
+def model_and_data():
+    """(model, images (37, 3, 16, 16), labels): a random 2-block MPVG model with its PEs scaled up."""
+    from pe_probe import PEVisionTransformer
+
+    torch.manual_seed(0)
+    m = PEVisionTransformer("mpvg", img_size=16, patch_size=4, embed_dim=16, depth=2, num_heads=2, num_classes=5,
+                            mlp_ratio=2.0)
+    with torch.no_grad():
+        m.pos_embed.mul_(50)
+        for blk in m.blocks:
+            blk.attn.qkv.weight.mul_(10)
+    g = torch.Generator().manual_seed(1)
+    images = torch.randn(N_IMAGES, 3, 16, 16, generator=g)
+    labels = torch.randint(0, 5, (N_IMAGES,), generator=g)
+    return m.eval(), images, labels
+
+
+def torchrun(*args: str, nproc: int = 2, timeout: float = 240) -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc-per-node nproc ARGS`` on CPU (gloo), one thread per process, from the
+    checkout (so ``tests`` and this ``pe_probe`` are importable)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "",
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", *args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+def zoo_models() -> dict:
+    """Small random timm models whose families are not uniform (per-layer state entries): Hiera (pooling
+    stages, a final norm) and PVT-v2 (stages, no PE)."""
+    import timm
+
+    torch.manual_seed(0)
+    hiera = timm.create_model("hiera_tiny_224", pretrained=False, num_classes=5, img_size=(32, 32), embed_dim=16,
+                              num_heads=1, stages=(1, 1, 1), q_pool=2, mask_unit_size=(4, 4),
+                              mask_unit_attn=(True, False, False))
+    torch.manual_seed(0)
+    pvt = timm.create_model("pvt_v2_b0", pretrained=False, num_classes=5, depths=(1, 1, 2, 1),
+                            embed_dims=(16, 32, 32, 48), num_heads=(1, 1, 2, 2),
+                            pretrained_cfg_overlay={"input_size": (3, 32, 32)})
+    return {"hiera": hiera.eval(), "pvt_v2": pvt.eval()}
+
+
+def zoo_images(n: int, model) -> torch.Tensor:
+    """``n`` random images of the size ``model`` takes (16 px for the pe_probe model, else 32 px)."""
+    px = 16 if type(model).__name__ == "PEVisionTransformer" else 32
+    return torch.randn(n, 3, px, px, generator=torch.Generator().manual_seed(n))
