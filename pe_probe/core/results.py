@@ -44,9 +44,10 @@ def rows_text(columns: tuple[str, ...], rows: list) -> str:
     return buf.getvalue()
 
 
-def write_rows(path: str | os.PathLike, columns: tuple[str, ...], rows: list) -> None:
-    """``rows`` as CSV with the header ``columns`` (floats in full precision: ``repr``) into ``path``."""
-    Path(path).write_text(rows_text(columns, rows))
+def write_rows(path: str | os.PathLike, columns: tuple[str, ...], rows: list, text: str | None = None) -> None:
+    """``rows`` as CSV with the header ``columns`` (floats in full precision: ``repr``) into ``path``; ``text``:
+    that CSV text when the caller has it already (:func:`rows_text`)."""
+    Path(path).write_text(rows_text(columns, rows) if text is None else text)
 
 
 def pair_id(csv_text: str) -> str:
@@ -111,7 +112,7 @@ class Result:
         meta = {**self.meta, SCHEMA_KEY: self.SCHEMA_VERSION, **self._extra_json(), PAIR_KEY: pair_id(text)}
         with atomic_path(out / self.JSON) as tmp_json, atomic_path(out / self.CSV) as tmp_csv:
             write_json(tmp_json, meta)
-            tmp_csv.write_text(text)
+            write_rows(tmp_csv, self.COLUMNS, self.rows, text)
         return out / self.CSV
 
     @classmethod
