@@ -160,10 +160,12 @@ def pe_terms(pes: torch.Tensor) -> PETerms:
     D = pes.shape[-1]
     norm = torch.linalg.vector_norm(pes, dim=-1)
     rows = torch.isfinite(pes[:, 0]).all(-1)  # prefix rows without a PE row are NaN (derived PEs only)
-    keep = rows[:, None, :, None]
-    entries = rows.sum(-1).to(pes.dtype) * D
-    mean = torch.where(keep, pes, 0.0).sum((2, 3)) / entries[:, None]
-    var = torch.where(keep, (pes - mean[..., None, None]).square(), 0.0).sum((2, 3)) / entries[:, None]
+    P, Q, T = norm.shape
+    keep = rows.view(P, 1, T, 1)  # views, not indexing: fewer ops per batch
+    entries = rows.sum(-1, dtype=pes.dtype) * D
+    per = entries.view(P, 1)
+    mean = torch.where(keep, pes, 0.0).sum((2, 3)) / per
+    var = torch.where(keep, (pes - mean.view(P, Q, 1, 1)).square(), 0.0).sum((2, 3)) / per
     return PETerms(sum=pes.sum(1), norm_sum=norm.sum(1), norm=norm, rows=rows, mean=mean, var=var,
                    entries=entries)
 
@@ -266,6 +268,10 @@ class RunningStats:
             "pe_sum": z(P, T, D), "pe_norm_sum": z(P, T), "cos_tok_sum": z(P, T), "cos_mom": z(P, 3), "corr_mom": corr,
             "out_norm_sum": z(T), "cos_ba_mom": self._ba[0], "cos_ba_ln_mom": self._ba[1], "norm_before": z(K, N), "norm_after": z(K, N),
         }
+
+    def state_device(self) -> torch.device:
+        """The device of the float64 accumulators (CPU before the first batch)."""
+        return next(iter(self.state.values())).device if self.state else torch.device("cpu")
 
     def state_nbytes(self) -> int:
         """Bytes held by the accumulators (fixed once the first batch has been seen)."""
@@ -375,39 +381,37 @@ class RunningStats:
         """Turn the partials of every layer of a B-image batch into float64 sums (stacked over layers)."""
         s, parts = self.state, self._parts
         dev = s["tok_sum"].device
-        f64 = lambda x: x.to(device=dev, dtype=torch.float64)  # noqa: E731
-        s["tok_sum"] += parts.tok_sum.to(dev)
+        f64 = lambda x: _as(x, torch.float64, dev)  # noqa: E731  (no op when it already is)
+        s["tok_sum"] += _as(parts.tok_sum, parts.tok_sum.dtype, dev)
         tok_norm = f64(parts.tok_norm)  # (L + 1, B, T)
         s["tok_norm_sum"] += tok_norm.sum(1)
         s["resid_norm_sum"] += f64(parts.resid_norm).sum(1)
         if self.pe_layers:
             pt = self._pe_side(parts.pes, B, parts.pe_stack)
             scale = B if pt.norm.shape[1] == 1 else 1  # a PE shared by the batch counts once per image
-            s["pe_sum"] += pt.sum * scale
-            s["pe_norm_sum"] += pt.norm_sum * scale
-            rows = pt.rows[:, None]  # (P, 1, T)
+            s["pe_sum"].add_(pt.sum, alpha=scale)
+            s["pe_norm_sum"].add_(pt.norm_sum, alpha=scale)
+            rows = pt.rows.unsqueeze(1)  # (P, 1, T)
             pe_norm = pt.norm  # (P, 1 or B, T)
             pe_mean, pe_var = pt.mean, pt.var  # (P, 1 or B)
-            entries = pt.entries[:, None]
+            entries = pt.entries.unsqueeze(1)
             tn = self._pe_rows(tok_norm)  # (P, B, T)
             dot = f64(parts.dot)
             keep = lambda x: torch.where(rows, x, 0.0)  # noqa: E731  (rows without a PE drop out)
             cos = keep(dot / (tn * pe_norm))  # (P, B, T): cos(tok[b, t], pe[t])
             s["cos_tok_sum"] += cos.sum(1)
-            mom = s["cos_mom"]
-            mom[:, 0] += rows.sum((1, 2)) * B
-            mom[:, 1] += cos.sum((1, 2))
-            mom[:, 2] += cos.square().sum((1, 2))
+            # moments: one stacked in-place add per moment tensor (indexing columns would cost ops per column)
+            s["cos_mom"].add_(torch.stack([rows.sum((1, 2), dtype=cos.dtype) * B, cos.sum((1, 2)),
+                                           (cos * cos).sum((1, 2))], 1))
             tok_mean = keep(f64(parts.chan)).sum(2) / entries  # (P, B), over the rows x D entries
             tok_var = keep(tn.square()).sum(2) / entries - tok_mean.square()
             cov = keep(dot).sum(2) / entries - tok_mean * pe_mean
             r = cov / torch.sqrt(tok_var * pe_var)  # (P, B): per-image Pearson correlation
-            mom = s["corr_mom"]
-            mom[:, 0] += B
-            mom[:, 1] += r.sum(1)
-            mom[:, 2] += r.square().sum(1)
-            mom[:, 3] = torch.minimum(mom[:, 3], torch.amin(r, 1))
-            mom[:, 4] = torch.maximum(mom[:, 4], torch.amax(r, 1))
+            mom = s["corr_mom"]  # (P, 5): count, sum, sum of squares, min, max
+            mom[:, :3].add_(torch.stack([torch.full_like(r[:, 0], B), r.sum(1), (r * r).sum(1)], 1))
+            mn, mx = mom[:, 3], mom[:, 4]
+            torch.minimum(mn, torch.amin(r, 1), out=mn)
+            torch.maximum(mx, torch.amax(r, 1), out=mx)
         parts.pes, parts.pe_stack = [None] * len(parts.pes), None  # the PE tensors are not kept past the batch
 
     def feed(self) -> BatchFeed:
@@ -438,7 +442,8 @@ class RunningStats:
                     self._layer(l, store)
         if not self.last_ln:  # no norm on every token before pooling: the blocks' statistics only
             B = self._batch
-            with _one_cpu_thread(store.get(H.block_hook(v.depth - 1, H.RESID_PRE), torch.empty(0))):
+            with _one_cpu_thread(store.get(H.block_hook(v.depth - 1, H.RESID_PRE), torch.empty(0))), \
+                    torch.autocast(self.state_device().type, enabled=False):
                 if self.uniform:
                     self._finish(B)
             self.n_images += B
@@ -454,8 +459,8 @@ class RunningStats:
         pooled = v.pool(x_l), v.pool(out), v.pool(ln_out)  # the model's own pooling (class token, mean, map, ...)
         take = max(0, min(self.n_norm_maps - self.n_maps, B))
         maps = (_norms(x_l[:take, npt:], self._scratch), _norms(out[:take, npt:])) if take else ()
-        # the small float64 step (a few dozen short operations) on one thread
-        with _one_cpu_thread(x_l):
+        # the small float64 step (a few dozen short operations) on one thread, never autocast
+        with _one_cpu_thread(x_l), torch.autocast(x_l.device.type, enabled=False):
             if self.uniform:
                 self._finish(B)
             s = self.state
@@ -472,10 +477,7 @@ class RunningStats:
             pool = f64(torch.stack(pooled))  # (3, B, D)
             norm = torch.linalg.vector_norm(pool, dim=-1)  # (3, B)
             cos = (pool[1:] * pool[0]).sum(-1) / (norm[1:] * norm[0])
-            ba = self._ba
-            ba[:, 0] += B
-            ba[:, 1] += cos.sum(1)
-            ba[:, 2] += (cos * cos).sum(1)
+            self._ba.add_(torch.stack([torch.full_like(cos[:, 0], B), cos.sum(1), (cos * cos).sum(1)], 1))
             if take:
                 s["norm_before"][self.n_maps:self.n_maps + take] = f64(maps[0])
                 s["norm_after"][self.n_maps:self.n_maps + take] = f64(maps[1])
