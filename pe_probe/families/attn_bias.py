@@ -406,6 +406,23 @@ class AttnBiasFamily(Family):
                 return functional_call(self.model, {"pos_embed": self._ape_hp(self.model.pos_embed)}, (images,))
             return self.model(images)
 
+    def meta(self) -> dict:
+        """The base meta plus ``bias_source``: the timm class or method each block's bias comes from (e.g.
+        ``RelPosMlp.get_bias``, ``WindowAttention._get_rel_pos_bias``, ``shared_rel_pos`` keyword,
+        ``cpb_mlp``), and ``bias_windows`` (per window)."""
+        out = super().meta()
+        src = self._sources[0] if self._sources else None
+        if src is None:
+            out["bias_source"] = None
+        elif src.cpb:
+            out["bias_source"] = "WindowAttention.cpb_mlp (16 * sigmoid)"
+        elif src.kwarg:
+            out["bias_source"] = f"{src.kwarg} keyword (shared)"
+        else:
+            out["bias_source"] = f"{type(src.owner).__name__}.{src.method}"
+        out["bias_windows"] = bool(src is not None and src.windows)
+        return out
+
     # ------------------------------------------------------------------ probe quantities
     def derived(self) -> dict[str, Callable[[], torch.Tensor]]:
         """``hook_pos_embed``: the raw ``pos_embed`` (BEiT with ``use_abs_pos_emb``)."""

@@ -204,6 +204,13 @@ class RotaryFamily(Family):
         """The base order, then ``hook_pooled``."""
         return super().names() + [H.POOLED]
 
+    def meta(self) -> dict:
+        """The base meta plus ``rope`` (the rope module's class, None without one) and ``rope_mixed``."""
+        out = super().meta()
+        out["rope"] = type(self.model.rope).__name__ if self.has_rope else None
+        out["rope_mixed"] = bool(getattr(self.model, "rope_mixed", False))
+        return out
+
     # ------------------------------------------------------------------ probe quantities
     def pe_in(self) -> torch.Tensor:
         """``pos_embed`` as the first block receives it, (1, T, D): NaN rows for prefix slots it has no row for

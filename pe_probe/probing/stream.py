@@ -97,6 +97,12 @@ def probe(
     tensors are cache-hot, ``stacked`` all layers together after each forward pass in a fixed number of
     operations (few kernel launches; holds the batch's captured activations), ``auto`` (default): ``layer``
     on CPU, ``stacked`` elsewhere. No strategy reads anything back to the host between batches.
+
+    The model is read through its PE family (:func:`pe_probe.families.family_for`; ``adapter`` forces one):
+    every model gets the per-layer token stream and norms (and the Last LN where a norm acts on every token),
+    layers with an additive PE the token-vs-PE statistics; the family and its sites are in ``meta``
+    (``family``, ``pe_kind``, ``pe_sites``). Unsupported models raise
+    :class:`~pe_probe.core.errors.UnsupportedModelError` in one line.
     """
     extra_meta = dict(meta or {})
     clash = sorted(set(extra_meta) & set(COMPUTED_META))

@@ -193,6 +193,9 @@ def test_recognised_with_the_expected_sites(key):
     assert [s.layer for s in bias_sites(fam)] == list(range(n_sites))
     assert all(not s.additive and s.n_prefix == npre for s in bias_sites(fam))
     assert set(expected) <= set(fam.names())
+    meta = fam.meta()
+    assert meta["pe_sites"][H.attn_bias_hook(0)] == {"kind": "attn_bias", "layer": 0}
+    assert meta["bias_windows"] == key.startswith("swin") and meta["bias_source"]
 
 
 @pytest.mark.parametrize("key", ["beit", "swin", "relpos_mlp"])

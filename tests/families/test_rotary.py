@@ -147,6 +147,9 @@ def test_recognised_with_the_expected_sites(key):
     assert {s.name: s.kind for s in fam.sites()}.get(H.INPUT_PE, "absolute") == "absolute"
     assert all(s.kind == "rotary" and not s.additive for s in fam.sites() if s.name != H.INPUT_PE)
     assert set(expected) <= set(fam.names())
+    meta = fam.meta()
+    assert meta["rope_mixed"] == MODELS[key][3] and meta["rope"] == type(model.rope).__name__
+    assert meta["pe_sites"][H.rope_hook(0)] == {"kind": "rotary", "layer": 0}
 
 
 @pytest.mark.parametrize("key", ["rope_axial", "rope_ape"])

@@ -82,8 +82,9 @@ def test_figure_data_come_from_the_runs(quick):
     for run, part in ablation.groupby("run"):
         saved = pd.read_csv(runs / run / "ablation.csv")
         saved = saved[saved.metric == "agree"].set_index(["site", "intervention"])["value"]
-        np.testing.assert_allclose(part.set_index(["site", "intervention"])["value"], saved.loc[
-            list(zip(part.site, part.intervention))])
+        # the figure data name the site in their column hook (their column site is its label, e.g. "block 2")
+        np.testing.assert_allclose(part.set_index(["hook", "intervention"])["value"], saved.loc[
+            list(zip(part.hook, part.intervention))])
         meta = json.loads((runs / run / "ablation.json").read_text())
         assert meta["n_images"] == 96 and meta["effect"] == "direct"
     assert set(ablation.run) == {f"{k}-seed{i}" for k in ("default", "lape", "pvg", "mpvg") for i in range(2)}
