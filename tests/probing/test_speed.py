@@ -169,3 +169,33 @@ def test_bf16_autocast_gives_the_float32_metrics(strategy):
             np.testing.assert_allclose(w, v, rtol=BF16_ATOL["norm_rel"], atol=1e-3 * np.nanmax(np.abs(v)),
                                        err_msg=k, equal_nan=True)
     assert differs  # autocast really changed the forward pass
+
+
+FAMILY_MODELS = {
+    "timm_vit_derived_pe": lambda: __import__("timm").create_model(
+        "vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2,
+        num_classes=5),
+    "timm_vit_map_pool": lambda: __import__("timm").create_model(
+        "vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2,
+        num_classes=5, global_pool="map", class_token=False),
+    "eva_rope": lambda: __import__("timm").create_model(
+        "eva02_tiny_patch14_224", pretrained=False, img_size=28, embed_dim=32, depth=2, num_heads=2,
+        num_classes=5),
+    "twins_nonuniform": lambda: __import__("timm").create_model(
+        "twins_pcpvt_small", pretrained=False, img_size=32, depths=(1, 1, 1), embed_dims=(16, 32, 32),
+        num_heads=(1, 2, 2), sr_ratios=(2, 1, 1), mlp_ratios=(2, 2, 2), num_classes=5),
+}
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("name", list(FAMILY_MODELS))
+def test_no_host_sync_for_other_pe_families(name, strategy):
+    torch.manual_seed(0)
+    m = FAMILY_MODELS[name]().eval()
+    size = getattr(getattr(m, "patch_embed", None), "img_size", (32, 32))
+    x = torch.randn(12, 3, *size, generator=torch.Generator().manual_seed(1))
+    ref = probe(m, x, batch_size=4, progress=False, strategy="layer")
+    report = probe(m, _batches(x, 4, NoSync()), progress=False, strategy=strategy)
+    assert report.meta["n_images"] == 12
+    for k, v in ref.arrays.items():
+        np.testing.assert_allclose(report.arrays[k], v, rtol=1e-5, atol=1e-6, err_msg=k, equal_nan=True)
