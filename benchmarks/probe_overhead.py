@@ -55,6 +55,7 @@ from typing import Iterable
 
 import timm
 import torch
+import torch.utils._python_dispatch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import interleaved, machine, median, paired, torch_threads  # noqa: E402
