@@ -24,10 +24,11 @@ def load(name: str):
 def test_probe_overhead_tiny(capsys):
     ratios = load("probe_overhead").main(["--tiny", "--no-torchlens", "--repeats", "1", "--batches", "1",
                                           "--batch-size", "4"])
-    assert set(ratios) == {"plain", "pe_probe", "hook_cache", "plain (A/A)", "stats_share"}
+    assert set(ratios) == {"plain", "pe_probe", "hook_cache", "plain (A/A)", "stats_share", "ops_forward",
+                           "ops_layer", "ops_stacked"}
     assert all(r > 0 for r in ratios.values())
     out = capsys.readouterr().out
-    assert "throughput vs plain" in out and "per round" in out
+    assert "throughput vs plain" in out and "per round" in out and "aten ops per batch (stacked" in out
 
 
 def test_probe_memory_tiny(monkeypatch, capsys):

@@ -72,6 +72,16 @@ class Partials:
         self.tok_sum, self.tok_norm, self.resid_norm = e(L, T, D), e(L, B, T), e(L, B, T)
         self.dot, self.chan = e(P, B, T), e(P, B, T)
         self.pes: list[torch.Tensor | None] = [None] * P
+        self.pe_stack: torch.Tensor | None = None  # the stacked path's (P, Q, T, D) PEs of the batch
+        # per-layer rows as views made once (indexing per batch would dispatch an op per row and layer)
+        self.rows = {k: list(getattr(self, k).unbind(0)) for k in ("tok_sum", "tok_norm", "resid_norm", "dot", "chan")}
+
+
+def _as(x: torch.Tensor, dtype: torch.dtype, device: torch.device | None = None) -> torch.Tensor:
+    """``x`` in ``dtype`` (and on ``device``): ``x`` itself, without dispatching an op, when it already is."""
+    if x.dtype == dtype and (device is None or x.device == device):
+        return x
+    return x.to(device=x.device if device is None else device, dtype=dtype)
 
 
 def _norms_into(x: torch.Tensor, out: torch.Tensor, scratch: Scratch) -> None:
@@ -110,19 +120,17 @@ def _one_cpu_thread(x: torch.Tensor) -> Iterator[None]:
 
 
 def _working(x: torch.Tensor) -> torch.Tensor:
-    """An activation in a dtype fit for per-token reductions: float32/float64 as is, half precisions as float32."""
+    """An activation in a dtype fit for per-token reductions: float32/float64 as is, half precisions (bf16/fp16
+    under autocast) as float32, so no product or sum over the channels is rounded to the activation dtype."""
     return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
 
-def _add_moments(mom: torch.Tensor, values: torch.Tensor) -> None:
-    """``mom`` = [count, sum, sum of squares(, min, max)] updated in place with ``values`` (float64)."""
-    values = values.reshape(-1)
-    mom[0] += values.numel()
-    mom[1] += values.sum()
-    mom[2] += (values * values).sum()
-    if mom.numel() == 5 and values.numel():
-        mom[3] = torch.minimum(mom[3], values.min())
-        mom[4] = torch.maximum(mom[4], values.max())
+#: Statistics strategies (:class:`RunningStats` ``strategy``): ``layer`` reduces each layer inside its hooks
+#: while its tensors are cache-hot (a few ops per layer; the CPU default), ``stacked`` keeps the batch's
+#: captured tensors and reduces all layers together after the forward pass in a fixed number of ops,
+#: whatever the depth (few kernel launches; the default on other devices, at the memory of the stacked
+#: activations); ``auto`` picks by device.
+STRATEGIES = ("auto", "layer", "stacked")
 
 
 def cosine(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -148,15 +156,23 @@ class PETerms(NamedTuple):
 
 
 def pe_terms(pes: torch.Tensor) -> PETerms:
-    """:class:`PETerms` of ``pes``, the (P, Q, T, D) float64 stack of the PE layers' PEs."""
-    D = pes.shape[-1]
-    norm = torch.linalg.vector_norm(pes, dim=-1)
-    rows = torch.isfinite(pes[:, 0]).all(-1)  # prefix rows without a PE row are NaN (derived PEs only)
-    keep = rows[:, None, :, None]
-    entries = rows.sum(-1).to(pes.dtype) * D
-    mean = torch.where(keep, pes, 0.0).sum((2, 3)) / entries[:, None]
-    var = torch.where(keep, (pes - mean[..., None, None]).square(), 0.0).sum((2, 3)) / entries[:, None]
-    return PETerms(sum=pes.sum(1), norm_sum=norm.sum(1), norm=norm, rows=rows, mean=mean, var=var,
+    """:class:`PETerms` of ``pes``, the (P, Q, T, D) stack of the PE layers' PEs (any float dtype).
+
+    Three passes over the stack, each reducing its values in float64 (``dtype=``, no float64 copy of the
+    stack): the row norms, the row sums and the sum over Q. The variance over the rows x D entries is
+    ``E[pe^2] - E[pe]^2`` in float64 (from the norms), whose rounding (1e-16 x (1 + mean^2 / var)) is far
+    below the statistics' float32 partials.
+    """
+    f64 = torch.float64
+    P, Q, T, D = pes.shape
+    norm = torch.linalg.vector_norm(pes, dim=-1, dtype=f64)  # (P, Q, T)
+    rows = torch.isfinite(norm[:, 0])  # prefix rows without a PE row are NaN (derived PEs only)
+    keep = rows.view(P, 1, T)  # a view, not indexing: fewer ops per batch
+    entries = rows.sum(-1, dtype=f64) * D
+    per = entries.view(P, 1)
+    mean = torch.where(keep, pes.sum(-1, dtype=f64), 0.0).sum(-1) / per
+    var = torch.where(keep, norm * norm, 0.0).sum(-1) / per - mean * mean
+    return PETerms(sum=pes.sum(1, dtype=f64), norm_sum=norm.sum(1), norm=norm, rows=rows, mean=mean, var=var,
                    entries=entries)
 
 
@@ -185,9 +201,12 @@ class RunningStats:
     E[tok]^2``, whose rounding error is scaled by ``1 + E[tok]^2 / var(tok)`` (about 1 for LayerNorm outputs).
     """
 
-    def __init__(self, view: ModelView, n_norm_maps: int = 8) -> None:
+    def __init__(self, view: ModelView, n_norm_maps: int = 8, strategy: str = "auto") -> None:
         if not isinstance(n_norm_maps, int) or n_norm_maps < 0:
             raise ValueError(f"n_norm_maps must be an int >= 0, got {n_norm_maps!r}")
+        if strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+        self.strategy = strategy
         self.view = view
         self.n_norm_maps = n_norm_maps
         self.last_ln = view.final_norm is not None  # models that normalise after pooling have no Last LN
@@ -210,6 +229,25 @@ class RunningStats:
         self._parts: Partials | None = None  # reductions of the batch in progress
         self._scratch = Scratch()
         self._batch = 0  # images in the batch in progress
+        self._pe_sel: slice | torch.Tensor | None = None  # the rows of :attr:`layers` that have a PE
+        self._ba: torch.Tensor | None = None  # (2, 3) stacked moments of the two pooled cosines (state views)
+
+    def stacked(self, device: torch.device) -> bool:
+        """Whether batches on ``device`` are reduced by the stacked strategy (see :data:`STRATEGIES`)."""
+        if self.strategy == "auto":
+            self.strategy = "layer" if device.type == "cpu" else "stacked"
+        return self.strategy == "stacked" and self.uniform
+
+    def _pe_rows(self, x: torch.Tensor) -> torch.Tensor:
+        """The rows of a (L, ...) per-layer stack that belong to :attr:`pe_layers` (a view when they are consecutive)."""
+        if self._pe_sel is None:
+            idx = [self._row[l] for l in self.pe_layers]
+            consecutive = idx == list(range(idx[0], idx[0] + len(idx)))
+            self._pe_sel = slice(idx[0], idx[-1] + 1) if consecutive else torch.tensor(idx, device=x.device)
+        sel = self._pe_sel
+        if isinstance(sel, slice):
+            return x if sel == slice(0, x.shape[0]) else x[sel]
+        return x.index_select(0, _as(sel, sel.dtype, x.device))
 
     # ------------------------------------------------------------------ hook names this needs
     def hook_names(self) -> list[str]:
@@ -235,32 +273,37 @@ class RunningStats:
         z = lambda *shape: torch.zeros(shape, dtype=torch.float64, device=device)  # noqa: E731
         corr = z(P, 5)
         corr[:, 3], corr[:, 4] = math.inf, -math.inf
+        self._ba = z(2, 3)
         self.state = {
             "tok_sum": z(L, T, D), "tok_norm_sum": z(L, T), "resid_norm_sum": z(L, T),
             "pe_sum": z(P, T, D), "pe_norm_sum": z(P, T), "cos_tok_sum": z(P, T), "cos_mom": z(P, 3), "corr_mom": corr,
-            "out_norm_sum": z(T), "cos_ba_mom": z(3), "cos_ba_ln_mom": z(3), "norm_before": z(K, N), "norm_after": z(K, N),
+            "out_norm_sum": z(T), "cos_ba_mom": self._ba[0], "cos_ba_ln_mom": self._ba[1], "norm_before": z(K, N), "norm_after": z(K, N),
         }
+
+    def state_device(self) -> torch.device:
+        """The device of the float64 accumulators (CPU before the first batch)."""
+        return next(iter(self.state.values())).device if self.state else torch.device("cpu")
 
     def state_nbytes(self) -> int:
         """Bytes held by the accumulators (fixed once the first batch has been seen)."""
         return 0 if self.state is None else sum(t.numel() * t.element_size() for t in self.state.values())
 
     # ------------------------------------------------------------------ streaming
-    def _pe_side(self, pes: list[torch.Tensor], B: int) -> PETerms:
-        """The image-independent side of the PE layers' PEs, recomputed only when the PEs change.
+    def _pe_side(self, pes: list[torch.Tensor], B: int, stack: torch.Tensor | None = None) -> PETerms:
+        """The image-independent side of the PE layers' PEs (``stack``: their (P, Q, T, D) stack when already made).
 
-        In eval mode every batch sees the same PEs (derived PEs are even the same tensors), so this costs
-        an identity check or a ``torch.equal`` per layer and batch instead of a dozen small operations per
-        layer.
+        Reused when every PE is the very tensor of the previous batch (derived PEs, parameters); otherwise
+        recomputed on the device in a fixed number of stacked operations. There is no comparison of
+        contents: ``torch.equal`` would read its answer back to the host, a sync per batch on a GPU.
         """
         hit = self._pe_cache
-        if hit is not None and len(hit[0]) == len(pes) and all(
-                a is b or (a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b)) for a, b in zip(hit[0], pes)):
+        if hit is not None and len(hit[0]) == len(pes) and all(a is b for a, b in zip(hit[0], pes)):
             terms = hit[1]
         else:
-            Q = pes[0].shape[0] if all(pe.shape[0] == pes[0].shape[0] for pe in pes) else B
-            stack = torch.stack([pe.expand(Q, -1, -1) for pe in pes])
-            terms = pe_terms(stack.to(device=self.state["tok_sum"].device, dtype=torch.float64))
+            if stack is None:
+                same_q = all(pe.shape[0] == pes[0].shape[0] for pe in pes)
+                stack = torch.stack(pes if same_q else [pe.expand(B, -1, -1) for pe in pes])
+            terms = pe_terms(_as(stack, stack.dtype, self.state_device()))
         self._pe_cache = (list(pes), terms)
         return terms
 
@@ -282,18 +325,46 @@ class RunningStats:
             self._reduce_layer(l, tok, resid)
             return
         parts = self._partials(tok)
-        tok, resid = tok.to(parts.dtype), resid.to(parts.dtype)  # no copy unless a layer differs from the first
-        i = self._row[l]
-        torch.sum(tok, 0, out=parts.tok_sum[i])
-        _norms_into(tok, parts.tok_norm[i], self._scratch)
-        _norms_into(resid, parts.resid_norm[i], self._scratch)
+        tok, resid = _as(tok, parts.dtype), _as(resid, parts.dtype)  # no copy unless a layer differs from the first
+        i, rows = self._row[l], parts.rows
+        torch.sum(tok, 0, out=rows["tok_sum"][i])
+        _norms_into(tok, rows["tok_norm"][i], self._scratch)
+        _norms_into(resid, rows["resid_norm"][i], self._scratch)
         if pe is not None:
             j = self._pe_row[l]
-            pe = pe.to(device=tok.device, dtype=tok.dtype)  # no copy in the usual case
+            pe = _as(pe, tok.dtype, tok.device)  # no copy in the usual case
             prod = torch.mul(tok, pe, out=self._scratch.like(tok))  # NaN rows are masked later
-            torch.sum(prod, -1, out=parts.dot[j])
-            torch.sum(tok, -1, out=parts.chan[j])
+            torch.sum(prod, -1, out=rows["dot"][j])
+            torch.sum(tok, -1, out=rows["chan"][j])
             parts.pes[j] = pe
+
+    def _reduce_stacked(self, store: dict[str, torch.Tensor]) -> None:
+        """The stacked strategy: every layer of the batch in ``store`` reduced together, in a fixed number of ops.
+
+        The captured (B, T, D) tensors of all L layers are stacked per role (residual stream, tokens, PEs;
+        one copy each, contiguous whatever the stream's layout), then each partial is one reduction over
+        the (L, B, T, D) stack, written into the same :class:`Partials` as the per-layer path.
+        """
+        names = [self._layer_names(l) for l in self.layers]
+        resid = _working(torch.stack([store[n[0]] for n in names]))  # (L, B, T, D)
+        tok = _working(torch.stack([store[n[1]] for n in names]))
+        L, B, T, D = tok.shape
+        if self.state is None:
+            self._init(tok.device)
+        self._batch = B
+        parts = self._partials(tok[0]) if self._parts is None or self._parts.key != (B, T, D, tok.device) else self._parts
+        tok, resid = _as(tok, parts.dtype), _as(resid, parts.dtype)
+        torch.sum(tok, 1, out=parts.tok_sum)
+        torch.linalg.vector_norm(tok, dim=-1, out=parts.tok_norm)
+        torch.linalg.vector_norm(resid, dim=-1, out=parts.resid_norm)
+        if self.pe_layers:
+            pes = [store[names[self._row[l]][2]] for l in self.pe_layers]
+            same_q = all(pe.shape[0] == pes[0].shape[0] for pe in pes)
+            pe = _as(torch.stack(pes if same_q else [p.expand(B, -1, -1) for p in pes]), tok.dtype, tok.device)
+            tok_pe = self._pe_rows(tok)  # (P, B, T, D)
+            torch.sum(torch.mul(tok_pe, pe), -1, out=parts.dot)  # NaN rows are masked later
+            torch.sum(tok_pe, -1, out=parts.chan)
+            parts.pes, parts.pe_stack = pes, pe
 
     def _reduce_layer(self, l: int, tok: torch.Tensor, resid: torch.Tensor) -> None:
         """The universal sums of layer ``l`` straight into float64 state entries of its own shape (families whose
@@ -321,40 +392,38 @@ class RunningStats:
         """Turn the partials of every layer of a B-image batch into float64 sums (stacked over layers)."""
         s, parts = self.state, self._parts
         dev = s["tok_sum"].device
-        f64 = lambda x: x.to(device=dev, dtype=torch.float64)  # noqa: E731
-        s["tok_sum"] += parts.tok_sum.to(dev)
+        f64 = lambda x: _as(x, torch.float64, dev)  # noqa: E731  (no op when it already is)
+        s["tok_sum"] += _as(parts.tok_sum, parts.tok_sum.dtype, dev)
         tok_norm = f64(parts.tok_norm)  # (L + 1, B, T)
         s["tok_norm_sum"] += tok_norm.sum(1)
         s["resid_norm_sum"] += f64(parts.resid_norm).sum(1)
         if self.pe_layers:
-            pt = self._pe_side(parts.pes, B)
+            pt = self._pe_side(parts.pes, B, parts.pe_stack)
             scale = B if pt.norm.shape[1] == 1 else 1  # a PE shared by the batch counts once per image
-            s["pe_sum"] += pt.sum * scale
-            s["pe_norm_sum"] += pt.norm_sum * scale
-            rows = pt.rows[:, None]  # (P, 1, T)
+            s["pe_sum"].add_(pt.sum, alpha=scale)
+            s["pe_norm_sum"].add_(pt.norm_sum, alpha=scale)
+            rows = pt.rows.unsqueeze(1)  # (P, 1, T)
             pe_norm = pt.norm  # (P, 1 or B, T)
             pe_mean, pe_var = pt.mean, pt.var  # (P, 1 or B)
-            entries = pt.entries[:, None]
-            tn = tok_norm[[self._row[l] for l in self.pe_layers]]  # (P, B, T)
+            entries = pt.entries.unsqueeze(1)
+            tn = self._pe_rows(tok_norm)  # (P, B, T)
             dot = f64(parts.dot)
             keep = lambda x: torch.where(rows, x, 0.0)  # noqa: E731  (rows without a PE drop out)
             cos = keep(dot / (tn * pe_norm))  # (P, B, T): cos(tok[b, t], pe[t])
             s["cos_tok_sum"] += cos.sum(1)
-            mom = s["cos_mom"]
-            mom[:, 0] += rows.sum((1, 2)) * B
-            mom[:, 1] += cos.sum((1, 2))
-            mom[:, 2] += cos.square().sum((1, 2))
+            # moments: one stacked in-place add per moment tensor (indexing columns would cost ops per column)
+            s["cos_mom"].add_(torch.stack([rows.sum((1, 2), dtype=cos.dtype) * B, cos.sum((1, 2)),
+                                           (cos * cos).sum((1, 2))], 1))
             tok_mean = keep(f64(parts.chan)).sum(2) / entries  # (P, B), over the rows x D entries
             tok_var = keep(tn.square()).sum(2) / entries - tok_mean.square()
             cov = keep(dot).sum(2) / entries - tok_mean * pe_mean
             r = cov / torch.sqrt(tok_var * pe_var)  # (P, B): per-image Pearson correlation
-            mom = s["corr_mom"]
-            mom[:, 0] += B
-            mom[:, 1] += r.sum(1)
-            mom[:, 2] += r.square().sum(1)
-            mom[:, 3] = torch.minimum(mom[:, 3], torch.amin(r, 1))
-            mom[:, 4] = torch.maximum(mom[:, 4], torch.amax(r, 1))
-        parts.pes = [None] * len(parts.pes)  # the PE tensors are not kept past the batch
+            mom = s["corr_mom"]  # (P, 5): count, sum, sum of squares, min, max
+            mom[:, :3].add_(torch.stack([torch.full_like(r[:, 0], B), r.sum(1), (r * r).sum(1)], 1))
+            mn, mx = mom[:, 3], mom[:, 4]
+            torch.minimum(mn, torch.amin(r, 1), out=mn)
+            torch.maximum(mx, torch.amax(r, 1), out=mx)
+        parts.pes, parts.pe_stack = [None] * len(parts.pes), None  # the PE tensors are not kept past the batch
 
     def feed(self) -> BatchFeed:
         """A store for :func:`~pe_probe.probing.hooks.recording` that reduces each block as the forward pass fills it.
@@ -368,16 +437,24 @@ class RunningStats:
     @torch.inference_mode()
     def update(self, store: dict[str, torch.Tensor]) -> None:
         """Add one batch of captured activations (as returned by :func:`pe_probe.capture` for :meth:`hook_names`,
-        or a :meth:`feed` after the forward pass)."""
+        or a :meth:`feed` after the forward pass). Nothing is read back to the host (no sync per batch)."""
         done = store.done if isinstance(store, BatchFeed) and store.stats is self else ()
         v = self.view
+        if self.strategy == "auto":
+            any_tensor = next((t for t in store.values() if isinstance(t, torch.Tensor)), None)
+            self.stacked(torch.device("cpu") if any_tensor is None else any_tensor.device)
+        stacked = self.strategy == "stacked" and self.uniform
         # full-size passes, on torch's threads like the forward's own operations
-        for l in range(v.depth):
-            if l not in done:
-                self._layer(l, store)
+        if stacked:
+            self._reduce_stacked(store)
+        else:
+            for l in range(v.depth):
+                if l not in done:
+                    self._layer(l, store)
         if not self.last_ln:  # no norm on every token before pooling: the blocks' statistics only
             B = self._batch
-            with _one_cpu_thread(store.get(H.block_hook(v.depth - 1, H.RESID_PRE), torch.empty(0))):
+            with _one_cpu_thread(store.get(H.block_hook(v.depth - 1, H.RESID_PRE), torch.empty(0))), \
+                    torch.autocast(self.state_device().type, enabled=False):
                 if self.uniform:
                     self._finish(B)
             self.n_images += B
@@ -385,29 +462,33 @@ class RunningStats:
         last = layer_hooks(LAST, self.has_pe[LAST])
         x_l, ln_out = _working(store[last.resid]), _working(store[last.tok])
         last_pe = _working(store[last.pe]) if last.pe else None
-        self._reduce(LAST, ln_out, x_l, last_pe)
+        if not stacked:
+            self._reduce(LAST, ln_out, x_l, last_pe)
         B, npt = x_l.shape[0], v.num_prefix_tokens
         out = ln_out if last_pe is None else ln_out + last_pe
         out_norm = _norms(out)
         pooled = v.pool(x_l), v.pool(out), v.pool(ln_out)  # the model's own pooling (class token, mean, map, ...)
         take = max(0, min(self.n_norm_maps - self.n_maps, B))
         maps = (_norms(x_l[:take, npt:], self._scratch), _norms(out[:take, npt:])) if take else ()
-        # the small float64 step (a few dozen short operations) on one thread
-        with _one_cpu_thread(x_l):
+        # the small float64 step (a few dozen short operations) on one thread, never autocast
+        with _one_cpu_thread(x_l), torch.autocast(x_l.device.type, enabled=False):
             if self.uniform:
                 self._finish(B)
             s = self.state
             if "out_norm_sum" not in s:  # per-layer state: the Last-LN entries once its shape is known
                 K, N = self.n_norm_maps, out.shape[1] - npt
                 z = lambda *shape: torch.zeros(shape, dtype=torch.float64, device=s[f"tok_sum@{LAST}"].device)  # noqa: E731
-                s.update(out_norm_sum=z(out.shape[1]), cos_ba_mom=z(3), cos_ba_ln_mom=z(3), norm_before=z(K, N),
-                         norm_after=z(K, N))
+                self._ba = z(2, 3)
+                s.update(out_norm_sum=z(out.shape[1]), cos_ba_mom=self._ba[0], cos_ba_ln_mom=self._ba[1],
+                         norm_before=z(K, N), norm_after=z(K, N))
             dev = s["out_norm_sum"].device
-            f64 = lambda x: x.to(device=dev, dtype=torch.float64)  # noqa: E731
+            f64 = lambda x: _as(x, torch.float64, dev)  # noqa: E731
             s["out_norm_sum"] += f64(out_norm).sum(0)
-            before, after, after_ln = (f64(p) for p in pooled)
-            _add_moments(s["cos_ba_mom"], cosine(before, after))
-            _add_moments(s["cos_ba_ln_mom"], cosine(before, after_ln))
+            # cos(pooled x_L, pooled Last-LN output with / without the PE), both at once: (2, B)
+            pool = f64(torch.stack(pooled))  # (3, B, D)
+            norm = torch.linalg.vector_norm(pool, dim=-1)  # (3, B)
+            cos = (pool[1:] * pool[0]).sum(-1) / (norm[1:] * norm[0])
+            self._ba.add_(torch.stack([torch.full_like(cos[:, 0], B), cos.sum(1), (cos * cos).sum(1)], 1))
             if take:
                 s["norm_before"][self.n_maps:self.n_maps + take] = f64(maps[0])
                 s["norm_after"][self.n_maps:self.n_maps + take] = f64(maps[1])
@@ -494,8 +575,8 @@ class BatchFeed(dict):
     def __setitem__(self, name: str, value: torch.Tensor) -> None:
         super().__setitem__(name, value)
         l = self._layer_of.get(name)
-        if l is None or l in self.done:
-            return
+        if l is None or l in self.done or self.stats.stacked(value.device):
+            return  # the stacked strategy reduces every layer together in update()
         names = self.stats._layer_names(l)
         if all(n in self for n in names):
             with torch.inference_mode():

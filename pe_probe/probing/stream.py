@@ -75,6 +75,7 @@ def probe(
     split: str | None = None,
     trained_on: dict | None = None,
     meta: dict | None = None,
+    strategy: str = "auto",
 ) -> ProbeReport:
     """Stream ``data`` through ``model`` and return the PE statistics as a :class:`~pe_probe.core.report.ProbeReport`.
 
@@ -93,7 +94,11 @@ def probe(
     ``data``, ``data_dir`` and ``split``. ``trained_on``: the run's ``config.json`` ``data``; data whose images
     differ from the run's training images in size, channels or class count is refused (``DataError``).
     ``meta``: extra metadata merged into the report's (e.g. the checkpoint it came from:
-    ``CheckpointInfo.meta()``); it may not replace the keys the probe computes.
+    ``CheckpointInfo.meta()``); it may not replace the keys the probe computes. ``strategy``: how the
+    statistics are reduced (same numbers to float32 rounding): ``layer`` inside each layer's hooks while its
+    tensors are cache-hot, ``stacked`` all layers together after each forward pass in a fixed number of
+    operations (few kernel launches; holds the batch's captured activations), ``auto`` (default): ``layer``
+    on CPU, ``stacked`` elsewhere. No strategy reads anything back to the host between batches.
 
     The model is read through its PE family (:func:`pe_probe.families.family_for`; ``adapter`` forces one):
     every model gets the per-layer token stream and norms (and the Last LN where a norm acts on every token),
@@ -109,7 +114,7 @@ def probe(
     view = view_model(model, adapter)
     if max_images is not None and (isinstance(max_images, bool) or not isinstance(max_images, int) or max_images < 1):
         raise DataError(f"max_images must be a positive int or None, got {max_images!r}")
-    stats = RunningStats(view, n_norm_maps=n_norm_maps)
+    stats = RunningStats(view, n_norm_maps=n_norm_maps, strategy=strategy)
     names = stats.hook_names()
     source: dict = {}
     # [issue 22] under torch.distributed: this rank's exact shard of the first max_images images
