@@ -15,11 +15,12 @@ from .accumulate import RunningStats
 from .adapter import AdapterKind, ModelView, view_model
 from .hooks import eval_inference, fill_derived, recording
 from .inputs import iter_images, open_data
+from .position import PositionProbe
 
 
 #: Metadata keys the probe computes itself (``probe(meta=...)`` may add others, not these).
 COMPUTED_META = (*META_KEYS, "adapter", "img_size", "in_chans", "pe_probe_version", "n_norm_maps", "data",
-                 "data_dir", "split")
+                 "data_dir", "split", "position")
 
 
 def model_name(model: nn.Module) -> str:
@@ -68,6 +69,9 @@ def probe(
     split: str | None = None,
     trained_on: dict | None = None,
     meta: dict | None = None,
+    decompose: bool = True,
+    decode: bool = False,
+    decode_images: int = 10,
 ) -> ProbeReport:
     """Stream ``data`` through ``model`` and return the PE statistics as a :class:`~pe_probe.core.report.ProbeReport`.
 
@@ -87,6 +91,11 @@ def probe(
     differ from the run's training images in size, channels or class count is refused (``DataError``).
     ``meta``: extra metadata merged into the report's (e.g. the checkpoint it came from:
     ``CheckpointInfo.meta()``); it may not replace the keys the probe computes.
+
+    Position per layer (docs/probe.md, :mod:`pe_probe.probing.position`): ``decompose`` (on by default) adds the
+    variance decomposition of the residual stream and the PE's direct logit share; ``decode`` the ridge and
+    logistic position decoders (``decode_images`` images for the classifier) with their permuted-label and
+    PE-ablated controls (a second forward pass per batch, on a copy of the model with its PE zeroed).
     """
     extra_meta = dict(meta or {})
     clash = sorted(set(extra_meta) & set(COMPUTED_META))
@@ -103,22 +112,35 @@ def probe(
                                source=source)
     if total is not None and max_images is not None:
         total = min(total, max_images)
+    # --- position per layer (issue 19): its own hooks and accumulators, fed beside RunningStats ---------
+    pos = PositionProbe(view, decompose=decompose, decode=decode, decode_images=decode_images)
+    pos.setup_ablated()  # the PE-ablated copy for decode, taken before any hook exists
+    pos_names, pos_feed = (pos.hook_names() if pos.enabled else []), pos.feed()
+    # --- end position
     with eval_inference(model):
         derived: dict = {}
         fill_derived(view, names, derived)  # image-independent: computed once, before any hook exists
+        pos.prepare()
     feed = stats.feed()  # each block's statistics are added as the forward pass reaches it (cache-hot)
-    with eval_inference(model), recording(view, names, store=feed):
+    with eval_inference(model), recording(view, names, store=feed), recording(view, pos_names, store=pos_feed):
         bar = tqdm(total=total, unit="img", desc="probe", disable=not progress, leave=False)
         try:
             for images in iter_images(batches, view, max_images):
+                first = stats.n_images
+                pos.begin(pos_feed, first, len(images))  # position
                 feed.reset(derived)
                 model(images)
                 stats.update(feed)
+                if pos.enabled:  # position: the batch's PE term and logits, then the PE-ablated control
+                    pos.end(pos_feed, len(images))
+                    pos.begin_ablated(first, len(images))
+                    pos.ablated(images)
                 bar.update(len(images))
         finally:
             bar.close()
             feed.reset()
     if stats.n_images == 0:
         raise DataError("the data yielded no images")
-    computed = build_meta(view, stats.n_images, run, n_norm_maps=stats.n_maps, **source)
-    return ProbeReport({**extra_meta, **computed}, stats.arrays())
+    computed = build_meta(view, stats.n_images, run, n_norm_maps=stats.n_maps, **source,
+                          position={"decompose": decompose, "decode": decode, "decode_images": decode_images})
+    return ProbeReport({**extra_meta, **computed}, {**stats.arrays(), **pos.arrays()})  # position: its arrays
