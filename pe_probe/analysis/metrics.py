@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from ..core.hook_points import LAST
+from .position import logit_decomposition, position_decoding, position_variance
 
 COLUMNS = ["layer", "metric", "value"]
 
@@ -213,7 +214,8 @@ def last_ln_stats(report: Any) -> pd.DataFrame:
     ])
 
 
-ANALYSES = (tok_pe_correlation, tok_pe_alignment, norm_trends, pe_self_similarity, last_ln_stats)
+ANALYSES = (tok_pe_correlation, tok_pe_alignment, norm_trends, pe_self_similarity, last_ln_stats,
+            position_variance, position_decoding, logit_decomposition)  # the last three: analysis/position.py
 META_COLUMNS = ("run", "model", "pe_mode", "global_pool")
 
 

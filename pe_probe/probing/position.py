@@ -229,8 +229,9 @@ class PositionRidge:
         out: dict[str, np.ndarray] = {}
         for i, key in enumerate(keys):
             scale = self.scale(i)
-            if not np.isfinite(scale) or scale <= 0:
+            if not np.isfinite(scale):  # no fit image
                 continue
+            scale = scale if scale > 0 else 1.0  # constant tokens: every alpha gives w = 0, the label mean
             for perm in (False, True):
                 rows = []
                 for a in ALPHA_GRID:
