@@ -3,7 +3,7 @@ band, each seed as a thin line (Fig 4)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import pandas as pd
 import seaborn as sns
@@ -14,10 +14,11 @@ from ._axes import current_ax
 
 def correlation_lines(data: pd.DataFrame, ax=None, *, x: str = "layer", y: str = "value",
                       hue: str = "series", units: str | None = "run", paper: Mapping[int, float] | None = None,
-                      paper_label: str = "paper", ylabel: str = "Pearson r (token map vs PE map)"):
+                      paper_label: str = "paper", ylabel: str = "Pearson r (token map vs PE map)",
+                      ylim: Sequence[float] | None = (-1.05, 1.05)):
     """One line per ``hue`` value through the mean of ``y`` per ``x`` (rows: one per seed), with the 95% t band
     (:func:`pe_probe.analysis.stats.ci_bounds`, drawn by seaborn) and each ``units`` value (seed run) as a thin
-    line; ``paper`` ({layer: r}) as black dashed markers. Returns ``ax``."""
+    line; ``paper`` ({layer: r}) as black dashed markers; ``ylim`` (None: matplotlib's). Returns ``ax``."""
     ax = current_ax(ax)
     order = list(dict.fromkeys(data[hue]))
     palette = {name: f"C{i}" for i, name in enumerate(order)}
@@ -33,6 +34,7 @@ def correlation_lines(data: pd.DataFrame, ax=None, *, x: str = "layer", y: str =
     ax.axhline(0.0, color="0.7", linewidth=0.8, zorder=0)
     ax.set_xlabel("layer (block index)")
     ax.set_ylabel(ylabel)
-    ax.set_ylim(-1.05, 1.05)
+    if ylim is not None:
+        ax.set_ylim(*ylim)
     ax.legend(fontsize=7)
     return ax

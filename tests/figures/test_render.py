@@ -12,7 +12,7 @@ from pe_probe.figures import builtin_specs_dir, load_spec, render_all
 from ..fakes import make_run, paper_runs
 
 FIGURES = ["ablation", "attribution", "fig1", "fig2", "fig4", "fig5", "fig6", "fig7", "fig8", "history",
-           "lape_pe_similarity"]
+           "lape_pe_similarity", "pe_logit_share", "position_decoding", "position_variance"]
 TABLES = ["table1", "table5", "table6"]
 
 
@@ -93,7 +93,8 @@ def test_figure_data_matches_runs(rendered):
 
 def test_missing_runs_are_skipped_not_crashed(tmp_path):
     result = render_all([make_run("default", "default")], tmp_path, strict=True)
-    assert [r.spec.id for r in result.rendered] == ["ablation", "attribution", "table1"]
+    assert [r.spec.id for r in result.rendered] == ["ablation", "attribution", "pe_logit_share", "position_decoding",
+                                                   "position_variance", "table1"]
     skipped = {s.spec.id: s for s in result.skipped}
     assert "fig5" in skipped and any("last_ln_pe=0" in n for n in skipped["fig5"].needs)
     assert "fig2" in skipped and any("probe report" in n for n in skipped["fig2"].needs)
@@ -102,7 +103,7 @@ def test_missing_runs_are_skipped_not_crashed(tmp_path):
     assert "**fig5**" in index and "**lape_pe_similarity**" in index
 
     empty = render_all([], tmp_path / "none")
-    assert not empty.rendered and len(empty.skipped) == 15
+    assert not empty.rendered and len(empty.skipped) == 18
     assert "## Skipped" in empty.index.read_text()
 
 

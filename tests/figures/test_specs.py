@@ -11,7 +11,8 @@ from pe_probe.analysis.select import condition_holds, describe, matches, select_
 from ..fakes import make_run, paper_runs
 
 SHIPPED = {"ablation", "attribution", "fig1", "fig2", "fig4", "fig5", "fig6", "fig7", "fig8", "history",
-           "lape_pe_similarity", "table1", "table2", "table5", "table6"}
+           "lape_pe_similarity", "pe_logit_share", "position_decoding", "position_variance", "table1", "table2",
+           "table5", "table6"}
 
 
 def _raw(**changes):
