@@ -268,3 +268,30 @@ def test_report_round_trip_and_summary(tmp_path):
     assert not {"pos_share", "pos_r2", "pe_logit_share"} & set(summary_frame(off).metric)
     with pytest.raises(ValueError, match="decode_images"):
         probe(m, x, progress=False, decode=True, decode_images=2)
+
+
+def test_cli_decode_flag_saves_the_decoders(tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    from pe_probe.cli import main
+
+    model = timm.create_model("deit_tiny_patch16_224", pretrained=False, img_size=32, depth=2, num_classes=7)
+    ckpt = tmp_path / "deit.safetensors"
+    save_file(model.state_dict(), str(ckpt))
+    folder = tmp_path / "imgs" / "a"
+    folder.mkdir(parents=True)
+    from PIL import Image
+
+    g = np.random.default_rng(0)
+    for i in range(10):
+        Image.fromarray(g.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    args = ["probe", str(ckpt), "--model", "deit_tiny_patch16_224", "--model-arg", "img_size=32", "--model-arg",
+            "depth=2", "--data", "imagefolder", "--data-dir", str(tmp_path / "imgs"), "--no-progress", "--device", "cpu"]
+    assert main([*args, "--out", str(tmp_path / "rep"), "--decode"]) == 0
+    out = capsys.readouterr().out
+    assert "pos_r2" in out and "pos_share" in out and "PE's direct share" in out
+    metrics = set(summary_frame(ProbeReport.load(tmp_path / "rep")).metric)
+    assert {"pos_r2", "pos_acc", "pos_share", "pe_logit_share"} <= metrics
+    assert main([*args, "--out", str(tmp_path / "plain"), "--no-decompose"]) == 0
+    metrics = set(summary_frame(ProbeReport.load(tmp_path / "plain")).metric)
+    assert not {"pos_r2", "pos_share", "pe_logit_share"} & metrics
