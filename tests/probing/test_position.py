@@ -295,3 +295,17 @@ def test_cli_decode_flag_saves_the_decoders(tmp_path, capsys):
     assert main([*args, "--out", str(tmp_path / "plain"), "--no-decompose"]) == 0
     metrics = set(summary_frame(ProbeReport.load(tmp_path / "plain")).metric)
     assert not {"pos_r2", "pos_share", "pe_logit_share"} & metrics
+
+
+def test_position_cost_benchmark_reports_flat_state():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    import position_cost
+
+    before = torch.get_num_threads()
+    shares = position_cost.main(["--tiny", "--batches", "1", "--batch-size", "8", "--sizes", "5", "15",
+                                 "--threads", "1"])
+    assert shares["state_flat"] == 1.0 and {"decomposition", "logit", "decode_stream", "decode_fit"} <= set(shares)
+    assert torch.get_num_threads() == before
