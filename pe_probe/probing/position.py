@@ -87,15 +87,45 @@ class VarianceDecomposition:
         z = lambda *s: torch.zeros(s, dtype=F64, device=device)  # noqa: E731
         self.state = {"tok_sum": z(n_layers, n_tokens, dim), "sq_sum": z(n_layers), "img_sq": z(n_layers),
                       "count": z(n_layers), "pe_sum": z(n_tokens, dim), "pe_count": z(1)}
+        self._shift: dict[int, torch.Tensor] = {}
+        self._buf: dict[tuple, torch.Tensor] = {}
 
     @torch.inference_mode()
     def update(self, i: int, x: torch.Tensor) -> None:
-        """Add row ``i``'s (B, N, D) patch tokens (prefix tokens already removed)."""
-        s, x = self.state, x.to(device=self.state["tok_sum"].device, dtype=F64)
-        s["tok_sum"][i] += x.sum(0)
-        s["sq_sum"][i] += x.square().sum()
-        s["img_sq"][i] += x.sum(1).square().sum()
-        s["count"][i] += x.shape[0]
+        """Add row ``i``'s (B, N, D) patch tokens (prefix tokens already removed).
+
+        The full-size passes run in the activations' dtype on ``y = x - c``, with ``c`` a per-row shift (the
+        first batch's channel means, kept outside ``state``: the sums are of ``x`` itself, whatever the shift),
+        so float32 rounding scales with the tokens' spread, not with their offset; the small sums over
+        tokens and images are then taken to float64: ``sum_i x = sum_i y + B c``, ``R_i = sum_t y + N c``,
+        ``sum x^2 = sum y^2 + 2 c . sum y + B N |c|^2``.
+        """
+        s = self.state
+        if not x.is_floating_point() or x.dtype not in (torch.float32, torch.float64):
+            x = x.float()
+        shift = self._shift.get(i)
+        if shift is None:
+            shift = self._shift[i] = x.mean((0, 1), dtype=F64)
+        B, N, _ = x.shape
+        y = torch.sub(x, shift.to(x.dtype), out=self._scratch(x))
+        dev = s["tok_sum"].device
+        f64 = lambda t: t.to(device=dev, dtype=F64)  # noqa: E731
+        col, rows = f64(y.sum(0)), f64(y.sum(1))  # (N, D), (B, D)
+        sq = f64(torch.linalg.vector_norm(y)).square()
+        c = shift.to(dev)
+        s["tok_sum"][i] += col + B * c
+        s["img_sq"][i] += (rows + N * c).square().sum()
+        s["sq_sum"][i] += sq + 2 * (c * col.sum(0)).sum() + B * N * (c * c).sum()
+        s["count"][i] += B
+
+    def _scratch(self, x: torch.Tensor) -> torch.Tensor:
+        """A reused contiguous buffer shaped like ``x`` (one full-size allocation per shape, not per layer)."""
+        key = (tuple(x.shape), x.dtype, x.device)
+        buf = self._buf.get(key)
+        if buf is None:
+            self._buf.clear()
+            buf = self._buf[key] = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+        return buf
 
     @torch.inference_mode()
     def add_pe(self, pe: torch.Tensor, n_images: int) -> None:
