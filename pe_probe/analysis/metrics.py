@@ -222,7 +222,9 @@ META_COLUMNS = ("run", "model", "pe_mode", "global_pool")
 def summary_frame(report: Any) -> pd.DataFrame:
     """Every analysis in one long DataFrame: ``run, model, pe_mode, global_pool, layer, metric, value``,
     sorted by layer (blocks 0..L-1, then -1) and metric. This is the report's tidy table (``metrics.csv``)."""
-    frame = pd.concat([fn(report) for fn in ANALYSES], ignore_index=True)
+    frames = [fn(report) for fn in ANALYSES]
+    # empty frames (an option the probe ran without) would turn the metric column's string dtype into object
+    frame = pd.concat([f for f in frames if len(f)] or frames, ignore_index=True)
     order = {l: i for i, l in enumerate(_layers(report))}
     frame = frame.sort_values(["layer", "metric"], key=lambda s: s.map(order) if s.name == "layer" else s,
                               kind="stable").reset_index(drop=True)
