@@ -139,6 +139,7 @@ def probe(
         finally:
             bar.close()
             feed.reset()
+            dict.clear(pos_feed)  # position: no activation outlives the call
     if stats.n_images == 0:
         raise DataError("the data yielded no images")
     computed = build_meta(view, stats.n_images, run, n_norm_maps=stats.n_maps, **source,
