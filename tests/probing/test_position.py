@@ -282,7 +282,6 @@ def test_report_round_trip_and_summary(tmp_path):
         probe(m, x, progress=False, decode=True, decode_images=2)
 
 
-@pytest.mark.slow
 def test_cli_decode_flag_saves_the_decoders(tmp_path, capsys):
     from safetensors.torch import save_file
 
@@ -310,7 +309,6 @@ def test_cli_decode_flag_saves_the_decoders(tmp_path, capsys):
     assert not {"pos_r2", "pos_share", "pe_logit_share"} & metrics
 
 
-@pytest.mark.slow
 def test_position_cost_benchmark_reports_flat_state():
     import sys
     from pathlib import Path
