@@ -1,4 +1,5 @@
-"""How much position each layer carries, from a report's arrays: tidy ``layer, metric, value`` rows.
+"""How much position each layer carries, from a report's arrays: tidy ``layer, metric, value`` rows
+(``summary_frame`` adds their ``site`` / ``pe_kind``: :func:`position_site`).
 
 numpy/pandas only (docs/probe.md, "Position per layer", defines every number). Layers are the residual
 stream entering block l (0..L-1) and, as layer -1, the stream after the last block (``x_L``), patch tokens
@@ -12,7 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..core.hook_points import LAST
+from ..core.hook_points import INPUT_PE, LAST, LAST_LN_IN, LAST_PE, RESID_PRE, block_hook
 from ..core.report import LOGIT_COMPONENTS
 
 COLUMNS = ["layer", "metric", "value"]
@@ -118,3 +119,36 @@ def logit_decomposition(report: Any) -> pd.DataFrame:
     out += [(LAST, "logit_total_mean", float(a["logit_total"][1])),
             (LAST, "logit_sum_rmse", float(np.asarray(a["logit_sum_rmse"]).ravel()[0]))]
     return _rows(out)
+
+
+def is_position_metric(metric: str) -> bool:
+    """Whether ``metric`` is one of this module's rows (decomposition, decoding, logit decomposition)."""
+    return metric in VARIANCE_METRICS or metric in DECODING_METRICS or metric.startswith("logit_") \
+        or metric == "pe_logit_share"
+
+
+def position_site(report: Any, layer: int, metric: str) -> tuple[str, str]:
+    """``(site, pe_kind)`` of a position row (the ``site`` / ``pe_kind`` columns of ``summary_frame``).
+
+    Rows about the additive PE term (``pe_pos_share``, ``pe_pos_coef``, ``logit_pe_*``, ``pe_logit_share``) name
+    that term's site (``meta["position"]["pe_term"]``, the family's input site) and its kind; ``logit_last_pe_*``
+    the Last-LN PE; the PE-ablated controls (``*_ablated``) the stream they were read at and the family's kind
+    (every site of the family was turned off); every other row the stream it was read at
+    (``blocks.{l}.hook_resid_pre``, ``hook_last_ln_in`` for layer -1) and ``none``.
+    """
+    meta = report.meta
+    sites = meta.get("pe_sites") or {}
+    kind_of = lambda name: str((sites.get(name) or {}).get("kind") or meta.get("pe_kind") or "none")  # noqa: E731
+    stream = LAST_LN_IN if layer == LAST else block_hook(layer, RESID_PRE)
+    given = (meta.get("position") or {}).get("pe_term")
+    term = given or INPUT_PE
+    if metric in ("pe_pos_share", "pe_pos_coef") or metric.startswith("logit_pe_"):
+        return term, kind_of(term)
+    if metric.startswith("logit_last_pe_"):
+        return LAST_PE, kind_of(LAST_PE)
+    if metric == "pe_logit_share":
+        name = term if given or INPUT_PE in sites or LAST_PE not in sites else LAST_PE
+        return name, kind_of(name)
+    if metric.endswith("_ablated"):
+        return stream, str(meta.get("pe_kind") or "none")
+    return stream, "none"

@@ -26,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="attribute the target logit to each layer's PE and tokens (captum integrated gradients)",
         description="Integrated gradients (captum) of the target logit, at each PE site, to the PE and to the "
                     "tokens it is added to, from a baseline PE (zeros, or the row mean) and zero tokens "
-                    "(docs/causal.md). Writes attribution.csv (hook, layer, metric, value) and attribution.json "
+                    "(docs/causal.md). Writes attribution.csv (site, pe_kind, layer, metric, value) and attribution.json "
                     "(what was run, per-token maps of the first images) to --out. CHECKPOINT as for pe-probe probe.",
     )
     add_checkpoint_args(p)
@@ -59,10 +59,10 @@ def run(args: argparse.Namespace) -> int:
                        max_images=args.max_images, num_workers=args.num_workers, run=str(ckpt.path),
                        progress=not args.no_progress, **ckpt.data_options())
     out = save_attribution(result, args.out)
-    meta, frame = result.meta, result.frame
+    meta, frame = result.meta, result.frame()
     print(f"attributed {meta['n_images']} images of {ckpt.data!r} with {meta['model']} (pe_mode={meta['pe_mode']}, "
           f"baseline={meta['baseline']}, n_steps={meta['n_steps']}) -> {out}")
-    wide = frame.pivot_table(index=["layer", "hook"], columns="metric", values="value", sort=False, dropna=False)
+    wide = frame.pivot_table(index=["layer", "site"], columns="metric", values="value", sort=False, dropna=False)
     for (layer, hook), row in wide.iterrows():
         print(f"  layer {int(layer):>3}  {hook:<22} pe_share {row['pe_share']:.4f}  rel_delta {row['rel_delta']:.2g}")
     return 0

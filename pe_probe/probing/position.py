@@ -18,7 +18,7 @@ arrays a :class:`~pe_probe.core.report.ProbeReport` stores (keys in :mod:`pe_pro
 - :class:`LogitDecomposition`: the direct contribution of the PE component of the residual stream (and of
   the rest of it, the Last LN's beta, MPVG's Last-LN PE) to the predicted logit through the frozen Last LN.
 
-:class:`PositionProbe` wires them to a :class:`~pe_probe.probing.adapter.ModelView`'s hook points for
+:class:`PositionProbe` wires them to a PE family's (:class:`~pe_probe.families.base.Family`) taps and sites for
 :func:`pe_probe.probe`; the classes themselves take only tensors (the token stream (B, T, D) per layer with
 the number of prefix tokens and the patch grid, the PE term, the Last LN and the head).
 """
@@ -36,9 +36,9 @@ from torch import nn
 
 from ..core import hook_points as H
 from ..core.report import LOGIT_COMPONENTS
-from .adapter import ModelView, view_model
-from .hooks import fill_derived
-from .sites import find_sites, replaced
+from ..families import Site, replaced
+from .adapter import ModelView
+from .hooks import fill_derived, recording
 
 F64 = torch.float64
 #: Image sets of the ridge probe by global image index modulo 5: 0-2 fit, 3 select (the regularisation), 4 score.
@@ -427,14 +427,49 @@ class LogitDecomposition:
 
 
 # ---------------------------------------------------------------------------------------------- the probe's wiring
+def input_pe_site(view: ModelView) -> Site | None:
+    """The family's additive input PE site (``hook_input_pe``) when its term is a term of the residual stream:
+    the family declares an input PE (``input_pe``), the site is additive, and nothing normalises ``x_0`` before
+    the blocks (``norm_pre`` is the identity). None otherwise (rope, attention bias, PEG, no PE, CLIP's norm_pre)."""
+    if not view.input_pe or not isinstance(getattr(view.model, "norm_pre", nn.Identity()), nn.Identity):
+        return None
+    return next((s for s in view.sites("direct") if s.name == H.INPUT_PE and s.additive), None)
+
+
 def additive_pe(view: ModelView) -> bool:
-    """Whether the model's input PE is a term of the residual stream (added to x_0 and nothing normalises x_0
-    before the blocks: ``norm_pre`` is the identity)."""
-    return view.input_pe and isinstance(getattr(view.model, "norm_pre", nn.Identity()), nn.Identity)
+    """Whether the model's input PE is a term of the residual stream (:func:`input_pe_site`)."""
+    return input_pe_site(view) is not None
+
+
+def raster_order(view: ModelView) -> bool:
+    """Whether the family's block streams hold the patch tokens in raster order of their grid (Hiera unrolls)."""
+    return getattr(view, "stream_order", "unrolled" if view.name == "hiera" else "raster") == "raster"
+
+
+def row_grid(view: ModelView, layer: int, n: int) -> tuple[int, int] | None:
+    """The (h, w) grid of the ``n`` patch tokens of report row ``layer`` (a block or :data:`~H.LAST`), for the
+    decoders' (row, col) labels: the family's ``block_grid`` / ``final_grid`` where it gives one, the input grid,
+    or the input grid pooled by an integer stride s (h/s x w/s, Swin / PVT stages); None where none fits or the
+    stream is not in raster order."""
+    if not raster_order(view):
+        return None
+    cands = []
+    bg = getattr(view, "block_grid", None)
+    if layer != H.LAST and bg and layer < len(bg):
+        cands.append(tuple(bg[layer]))
+    if layer == H.LAST and getattr(view, "final_grid", None):
+        cands.append(tuple(view.final_grid))
+    h, w = view.grid
+    cands.append((h, w))
+    if n > 0 and (h * w) % n == 0:
+        s = round(((h * w) // n) ** 0.5)
+        if s > 0 and s * s * n == h * w and h % s == 0 and w % s == 0:
+            cands.append((h // s, w // s))
+    return next(((int(a), int(b)) for a, b in cands if a * b == n), None)
 
 
 def _padded(pe: torch.Tensor, T: int) -> torch.Tensor:
-    """A (1, T', D) PE term as (1, T, D): prefix rows it lacks (``no_embed_class``) are 0 (no PE there)."""
+    """A (Q, T', D) PE term as (Q, T, D): prefix rows it lacks (``no_embed_class``) are 0 (no PE there)."""
     if pe.shape[1] == T:
         return pe
     return torch.cat([pe.new_zeros(pe.shape[0], T - pe.shape[1], pe.shape[2]), pe], dim=1)
@@ -452,14 +487,32 @@ class _Feed(dict):
             super().__setitem__(name, value)
 
 
+class _Row:
+    """The accumulators of one report row of a non-uniform family (T and D of its own)."""
+
+    def __init__(self, var, ridge, sample, ablated_ridge, ablated_sample) -> None:
+        self.var, self.ridge, self.sample = var, ridge, sample
+        self.ablated_ridge, self.ablated_sample = ablated_ridge, ablated_sample
+
+    def items(self):
+        return [(k, getattr(self, k)) for k in ("var", "ridge", "sample", "ablated_ridge", "ablated_sample")]
+
+
 class PositionProbe:
     """The position measurements of :func:`pe_probe.probe` on one model (docs/probe.md, "Position per layer").
 
-    Rows (report layers): blocks 0..L-1 read ``blocks.{l}.hook_resid_pre``, layer -1 ``hook_last_ln_in``
-    (the stream after the last block), patch tokens only. ``decompose``: :class:`VarianceDecomposition` (with
-    the input PE as the PE term where it is additive) and :class:`LogitDecomposition` (models with a linear
-    head). ``decode``: :class:`PositionRidge` and :class:`PositionSample` (``decode_images`` images), for the
-    model and for a copy with every PE site (``find_sites``) replaced by zero.
+    Rows (report layers): blocks 0..L-1 read the family's ``blocks.{l}.hook_resid_pre`` taps, layer -1
+    ``hook_last_ln_in`` (the stream after the last block; families with a Last LN only), patch tokens only (the
+    family's ``block_prefix`` per block where the prefix changes). ``decompose``: :class:`VarianceDecomposition`
+    (with the family's additive input PE site as the PE term, :func:`input_pe_site`) and
+    :class:`LogitDecomposition` (a Last LN, a linear head and a PE in the residual stream or after the Last LN).
+    ``decode``: :class:`PositionRidge` and :class:`PositionSample` (``decode_images`` images), for the model and
+    for a copy with every PE site of the family off (``family.replacement(site, "zero")``).
+
+    Uniform families (every block (B, T, D) alike) keep one stacked state per accumulator; non-uniform ones
+    (hierarchical stages, a class token joining late) get one accumulator per row, sized by the first batch's
+    stream there, and decode a row only where its tokens lie on a known raster grid (:func:`row_grid`); the
+    rows left out and why are in :meth:`meta` (``skipped``).
     """
 
     def __init__(self, view: ModelView, *, decompose: bool = True, decode: bool = False, decode_images: int = 10,
@@ -470,20 +523,32 @@ class PositionProbe:
         if not isinstance(decode_images, int) or isinstance(decode_images, bool) or decode_images < FOLDS:
             raise ValueError(f"decode_images must be an int >= {FOLDS}, got {decode_images!r}")
         self.view, self.decompose, self.decode = view, decompose, decode
+        self.seed, self.device, self.decode_images = seed, device, decode_images
+        self.uniform = bool(getattr(view, "uniform", True))
         self.layers = list(range(view.depth)) + [H.LAST]
         self._row = {H.block_hook(l, H.RESID_PRE): i for i, l in enumerate(self.layers[:-1])}
-        self._row[H.LAST_LN_IN] = len(self.layers) - 1
+        if view.final_norm is not None:
+            self._row[H.LAST_LN_IN] = len(self.layers) - 1
+        self.skipped: dict[str, str] = {}
+        if view.final_norm is None:
+            self.skipped[str(H.LAST)] = "no Last LN: the family has no norm on every token before pooling"
         L, N, D = len(self.layers), view.grid[0] * view.grid[1], view.embed_dim
-        self.pe_term = additive_pe(view)
+        self.pe_site = input_pe_site(view)
+        self.pe_term = self.pe_site is not None
         head = getattr(view.model, "head", None)
-        self.logits = decompose and isinstance(head, nn.Linear) and isinstance(
-            getattr(view.model, "fc_norm", nn.Identity()), nn.Identity)
-        self.var = VarianceDecomposition(L, N, D, device) if decompose else None
+        self.logits = (decompose and view.final_norm is not None and isinstance(head, nn.Linear)
+                       and isinstance(getattr(view.model, "fc_norm", nn.Identity()), nn.Identity)
+                       and (self.pe_term or view.last_ln_pe is not None)
+                       and (self.uniform or raster_order(view)))
         self.logit = LogitDecomposition(device) if self.logits else None
-        self.ridge = PositionRidge(L, view.grid, D, seed=seed, device=device) if decode else None
-        self.sample = PositionSample(L, decode_images, N, D, seed=seed, device=device) if decode else None
-        self.ablated_ridge = PositionRidge(L, view.grid, D, seed=seed, device=device) if decode else None
-        self.ablated_sample = PositionSample(L, decode_images, N, D, seed=seed, device=device) if decode else None
+        u = self.uniform
+        self.var = VarianceDecomposition(L, N, D, device) if decompose and u else None
+        self.ridge = PositionRidge(L, view.grid, D, seed=seed, device=device) if decode and u else None
+        self.sample = PositionSample(L, decode_images, N, D, seed=seed, device=device) if decode and u else None
+        self.ablated_ridge = PositionRidge(L, view.grid, D, seed=seed, device=device) if decode and u else None
+        self.ablated_sample = PositionSample(L, decode_images, N, D, seed=seed, device=device) if decode and u else None
+        self._rowacc: dict[int, _Row] = {}  # non-uniform families: per row, created on the first batch
+        self._batch: tuple[int, int] | None = None
         self._derived: dict[str, torch.Tensor] = {}
         self._ablated: tuple | None = None
 
@@ -492,12 +557,19 @@ class PositionProbe:
         """Whether anything is measured."""
         return self.decompose or self.decode
 
+    def meta(self) -> dict:
+        """What reports record of the position measurements beside the options: ``pe_term`` (the site of the
+        PE term of the decomposition, or None), ``logits`` (whether the logit decomposition ran) and ``skipped``
+        (report row -> why a measurement is left out there)."""
+        return {"pe_term": self.pe_site.name if self.pe_site is not None else None, "logits": bool(self.logits),
+                "skipped": dict(self.skipped)}
+
     def hook_names(self) -> list[str]:
         """The hook names this reads: the residual streams, the input PE and the Last-LN PE where present."""
         names = list(self._row)
         if self.pe_term:
             names.append(H.INPUT_PE)
-        if self.view.last_ln_pe is not None:
+        if self.view.last_ln_pe is not None and self.logits:
             names.append(H.LAST_PE)
         return names
 
@@ -509,11 +581,43 @@ class PositionProbe:
         """A store for :func:`~pe_probe.probing.hooks.recording`: block streams are reduced on arrival."""
         return _Feed(self._consume)
 
+    def _prefix(self, i: int) -> int:
+        """Prefix tokens of report row ``i`` (the family's ``block_prefix`` for blocks where it has one)."""
+        bp, l = getattr(self.view, "block_prefix", None), self.layers[i]
+        return int(bp[l]) if bp is not None and l != H.LAST and l < len(bp) else self.view.num_prefix_tokens
+
+    def _accs(self, i: int, patches: torch.Tensor) -> tuple[int, tuple]:
+        """(row index in the state, (var, ridge, sample)) for row ``i``'s (B, N, D) patches."""
+        if self.uniform:
+            return i, (self.var, self.ridge, self.sample)
+        row = self._rowacc.get(i)
+        if row is None:
+            row = self._rowacc[i] = self._new_row(i, patches.shape[1], patches.shape[2])
+        return 0, (row.var, row.ridge, row.sample)
+
+    def _new_row(self, i: int, N: int, D: int) -> _Row:
+        key, dev = str(self.layers[i]), self.device
+        grid = row_grid(self.view, self.layers[i], N) if self.decode else None
+        if self.decode and grid is None:
+            self.skipped[key] = (f"no position decoding: the {N} patch tokens lie on no known raster grid"
+                                 + ("" if raster_order(self.view) else " (the stream is not in raster order)"))
+        dec = self.decode and grid is not None
+        mk_r = lambda: PositionRidge(1, grid, D, seed=self.seed, device=dev) if dec else None  # noqa: E731
+        mk_s = lambda: PositionSample(1, self.decode_images, N, D, seed=self.seed, device=dev) if dec else None  # noqa: E731
+        row = _Row(VarianceDecomposition(1, N, D, dev) if self.decompose else None, mk_r(), mk_s(), mk_r(), mk_s())
+        if self._batch is not None:
+            for acc in (row.ridge, row.sample):
+                if acc is not None:
+                    acc.begin(*self._batch)
+        return row
+
     def _consume(self, name: str, x: torch.Tensor) -> bool:
         i = self._row.get(name)
         if i is None:
-            return True  # PE terms, the stream after the last block: kept for :meth:`end`
-        self._rows(i, x[:, self.view.num_prefix_tokens:], self.var, self.ridge, self.sample)
+            return True  # PE terms: kept for :meth:`end`
+        patches = x[:, self._prefix(i):]
+        j, accs = self._accs(i, patches)
+        self._rows(j, patches, *accs)
         return name == H.LAST_LN_IN and self.logits
 
     @staticmethod
@@ -526,28 +630,50 @@ class PositionProbe:
         """Start a batch (global index of its first image, its size)."""
         dict.clear(feed)
         dict.update(feed, self._derived)
-        for acc in (self.ridge, self.sample):
+        self._batch = (first_index, n_images)
+        accs = [self.ridge, self.sample] + [a for r in self._rowacc.values() for a in (r.ridge, r.sample)]
+        for acc in accs:
             if acc is not None:
                 acc.begin(first_index, n_images)
 
+    def _pe_patches(self, feed: _Feed) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(the PE term as (Q, T, D) with T the model's input tokens, its (Q, N, D) patch rows); Q is 1 or B."""
+        if not self.pe_term or H.INPUT_PE not in feed:
+            return None, None
+        pe = feed[H.INPUT_PE]
+        pe = (pe if pe.dim() == 3 else pe.reshape(-1, *pe.shape[-2:])).detach()
+        pe = _padded(pe, self.view.num_tokens)
+        return pe, pe[:, self.view.num_prefix_tokens:]
+
     def end(self, feed: _Feed, n_images: int) -> None:
         """Finish the batch: the PE term of the decomposition and the logit decomposition."""
-        T = self.view.num_tokens
-        pe = _padded(feed[H.INPUT_PE], T) if self.pe_term else None
-        if self.var is not None and pe is not None:
-            self.var.add_pe(pe[0, self.view.num_prefix_tokens:], n_images)
-        if self.logit is not None:
+        pe, patches = self._pe_patches(feed)
+        if patches is not None:
+            pe_n = patches[0] * n_images if patches.shape[0] == 1 else patches.sum(0)
+            pe_mean = pe_n / n_images  # add_pe takes the mean row block times the images
+            vars_ = [self.var] if self.uniform else [r.var for r in self._rowacc.values()]
+            for var in vars_:
+                if var is None:
+                    continue
+                if var.state["pe_sum"].shape == pe_mean.shape and (self.uniform or raster_order(self.view)):
+                    var.add_pe(pe_mean, n_images)
+        if self.logit is not None and H.LAST_LN_IN in feed:
             m = self.view.model
-            self.logit.update(feed[H.LAST_LN_IN], self.view.last_norm, m.pool, m.head, pe, feed.get(H.LAST_PE))
+            self.logit.update(feed[H.LAST_LN_IN], self.view.last_norm, self.view.pool, m.head, pe,
+                              feed.get(H.LAST_PE))
         dict.clear(feed)
 
     # ---------------------------------------------------------------- the ablated-PE control
     def _ablated_model(self):
         if self._ablated is None:
             model = copy.deepcopy(self.view.model).eval()  # taken before the probe registers hooks on the original
-            runner = find_sites(model)
-            aview = view_model(model, self.view.kind)
-            self._ablated = (runner, aview)
+            aview = type(self.view)(model)
+            sites = aview.sites("direct")
+            offs = [(s.module, aview.replacement(s, "zero")) for s in sites]  # "zero" means the PE off, any kind
+            if not sites:
+                self.skipped["ablated"] = (f"the {aview.name} family has no PE site: the PE-ablated control is the "
+                                           "model itself")
+            self._ablated = (aview, offs)
         return self._ablated
 
     def setup_ablated(self) -> None:
@@ -555,65 +681,83 @@ class PositionProbe:
         if self.decode:
             self._ablated_model()
 
+    def _consume_ablated(self, name: str, x: torch.Tensor) -> bool:
+        i = self._row.get(name)
+        if i is None:
+            return False
+        patches = x[:, self._prefix(i):]
+        if self.uniform:
+            self._rows(i, patches, self.ablated_ridge, self.ablated_sample)
+        elif i in self._rowacc:
+            row = self._rowacc[i]
+            self._rows(0, patches, row.ablated_ridge, row.ablated_sample)
+        return False
+
     @torch.inference_mode()
     def ablated(self, images: torch.Tensor) -> None:
-        """Run the batch through the copy with every PE site zeroed and feed its streams to the control."""
+        """Run the batch through the copy with every PE site of its family off (each site's module output
+        replaced by ``family.replacement(site, "zero")``) and feed its streams to the control."""
         if not self.decode:
             return
-        runner, aview = self._ablated_model()
-        P = aview.num_prefix_tokens
-
-        def make(i: int, side: str):
-            def hook(module, args, output):
-                x = args[0] if side == "in" else output
-                self._rows(i, x[:, P:], self.ablated_ridge, self.ablated_sample)
-            return hook
-
-        handles = []
+        aview, offs = self._ablated_model()
+        afeed = _Feed(self._consume_ablated)
         with contextlib.ExitStack() as stack:
-            for site in runner.sites:
-                stack.enter_context(replaced(site.pe, torch.zeros_like))
-            try:
-                for name, i in self._row.items():
-                    tap = aview.taps[name]
-                    handles.append(tap.module.register_forward_hook(make(i, tap.side)))
-                runner(images)
-            finally:
-                for h in handles:
-                    h.remove()
+            for module, fn in offs:
+                stack.enter_context(replaced(module, fn))
+            stack.enter_context(recording(aview, list(self._row), store=afeed))
+            aview.run(images)
+        dict.clear(afeed)
 
     def begin_ablated(self, first_index: int, n_images: int) -> None:
         """Start the control's batch (same indices as the model's)."""
-        for acc in (self.ablated_ridge, self.ablated_sample):
+        accs = [self.ablated_ridge, self.ablated_sample]
+        accs += [a for r in self._rowacc.values() for a in (r.ablated_ridge, r.ablated_sample)]
+        for acc in accs:
             if acc is not None:
                 acc.begin(first_index, n_images)
 
     # ---------------------------------------------------------------- results
     @property
     def state(self) -> dict[str, torch.Tensor]:
-        """Every accumulator's state, flat (``var.``, ``logit.``, ``ridge.``, ``sample.``, ``ablated_ridge.``, ...)."""
+        """Every accumulator's state, flat (``var.``, ``logit.``, ``ridge.``, ``sample.``, ``ablated_ridge.``, ...;
+        non-uniform families: ``var@{layer}.`` etc. per row)."""
         out = {}
         for prefix in ("var", "logit", "ridge", "sample", "ablated_ridge", "ablated_sample"):
             acc = getattr(self, prefix)
             if acc is not None:
                 out.update({f"{prefix}.{k}": v for k, v in acc.state.items()})
+        for i, row in sorted(self._rowacc.items()):
+            for prefix, acc in row.items():
+                if acc is not None:
+                    out.update({f"{prefix}@{self.layers[i]}.{k}": v for k, v in acc.state.items()})
         return out
 
     def state_nbytes(self) -> int:
-        """Bytes held by the accumulators (fixed at construction)."""
+        """Bytes held by the accumulators (fixed once every row has been seen)."""
         return sum(t.numel() * t.element_size() for t in self.state.values())
 
     def arrays(self) -> dict[str, np.ndarray]:
         """The report arrays (keys in docs/probe.md, "Position per layer")."""
         keys = [str(l) for l in self.layers]
         out: dict[str, np.ndarray] = {}
-        if self.var is not None:
-            out.update(self.var.arrays(keys))
         if self.logit is not None:
             out.update(self.logit.arrays())
-        if self.decode:
-            out.update(self.ridge.arrays(keys))
-            out.update(self.ablated_ridge.arrays(keys, tag="_ablated"))
-            out.update(self.sample.arrays(keys))
-            out.update(self.ablated_sample.arrays(keys, tag="_ablated"))
+        if self.uniform:
+            if self.var is not None:
+                out.update(self.var.arrays(keys))
+            if self.decode:
+                out.update(self.ridge.arrays(keys))
+                out.update(self.ablated_ridge.arrays(keys, tag="_ablated"))
+                out.update(self.sample.arrays(keys))
+                out.update(self.ablated_sample.arrays(keys, tag="_ablated"))
+            return out
+        for i, row in sorted(self._rowacc.items()):
+            key = [keys[i]]
+            if row.var is not None:
+                out.update(row.var.arrays(key))
+            if row.ridge is not None:
+                out.update(row.ridge.arrays(key))
+                out.update(row.ablated_ridge.arrays(key, tag="_ablated"))
+                out.update(row.sample.arrays(key))
+                out.update(row.ablated_sample.arrays(key, tag="_ablated"))
         return out

@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 
 from .._version import __version__
 from ..core.errors import DataError
-from ..core.report import META_KEYS, ProbeReport
+from ..core.report import META_KEYS, SCHEMA_VERSION, ProbeReport
 from .accumulate import RunningStats
 from .adapter import AdapterKind, ModelView, view_model
 from .hooks import eval_inference, fill_derived, recording
@@ -20,7 +20,7 @@ from .position import PositionProbe
 
 #: Metadata keys the probe computes itself (``probe(meta=...)`` may add others, not these).
 COMPUTED_META = (*META_KEYS, "adapter", "img_size", "in_chans", "pe_probe_version", "n_norm_maps", "data",
-                 "data_dir", "split", "position")
+                 "data_dir", "split", "schema_version", "family", "pe_kind", "pe_sites", "last_ln", "position")
 
 
 def model_name(model: nn.Module) -> str:
@@ -30,8 +30,11 @@ def model_name(model: nn.Module) -> str:
 
 
 def build_meta(view: ModelView, n_images: int, run: str | os.PathLike | None, **extra: Any) -> dict:
-    """The report metadata (docs/probe.md): the required keys plus ``adapter``, ``img_size``, ``in_chans``."""
+    """The report metadata (docs/probe.md): the required keys plus ``adapter``, ``img_size``, ``in_chans``, the
+    report ``schema_version`` and what the PE family says of the model (``family``, ``pe_kind``, ``pe_sites``:
+    name -> kind and layer; ``last_ln``: whether a norm acts on every token before pooling; family notes)."""
     return {
+        "schema_version": SCHEMA_VERSION,
         "run": "" if run is None else str(run),
         "model": model_name(view.model),
         "pe_mode": view.pe_mode,
@@ -48,6 +51,8 @@ def build_meta(view: ModelView, n_images: int, run: str | os.PathLike | None, **
         "img_size": list(view.img_size),
         "in_chans": view.in_chans,
         "pe_probe_version": __version__,
+        "last_ln": view.final_norm is not None,
+        **view.meta(),
         **extra,
     }
 
@@ -129,7 +134,7 @@ def probe(
                 first = stats.n_images
                 pos.begin(pos_feed, first, len(images))  # position
                 feed.reset(derived)
-                model(images)
+                view.run(images)
                 stats.update(feed)
                 if pos.enabled:  # position: the batch's PE term and logits, then the PE-ablated control
                     pos.end(pos_feed, len(images))
@@ -143,5 +148,6 @@ def probe(
     if stats.n_images == 0:
         raise DataError("the data yielded no images")
     computed = build_meta(view, stats.n_images, run, n_norm_maps=stats.n_maps, **source,
-                          position={"decompose": decompose, "decode": decode, "decode_images": decode_images})
+                          position={"decompose": decompose, "decode": decode, "decode_images": decode_images,
+                                    **pos.meta()})
     return ProbeReport({**extra_meta, **computed}, {**stats.arrays(), **pos.arrays()})  # position: its arrays

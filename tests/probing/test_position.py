@@ -270,7 +270,8 @@ def test_report_round_trip_and_summary(tmp_path):
     m = build(pe_mode="mpvg")
     x = torch.randn(10, 3, 16, 16)
     report = probe(m, x, batch_size=5, progress=False, decode=True)
-    assert report.meta["position"] == {"decompose": True, "decode": True, "decode_images": 10}
+    assert report.meta["position"] == {"decompose": True, "decode": True, "decode_images": 10,
+                                       "pe_term": "hook_input_pe", "logits": True, "skipped": {}}
     save_report(report, tmp_path / "rep")
     back = ProbeReport.load(tmp_path / "rep")
     metrics = set(summary_frame(back).metric)
