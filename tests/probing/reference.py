@@ -88,7 +88,9 @@ def position_metrics(cap: dict[str, torch.Tensor], model: torch.nn.Module, depth
             dot = float((d["pos"] * pc).sum())
             exp[(l, "pe_pos_share")] = dot ** 2 / (float((d["pos"] ** 2).sum()) * float((pc ** 2).sum()))
             exp[(l, "pe_pos_coef")] = dot / float((pc ** 2).sum())
-    # the logit decomposition through the frozen Last LN
+    # the logit decomposition through the frozen Last LN: only with a PE in the stream or after the Last LN
+    if pe is None and "hook_last_pe" not in cap:
+        return exp
     x = np64(cap["hook_last_ln_in"])
     norm = model.norm
     g, b = np64(norm.weight), np64(norm.bias)
