@@ -44,6 +44,8 @@ F64 = torch.float64
 #: Image sets of the ridge probe by global image index modulo 5: 0-2 fit, 3 select (the regularisation), 4 score.
 FOLDS = 5
 FIT, SELECT, SCORE = 0, 1, 2
+#: Poolings the logit decomposition passes each component through (linear maps of the tokens).
+LINEAR_POOLS = ("token", "avg")
 #: Ridge regularisation grid, as multiples of the mean feature variance times the fit-set size (tr(Cxx) / D).
 ALPHA_GRID = tuple(10.0 ** k for k in range(-8, 3))
 
@@ -535,11 +537,10 @@ class PositionProbe:
         L, N, D = len(self.layers), view.grid[0] * view.grid[1], view.embed_dim
         self.pe_site = input_pe_site(view)
         self.pe_term = self.pe_site is not None
-        head = getattr(view.model, "head", None)
-        self.logits = (decompose and view.final_norm is not None and isinstance(head, nn.Linear)
-                       and isinstance(getattr(view.model, "fc_norm", nn.Identity()), nn.Identity)
-                       and (self.pe_term or view.last_ln_pe is not None)
-                       and (self.uniform or raster_order(view)))
+        why = self._no_logits(view) if decompose else None
+        self.logits = decompose and why is None
+        if why is not None:
+            self.skipped["logits"] = f"no logit decomposition: {why}"
         self.logit = LogitDecomposition(device) if self.logits else None
         u = self.uniform
         self.var = VarianceDecomposition(L, N, D, device) if decompose and u else None
@@ -551,6 +552,21 @@ class PositionProbe:
         self._batch: tuple[int, int] | None = None
         self._derived: dict[str, torch.Tensor] = {}
         self._ablated: tuple | None = None
+
+    def _no_logits(self, view: ModelView) -> str | None:
+        """Why the direct logit decomposition does not apply to the model (None: it does)."""
+        head = getattr(view.model, "head", None)
+        if view.final_norm is None:
+            return "no Last LN"
+        if not isinstance(head, nn.Linear) or not isinstance(getattr(view.model, "fc_norm", nn.Identity()), nn.Identity):
+            return "the head is not one linear layer after the Last LN"
+        if view.global_pool not in LINEAR_POOLS:
+            return f"global_pool={view.global_pool!r} is not a linear pooling ({', '.join(LINEAR_POOLS)})"
+        if not self.pe_term and view.last_ln_pe is None:
+            return "no additive PE in the residual stream or after the Last LN"
+        if not (self.uniform or raster_order(view)):
+            return "the stream is not in the PE's token order"
+        return None
 
     @property
     def enabled(self) -> bool:

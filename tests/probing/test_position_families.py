@@ -117,6 +117,7 @@ def test_pe_term_and_logit_share_only_with_an_additive_pe_and_a_last_ln(reports)
         assert (pos["pe_term"] == H.INPUT_PE) == (key in ("vit", "cait", "hiera")), key
         assert pos["logits"] == additive, key
         assert ("pe_logit_share" in set(frame.metric)) == additive, key
+        assert ("logits" in pos["skipped"]) == (not additive), key  # and says why not
         if additive:
             row = frame[frame.metric == "pe_logit_share"].iloc[0]
             assert (row.site, row.pe_kind) == (H.INPUT_PE, "absolute")
