@@ -25,8 +25,8 @@ the number of prefix tokens and the patch grid, the PE term, the Last LN and the
 
 from __future__ import annotations
 
-import copy
 import contextlib
+import copy
 import warnings
 from typing import Callable, Sequence
 

@@ -14,10 +14,10 @@ import torch
 
 timm = pytest.importorskip("timm")
 
-import pe_probe  # noqa: E402
-from pe_probe.analysis.metrics import summary_frame  # noqa: E402
-from pe_probe.core import hook_points as H  # noqa: E402
-from pe_probe.probing.adapter import view_model  # noqa: E402
+import pe_probe
+from pe_probe.analysis.metrics import summary_frame
+from pe_probe.core import hook_points as H
+from pe_probe.probing.adapter import view_model
 
 torch.set_num_threads(1)
 
@@ -28,10 +28,11 @@ MODELS = {
     "vit": ("vit_tiny_patch16_224", VIT),
     "rope": ("vit_small_patch16_rope_224", VIT),
     "swin": ("swin_tiny_patch4_window7_224", SWIN),
-    "cait": ("cait_xxs24_224", dict(img_size=32, patch_size=8, embed_dim=32, depth=2, depth_token_only=1, num_heads=2,
-                                    num_classes=5)),
-    "hiera": ("hiera_tiny_224", dict(img_size=(32, 32), embed_dim=16, num_heads=1, stages=(1, 1, 1), q_pool=2,
-                                     mask_unit_size=(4, 4), mask_unit_attn=(True, False, False), num_classes=5)),
+    "cait": ("cait_xxs24_224", {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "depth_token_only": 1,
+                                "num_heads": 2, "num_classes": 5}),
+    "hiera": ("hiera_tiny_224", {"img_size": (32, 32), "embed_dim": 16, "num_heads": 1, "stages": (1, 1, 1),
+                                 "q_pool": 2, "mask_unit_size": (4, 4), "mask_unit_attn": (True, False, False),
+                                 "num_classes": 5}),
 }
 
 
@@ -63,7 +64,7 @@ def _shares(x: np.ndarray) -> tuple[float, float, float]:
     pos = x.mean(0) - mu
     img = x.mean(1) - mu
     resid = x - mu - pos[None] - img[:, None]
-    ss = lambda a: float((a * a).sum())  # noqa: E731
+    ss = lambda a: float((a * a).sum())
     n, N = x.shape[:2]
     total = ss(x - mu)
     return n * ss(pos) / total, N * ss(img) / total, ss(resid) / total
