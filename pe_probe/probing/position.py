@@ -613,8 +613,10 @@ class PositionProbe:
 
     def _new_row(self, i: int, N: int, D: int) -> _Row:
         key, dev = str(self.layers[i]), self.device
-        grid = row_grid(self.view, self.layers[i], N) if self.decode else None
-        if self.decode and grid is None:
+        grid = row_grid(self.view, self.layers[i], N) if self.decode and N > 1 else None
+        if self.decode and N < 2:
+            self.skipped[key] = f"no position decoding: {N} patch token (no position to tell apart)"
+        elif self.decode and grid is None:
             self.skipped[key] = (f"no position decoding: the {N} patch tokens lie on no known raster grid"
                                  + ("" if raster_order(self.view) else " (the stream is not in raster order)"))
         dec = self.decode and grid is not None

@@ -33,6 +33,11 @@ MODELS = {
     "hiera": ("hiera_tiny_224", {"img_size": (32, 32), "embed_dim": 16, "num_heads": 1, "stages": (1, 1, 1),
                                  "q_pool": 2, "mask_unit_size": (4, 4), "mask_unit_attn": (True, False, False),
                                  "num_classes": 5}),
+    "twins": ("twins_pcpvt_small", {"img_size": 32, "depths": (1, 1, 1, 1), "embed_dims": (16, 32, 32, 32),
+                                    "num_heads": (1, 1, 1, 1), "mlp_ratios": (2, 2, 2, 2), "sr_ratios": (1, 1, 1, 1),
+                                    "num_classes": 5}),
+    "pvt": ("pvt_v2_b0", {"pretrained_cfg_overlay": {"input_size": (3, 32, 32)}, "depths": (1, 1, 1, 1),
+                          "embed_dims": (16, 16, 32, 32), "num_heads": (1, 1, 1, 1), "num_classes": 5}),
 }
 
 
@@ -175,3 +180,8 @@ def test_hierarchical_rows_decode_on_their_stage_grid_or_say_why_not(reports):
     skipped = reports["hiera"][1].meta["position"]["skipped"]
     assert all("raster" in skipped[str(l)] for l in range(3))
     assert not {"pos_r2", "pos_acc"} & set(summary_frame(reports["hiera"][1]).metric)
+    for key in ("twins", "pvt"):  # stages of 8x8, 4x4, 2x2 tokens decoded; the last stage's single token not
+        frame, skipped = summary_frame(reports[key][1]), reports[key][1].meta["position"]["skipped"]
+        assert sorted(frame[frame.metric == "pos_r2"].layer.unique()) == [0, 1, 2]
+        assert "1 patch token" in skipped["3"] and "1 patch token" in skipped["-1"]
+    assert "no PE site" in reports["pvt"][1].meta["position"]["skipped"]["ablated"]
