@@ -13,7 +13,7 @@ LN (``hook_last_pe``, layer :data:`~pe_probe.core.hook_points.LAST` = -1).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -62,7 +62,7 @@ class AblationResult(Result):
     meta: dict[str, Any] = field(default_factory=dict)
 
     COLUMNS = ABLATION_COLUMNS
-    TYPES = {"layer": int, "value": float}
+    TYPES: ClassVar[dict[str, type]] = {"layer": int, "value": float}
     CSV, JSON, KIND = ABLATION_CSV, ABLATION_JSON, "ablation"
     SCHEMA_VERSION = RESULT_SCHEMA_VERSION
 
@@ -81,7 +81,7 @@ class AttributionResult(Result):
     tok_maps: dict[str, np.ndarray] = field(default_factory=dict)
 
     COLUMNS = ATTRIBUTION_COLUMNS
-    TYPES = {"layer": int, "value": float}
+    TYPES: ClassVar[dict[str, type]] = {"layer": int, "value": float}
     CSV, JSON, KIND = ATTRIBUTION_CSV, ATTRIBUTION_JSON, "attribution"
     SCHEMA_VERSION = RESULT_SCHEMA_VERSION
 
@@ -90,7 +90,7 @@ class AttributionResult(Result):
                 "tok_maps": {k: np.asarray(v).tolist() for k, v in self.tok_maps.items()}}
 
     @classmethod
-    def _from_parts(cls, rows: list, meta: dict[str, Any]) -> "AttributionResult":
+    def _from_parts(cls, rows: list, meta: dict[str, Any]) -> AttributionResult:
         maps = {k: {h: np.asarray(v, dtype=float) for h, v in (meta.pop(k, None) or {}).items()}
                 for k in ("pe_maps", "tok_maps")}
         return cls(rows, meta, maps["pe_maps"], maps["tok_maps"])

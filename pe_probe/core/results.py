@@ -81,7 +81,7 @@ class Result:
         return {}
 
     @classmethod
-    def _from_parts(cls, rows: list, meta: dict[str, Any]) -> "Result":
+    def _from_parts(cls, rows: list, meta: dict[str, Any]) -> Result:
         """The result from read rows and JSON (the subclass pops its extras from ``meta``)."""
         return cls(rows, meta)  # type: ignore[call-arg]
 
@@ -102,7 +102,7 @@ class Result:
         return out / self.CSV
 
     @classmethod
-    def load(cls, directory: str | os.PathLike) -> "Result":
+    def load(cls, directory: str | os.PathLike) -> Result:
         """The result :meth:`save` wrote to ``directory``; :class:`~pe_probe.core.errors.CheckpointError` in one
         line for a missing, corrupt or other-schema pair."""
         folder = Path(directory)

@@ -19,13 +19,13 @@ pooling (``fc_norm``, e.g. ``global_pool="avg"``) or have no final norm get no L
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
+from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 from torch.func import functional_call
-from timm.models.vision_transformer import VisionTransformer
 
 from ..core import hook_points as H
 from ..models import HookPoint
@@ -51,7 +51,7 @@ class AbsoluteFamily(Family):
               "without a final norm; probes at the native input size only")
 
     @classmethod
-    def recognise(cls, model: nn.Module) -> bool:  # noqa: D102
+    def recognise(cls, model: nn.Module) -> bool:
         return isinstance(model, VisionTransformer) and getattr(model, "pos_embed", None) is not None
 
     def __init__(self, model: VisionTransformer) -> None:
@@ -88,7 +88,7 @@ class AbsoluteFamily(Family):
 
     # ------------------------------------------------------------------ structure
     @property
-    def pe_mode(self) -> str:  # noqa: D102 - "timm" for a foreign model, the scheme for a pe_probe one
+    def pe_mode(self) -> str:
         return getattr(self.model, "pe_mode", "timm")
 
     def pool(self, x: torch.Tensor) -> torch.Tensor:
@@ -98,7 +98,7 @@ class AbsoluteFamily(Family):
             return (x[:, 0] + x[:, 1]) / 2
         return self.model.pool(x)
 
-    def stream_taps(self) -> dict[str, Tap]:  # noqa: D102 - the base taps plus hook_pooled (fc_norm's input)
+    def stream_taps(self) -> dict[str, Tap]:
         taps = super().stream_taps()
         if not self.distilled:
             taps[H.POOLED] = Tap(self.model.fc_norm, "in")
@@ -113,7 +113,7 @@ class AbsoluteFamily(Family):
             pos = torch.cat([pad, pos], dim=1)
         return pos if self.norm_pre is None else self.norm_pre(pos)
 
-    def derived(self) -> dict[str, Callable[[], torch.Tensor]]:  # noqa: D102
+    def derived(self) -> dict[str, Callable[[], torch.Tensor]]:
         model = self.model
         out: dict[str, Callable[[], torch.Tensor]] = {H.POS_EMBED: lambda: model.pos_embed}
         if self.input_pe:
@@ -122,10 +122,10 @@ class AbsoluteFamily(Family):
             out[H.block_hook(i, H.PE)] = (lambda n=blk.norm1: n(self.pe_in()))
         return out
 
-    def static_arrays(self) -> dict[str, np.ndarray]:  # noqa: D102
+    def static_arrays(self) -> dict[str, np.ndarray]:
         return {"pos_embed": self.model.pos_embed.detach()[0].double().cpu().numpy()}
 
-    def names(self) -> list[str]:  # noqa: D102 - the scheme's order (hook_points.hook_names)
+    def names(self) -> list[str]:
         names = H.hook_names(self.depth, self.receiving_blocks, False, self.input_pe)
         if self.final_norm is None:
             names = [n for n in names if n not in (H.LAST_LN_IN, H.LAST_LN_OUT)]
@@ -133,7 +133,7 @@ class AbsoluteFamily(Family):
             names.remove(H.POOLED)
         return names
 
-    def meta(self) -> dict:  # noqa: D102
+    def meta(self) -> dict:
         out = super().meta()
         out["pre_norm"] = self.norm_pre is not None
         if self.n_prefix_pe < self.num_prefix_tokens:

@@ -55,8 +55,9 @@ timm's forward is never copied. A minimal family (see ``tests/families/test_regi
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Iterator, Literal, Sequence
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch

@@ -12,7 +12,7 @@ PE chain (:meth:`~pe_probe.models.PEVisionTransformer.run_blocks`, ``last_ln``).
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -37,7 +37,7 @@ class LayerwiseFamily(Family):
     limits = "fixed input size; token or avg pooling only (the Last LN acts on every token)"
 
     @classmethod
-    def recognise(cls, model: nn.Module) -> bool:  # noqa: D102
+    def recognise(cls, model: nn.Module) -> bool:
         return isinstance(model, PEVisionTransformer)
 
     def __init__(self, model: PEVisionTransformer) -> None:
@@ -56,23 +56,23 @@ class LayerwiseFamily(Family):
         self.input_pe = bool(cfg.input_add)
         self.pe_derived = False
 
-    def stream_taps(self) -> dict[str, Tap]:  # noqa: D102 - every name is a HookPoint of the model
+    def stream_taps(self) -> dict[str, Tap]:
         modules = dict(self.model.named_modules())
         return {n: Tap(modules[n], "out") for n in self.names()}
 
-    def taps(self) -> dict[str, Tap]:  # noqa: D102
+    def taps(self) -> dict[str, Tap]:
         return self.stream_taps()
 
-    def names(self) -> list[str]:  # noqa: D102
+    def names(self) -> list[str]:
         return H.hook_names(self.depth, self.receiving_blocks, self.last_ln_pe is not None, self.input_pe)
 
-    def static_arrays(self) -> dict[str, np.ndarray]:  # noqa: D102
+    def static_arrays(self) -> dict[str, np.ndarray]:
         return {"pos_embed": self.model.pos_embed.detach()[0].double().cpu().numpy()}
 
-    def derived(self) -> dict[str, Callable[[], torch.Tensor]]:  # noqa: D102 - none: every name is a term
+    def derived(self) -> dict[str, Callable[[], torch.Tensor]]:
         return {}
 
-    def sites(self, effect: str = "direct") -> list[Site]:  # noqa: D102
+    def sites(self, effect: str = "direct") -> list[Site]:
         m: PEVisionTransformer = self.model
         npre = self.num_prefix_tokens
         # the input term is an absolute PE (x_0 = p + pos_0, as in any timm ViT); the block and Last-LN terms are
@@ -109,7 +109,7 @@ class LayerwiseFamily(Family):
         return total + [s for s in sites if s.name != H.POS_EMBED]
 
     # ------------------------------------------------------------------ rerunning from a site
-    def resume_names(self) -> list[str]:  # noqa: D102
+    def resume_names(self) -> list[str]:
         names = [H.POS_EMBED, H.LAST_LN_IN]
         for i in self.receiving_blocks:
             names += [H.block_hook(i, H.RESID_PRE), H.block_hook(i, H.PE)]

@@ -42,7 +42,7 @@ class NoneFamily(Family):
     limits = "no PE site: no token-vs-PE statistics, ablation or attribution"
 
     @classmethod
-    def recognise(cls, model: nn.Module) -> bool:  # noqa: D102
+    def recognise(cls, model: nn.Module) -> bool:
         if getattr(model, "pos_embed", None) is not None:
             return False
         blocks = getattr(model, "blocks", None)
@@ -72,5 +72,5 @@ class NoneFamily(Family):
         self.final_norm = None if norm is None or isinstance(norm, nn.Identity) else norm
 
     @property
-    def pe_mode(self) -> str:  # noqa: D102
+    def pe_mode(self) -> str:
         return "none"

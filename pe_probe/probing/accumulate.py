@@ -173,6 +173,11 @@ class RunningStats:
 
     Per-layer sums are stacked in the state: ``tok_sum`` (L + 1, T, D) in the order of :attr:`layers`
     (blocks, then the Last LN); ``pe_sum`` (P, T, D) and the other PE sums in the order of :attr:`pe_layers`.
+    Models whose PE family is not ``uniform`` (token count or width changing along the depth: Swin, Twins,
+    Hiera) get the universal sums only, one float64 state entry per layer of its own shape (``tok_sum@{l}``,
+    ``tok_norm_sum@{l}``, ``resid_norm_sum@{l}``, created on the first batch), and models without a Last LN
+    (``final_norm`` None: ``fc_norm`` heads) no Last-LN entries; :attr:`layers` then ends at the last block.
+    Either way :attr:`state` is a dict of float64 tensors.
 
     Precision: per-token reductions over the D channels run in the activations' float32, everything
     after that in float64, so results equal the all-float64 formulas to float32 rounding. The per-image

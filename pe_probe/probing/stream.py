@@ -97,10 +97,18 @@ def probe(
     ``meta``: extra metadata merged into the report's (e.g. the checkpoint it came from:
     ``CheckpointInfo.meta()``); it may not replace the keys the probe computes.
 
+    The model is read through its PE family (:func:`pe_probe.families.family_for`; ``adapter`` forces one):
+    every model gets the per-layer token stream and norms (and the Last LN where a norm acts on every token),
+    layers with an additive PE the token-vs-PE statistics; the family and its sites are in ``meta``
+    (``family``, ``pe_kind``, ``pe_sites``). Unsupported models raise
+    :class:`~pe_probe.core.errors.UnsupportedModelError` in one line.
+
     Position per layer (docs/probe.md, :mod:`pe_probe.probing.position`): ``decompose`` (on by default) adds the
-    variance decomposition of the residual stream and the PE's direct logit share; ``decode`` the ridge and
-    logistic position decoders (``decode_images`` images for the classifier) with their permuted-label and
-    PE-ablated controls (a second forward pass per batch, on a copy of the model with its PE zeroed).
+    variance decomposition of the residual stream (the family's ``hook_resid_pre`` taps) and the PE's direct
+    logit share (a Last LN and an additive PE); ``decode`` the ridge and logistic position decoders
+    (``decode_images`` images for the classifier) with their permuted-label and PE-ablated controls (a second
+    forward pass per batch, on a copy of the model with every PE site of its family off); what was left out and
+    why is in ``meta["position"]``.
     """
     extra_meta = dict(meta or {})
     clash = sorted(set(extra_meta) & set(COMPUTED_META))

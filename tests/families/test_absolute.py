@@ -20,7 +20,7 @@ from pe_probe.families.none import NoneFamily
 
 torch.set_num_threads(1)
 
-SMALL = dict(img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=2, num_classes=5)
+SMALL = {"img_size": 16, "patch_size": 4, "embed_dim": 32, "depth": 2, "num_heads": 2, "num_classes": 5}
 
 #: name -> builder of a small random model of that variant
 VARIANTS = {

@@ -16,7 +16,14 @@ from pe_probe.core import hook_points as H
 from pe_probe.core.causal import AblationResult, AttributionResult
 from pe_probe.core.errors import DataError, UnsupportedModelError
 from pe_probe.core.report import ProbeReport
-from pe_probe.families import Family, Site, families, family_for, register_family, unregister_family
+from pe_probe.families import (
+    Family,
+    Site,
+    families,
+    family_for,
+    register_family,
+    unregister_family,
+)
 from pe_probe.models import HookPoint
 
 
