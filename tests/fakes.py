@@ -53,7 +53,41 @@ def fake_report(run: str, pe: dict, depth: int = DEPTH, dim: int = DIM, grid=GRI
     arrays["last_ln_gamma"] = rng.normal(1, 0.1, dim)
     arrays["last_ln_beta"] = rng.normal(0, 0.3, dim)
     arrays["pos_embed"] = rng.normal(size=(t, dim))
+    arrays.update(fake_position_arrays(rng, pe, depth, grid))
     return ProbeReport(meta, arrays)
+
+
+def fake_position_arrays(rng: np.random.Generator, pe: dict, depth: int, grid) -> dict[str, np.ndarray]:
+    """The arrays of the position measurements (``pe_probe.probing.position``): decomposition, decoding with its
+    controls and the logit decomposition, seeded and of the right shapes."""
+    from pe_probe.core.report import LOGIT_COMPONENTS
+
+    n_tok = grid[0] * grid[1]
+    out: dict[str, np.ndarray] = {}
+    for layer in [*range(depth), -1]:
+        w = rng.dirichlet([2.0, 3.0, 5.0]) * 100.0
+        out[f"pos_var@{layer}"] = np.array([N_IMAGES, n_tok, w.sum(), *w])
+        if pe["input_add"]:
+            out[f"pe_pos@{layer}"] = np.array([rng.uniform(0, 3), 4.0, 4.0])
+        alphas = 10.0 ** np.arange(-3, 2)
+        for tag, top in (("", 0.9), ("_perm", 0.0), ("_ablated", 0.3)):
+            sel = top - 0.1 * (np.arange(5) - 2) ** 2 + rng.normal(0, 0.01, 5)
+            out[f"decode_r2{tag}@{layer}"] = np.stack([alphas, sel, sel - 0.02])
+        acc = rng.uniform(0.3, 1.0)
+        out[f"decode_acc@{layer}"] = np.array([acc, 1 / n_tok, 1 / n_tok, 4 * n_tok, n_tok])
+        out[f"decode_acc_ablated@{layer}"] = np.array([acc / 2, 1 / n_tok, 1 / n_tok, 4 * n_tok, n_tok])
+    parts = np.full((len(LOGIT_COMPONENTS), 4), np.nan)
+    have = {"pe": pe["input_add"], "rest": True, "ln_beta": True, "last_pe": pe["last_ln_pe"] is not None}
+    for j, name in enumerate(LOGIT_COMPONENTS):
+        parts[j, 0] = N_IMAGES if have[name] else 0
+        if have[name]:
+            m = rng.uniform(0.1, 2.0)
+            parts[j, 1:] = [m, m, m * m + 0.1]
+    out["logit_parts"] = parts
+    total = float(np.nansum(parts[:, 1]))
+    out["logit_total"] = np.array([N_IMAGES, total, total, total * total])
+    out["logit_sum_rmse"] = np.array([1e-7])
+    return out
 
 
 def fake_history(pe: dict, seed: int, depth: int = DEPTH, epochs=(2, 4)) -> pd.DataFrame:

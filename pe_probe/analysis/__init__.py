@@ -1,6 +1,7 @@
 """Analysis floor: probe reports and runs in, numbers out as tidy pandas DataFrames (no torch, no matplotlib).
 
 - :mod:`~pe_probe.analysis.metrics`: per-layer metrics of one :class:`~pe_probe.core.report.ProbeReport`;
+- :mod:`~pe_probe.analysis.position`: how much position each layer carries (decomposition, decoding, logit share);
 - :mod:`~pe_probe.analysis.causal`: PE ablation and attribution results as tidy frames, saved and read back;
 - :mod:`~pe_probe.analysis.runs`: a finished run as plain data (:class:`RunResult`);
 - :mod:`~pe_probe.analysis.select`: which runs a figure gets;
@@ -24,11 +25,12 @@ from .metrics import (
 )
 from .causal import (Attribution, ablation_frame, attribution_of, read_ablation, read_attribution, save_ablation,
                      save_attribution)
+from .position import logit_decomposition, position_decoding, position_variance
 from .runs import RunResult
 
 __all__ = [
     "Attribution", "ablation_frame", "attribution_of", "read_ablation", "read_attribution", "save_ablation",
     "save_attribution", "RunResult", "cosine_matrix", "last_ln_params", "last_ln_stats", "norm_trends", "pe_self_similarity",
     "pe_similarity_grid", "pe_similarity_matrix", "pearson", "save_report", "summary_frame", "tok_pe_alignment",
-    "tok_pe_correlation",
+    "tok_pe_correlation", "logit_decomposition", "position_decoding", "position_variance",
 ]

@@ -274,6 +274,45 @@ def correlation_by_layer(sel: Selection, options: Mapping[str, Any], ref: P.Repo
     return FigureData(data=data, notes=notes, findings=findings)
 
 
+# --- any report metric per layer (position per layer) --------------------------------------------------
+
+
+def metric_by_layer(sel: Selection, options: Mapping[str, Any], ref: P.Reported | None) -> FigureData:
+    """Report metrics ``options["metrics"]`` (rows of :func:`~pe_probe.analysis.metrics.summary_frame`) per run
+    (seed), layer and metric, with the mean and 95% CI over the seeds of its configuration. ``position`` puts
+    the layers in forward order (blocks 0..L-1, then layer -1 at L: the stream after the last block). With
+    ``options["x"] == "metric"`` each metric is a point on the x axis instead (``position`` = its index; for
+    single-layer metrics such as the logit decomposition). Runs whose report lacks a metric add no row for it."""
+    metrics = list(options["metrics"])
+    by_metric = options.get("x", "layer") == "metric"
+    rows = []
+    for s in sel.series:
+        for name, runs in _groups(sel, s.key):
+            for run in runs:
+                frame = summary_frame(run.report)
+                frame = frame[frame["metric"].isin(metrics)]
+                depth = int(run.report.meta["depth"])
+                for layer, metric, value in zip(frame["layer"], frame["metric"], frame["value"]):
+                    pos = metrics.index(metric) if by_metric else (depth if int(layer) == LAST else int(layer))
+                    rows.append(dict(series=name, run=run.name, seed=run.seed, layer=int(layer), position=pos,
+                                     metric=metric, value=float(value)))
+    cols = ["series", "run", "seed", "layer", "position", "metric", "value"]
+    data = with_seed_summary(pd.DataFrame(rows, columns=cols), ["series", "position", "metric"], "value")
+    findings, notes = [], []
+    for metric in metrics:
+        part = data[data["metric"] == metric]
+        if not len(part):
+            notes.append(f"No run has {metric} (probe with the option that measures it).")
+            continue
+        cells = []
+        for name, sub in part.groupby("series", sort=False):
+            last = sub[sub["position"] == sub["position"].max()]
+            cells.append(f"{name} {interval_text(last['value'].tolist())}")
+        where = "" if by_metric else " after the last block"
+        findings.append(f"{metric}{where}: " + "; ".join(cells))
+    return FigureData(data=data, findings=findings, notes=notes)
+
+
 # --- after-Last-LN maps (Fig 8) ------------------------------------------------------------------------
 
 

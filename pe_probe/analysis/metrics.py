@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from ..core.hook_points import LAST, LAST_LN_IN, RESID_PRE, block_hook, pe_site_hook
+from .position import is_position_metric, logit_decomposition, position_decoding, position_site, position_variance
 
 COLUMNS = ["layer", "metric", "value"]
 
@@ -217,7 +218,8 @@ def last_ln_stats(report: Any) -> pd.DataFrame:
     ])
 
 
-ANALYSES = (tok_pe_correlation, tok_pe_alignment, norm_trends, pe_self_similarity, last_ln_stats)
+ANALYSES = (tok_pe_correlation, tok_pe_alignment, norm_trends, pe_self_similarity, last_ln_stats,
+            position_variance, position_decoding, logit_decomposition)  # the last three: analysis/position.py
 META_COLUMNS = ("run", "model", "pe_mode", "global_pool")
 
 
@@ -240,13 +242,17 @@ def summary_frame(report: Any) -> pd.DataFrame:
     """Every analysis in one long DataFrame: ``run, model, pe_mode, global_pool, site, pe_kind, layer, metric,
     value``, sorted by layer (blocks 0..L-1, then -1) and metric. This is the report's tidy table (``metrics.csv``).
     ``site`` / ``pe_kind``: :func:`site_of` (the PE hook and kind for PE metrics, the stream and ``none`` for the
-    universal ones), so every model, one without a PE too, has the same columns."""
-    frame = pd.concat([fn(report) for fn in ANALYSES], ignore_index=True)
+    universal ones), :func:`~pe_probe.analysis.position.position_site` for the position rows, so every model, one
+    without a PE too, has the same columns."""
+    frames = [fn(report) for fn in ANALYSES]
+    # empty frames (an option the probe ran without) would turn the metric column's string dtype into object
+    frame = pd.concat([f for f in frames if len(f)] or frames, ignore_index=True)
     order = {l: i for i, l in enumerate(_layers(report))}
     frame = frame.sort_values(["layer", "metric"], key=lambda s: s.map(order) if s.name == "layer" else s,
                               kind="stable").reset_index(drop=True)
     kind = report_pe_kind(report)
-    pairs = [site_of(int(l), str(m), kind) for l, m in zip(frame["layer"], frame["metric"])]
+    pairs = [position_site(report, int(l), str(m)) if is_position_metric(str(m)) else site_of(int(l), str(m), kind)
+             for l, m in zip(frame["layer"], frame["metric"])]
     frame.insert(0, "pe_kind", [p[1] for p in pairs])
     frame.insert(0, "site", [p[0] for p in pairs])
     for i, col in enumerate(META_COLUMNS):

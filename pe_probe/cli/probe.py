@@ -25,6 +25,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--adapter", choices=("auto", "pe", "timm"), default="auto",
                    help="'timm' derives each layer's PE as norm1(pos_embed) (default: auto)")
     p.add_argument("--n-norm-maps", type=int, default=8, help="images whose per-token norm maps are kept")
+    p.add_argument("--no-decompose", action="store_true",
+                   help="skip the variance decomposition per layer and the PE's direct logit share (on by default)")
+    p.add_argument("--decode", action="store_true",
+                   help="also fit linear position decoders per layer (ridge R^2 of (row, col), logistic accuracy of "
+                        "the patch index) with permuted-label and PE-ablated controls (a second forward pass)")
+    p.add_argument("--decode-images", type=int, default=10,
+                   help="images in the logistic classifier's sample (>= 5; default 10)")
     p.add_argument("--mpvg-check", action="store_true",
                    help="also report the max logit difference between the model and its PVG + bias equivalent")
     p.set_defaults(func=holding("out", run))  # one writer of --out, from the start
@@ -39,7 +46,8 @@ def run(args: argparse.Namespace) -> int:
     report = probe(
         model, data, batch_size=args.batch_size, max_images=args.max_images, num_workers=args.num_workers,
         adapter=args.adapter, n_norm_maps=args.n_norm_maps, run=str(path), progress=not args.no_progress,
-        meta=ckpt.info.meta(), **ckpt.data_options(),
+        meta=ckpt.info.meta(), decompose=not args.no_decompose, decode=args.decode,
+        decode_images=args.decode_images, **ckpt.data_options(),
     )
     if not getattr(args, "writer", True):  # [issue 22] torchrun: rank 0 alone writes and prints
         return 0
@@ -55,6 +63,14 @@ def run(args: argparse.Namespace) -> int:
           f"{report.meta['model']} (pe_mode={report.meta['pe_mode']}, pe_derived={report.meta['pe_derived']}) -> {out}")
     for layer, value in zip(corr.layer, corr.value):
         print(f"  layer {int(layer):>3}  tok_pe_corr {value:+.4f}")
+    position = frame[frame.metric.isin(["pos_share", "pos_r2", "pos_acc"])]
+    if len(position):
+        wide = position.pivot_table(index="layer", columns="metric", values="value", sort=False)
+        for layer, row in wide.iterrows():
+            print(f"  layer {int(layer):>3}  " + "  ".join(f"{m} {row[m]:.4f}" for m in wide.columns))
+    share = frame[frame.metric == "pe_logit_share"]
+    if len(share):
+        print(f"  PE's direct share of the predicted logit: {float(share.value.iloc[0]):.4f}")
     if args.mpvg_check:
         print(f"mpvg constant-offset check: max |logit diff| = {mpvg_constant_offset_check(model.cpu()):.3g}")
     return 0

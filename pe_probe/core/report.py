@@ -37,6 +37,12 @@ META_KEYS = ("run", "model", "pe_mode", "global_pool", "num_prefix_tokens", "gri
              "n_images", "pe_derived", "receiving_blocks", "last_ln_pe")
 
 
+#: Components of the residual stream read through the frozen Last LN, in the order of the ``logit_parts`` array
+#: (docs/probe.md, "Position per layer"): the additive input PE, the rest of the stream, the Last LN's beta and
+#: the PE added after the Last LN (MPVG).
+LOGIT_COMPONENTS = ("pe", "rest", "ln_beta", "last_pe")
+
+
 class ProbeReport:
     """Probe statistics of one model over one data set (docs/probe.md).
 

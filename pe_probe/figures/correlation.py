@@ -3,7 +3,7 @@ band, each seed as a thin line (Fig 4)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import pandas as pd
 import seaborn as sns

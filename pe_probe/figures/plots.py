@@ -114,6 +114,37 @@ def draw_correlation_lines(fd: FigureData, options: Mapping[str, Any], title: st
     return fig
 
 
+def draw_metric_lines(fd: FigureData, options: Mapping[str, Any], title: str) -> Figure:
+    """One panel per metric (``options["metrics"]``, at most 3 a row), one line per configuration (mean over
+    seeds, 95% band, each seed thin), x the layer in forward order (L: after the last block) or, with
+    ``x = "metric"``, the metrics themselves on one panel."""
+    data, metrics = fd.data, list(options["metrics"])
+    titles = dict(options["titles"])
+    ylim = tuple(options["ylim"]) or None
+    by_metric = options["x"] == "metric"
+    panels = [None] if by_metric else [m for m in metrics if m in set(data["metric"])] or metrics[:1]
+    ncols = min(3, len(panels))
+    nrows = -(-len(panels) // ncols)
+    fig = _figure(4.2 * ncols, 3.6 * nrows + 0.4)
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False).ravel())
+    for ax, metric in zip(axes, panels):
+        part = data if metric is None else data[data["metric"] == metric]
+        correlation_lines(part, ax, x="position", ylabel=options["ylabel"], ylim=ylim)
+        if by_metric:
+            ax.set_xticks(range(len(metrics)), [titles.get(m, m) for m in metrics], rotation=20, fontsize=7)
+            ax.set_xlabel("")
+        else:
+            depth = int(data["position"].max()) if len(data) else 0
+            ticks = list(range(depth + 1))
+            ax.set_xticks(ticks, [str(t) if t < depth else "L" for t in ticks], fontsize=7)
+            ax.set_xlabel("layer (input of block l; L: after the last block)")
+            ax.set_title(titles.get(metric, metric), fontsize=9)
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    fig.suptitle(_wrap(title, 4.2 * ncols), fontsize=10)
+    return fig
+
+
 def draw_history(fd: FigureData, options: Mapping[str, Any], title: str) -> Figure:
     """Rows: configurations; columns: r and its two parts; x: epoch; one line per PE block (mean over seeds,
     95% band)."""
@@ -242,6 +273,8 @@ PLOTS: dict[str, Plot] = {p.name: p for p in (
     Plot("pe_similarity", "figure", fd_.pe_similarity_panels, draw_pe_similarity,
          {"layers": "receiving", "max_layers": 4, "token": "center"}),
     Plot("history", "figure", fd_.history_by_epoch, draw_history, {}),
+    Plot("metric_lines", "figure", fd_.metric_by_layer, draw_metric_lines,
+         {"metrics": ["pos_share"], "titles": {}, "x": "layer", "ylim": [], "ylabel": "value"}),
     Plot("ablation", "figure", fd_.ablation_by_layer, draw_ablation,
          {"metric": "agree", "interventions": ["zero", "mean", "shuffle"]}),
     Plot("attribution", "figure", fd_.attribution_by_layer, draw_attribution, {"max_rel_delta": 0.05}),

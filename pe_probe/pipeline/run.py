@@ -307,9 +307,11 @@ def probe_run(
     batch_size: int = 64,
     reprobe: bool = False,
     progress: bool = True,
+    decode: bool = True,
 ) -> ProbeReport:
     """The probe report of a run: loaded from ``RUN/probe`` if saved, else probed on the run's
-    validation data and saved there (with its ``metrics.csv``)."""
+    validation data and saved there (with its ``metrics.csv``). ``decode``: also the position decoders
+    (``pe_probe.probe(decode=True)``), which the ``position_decoding`` figure shows."""
     rd = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     probe_dir = contained(rd.path, RunDir.PROBE)  # never read or written through a link out of the run
     if probe_dir.is_dir() and not reprobe:
@@ -322,7 +324,7 @@ def probe_run(
     report = probe(
         run.model, data["dataset"], data_dir=data_dir or data.get("data_dir"), mean=data.get("mean"),
         std=data.get("std"), batch_size=batch_size, max_images=max_images, run=rd.name, progress=progress,
-        trained_on=data,
+        trained_on=data, decode=decode,
     )
     save_report(report, probe_dir)
     return report

@@ -14,14 +14,15 @@ from ..core.report import META_KEYS, SCHEMA_VERSION, ProbeReport
 from ..models.foreign import convert_model
 from .accumulate import RunningStats
 from .adapter import AdapterKind, ModelView, view_model
-from .distributed import collective_errors, open_sharded, reduce_running_stats  # [issue 22] torch.distributed
+from .distributed import collective_errors, open_sharded, rank_world, reduce_running_stats  # [issue 22]
 from .hooks import eval_inference, fill_derived, recording
 from .inputs import iter_images
+from .position import PositionProbe
 
 
 #: Metadata keys the probe computes itself (``probe(meta=...)`` may add others, not these).
 COMPUTED_META = (*META_KEYS, "adapter", "img_size", "in_chans", "pe_probe_version", "n_norm_maps", "data",
-                 "data_dir", "split", "schema_version", "family", "pe_kind", "pe_sites", "last_ln")
+                 "data_dir", "split", "schema_version", "family", "pe_kind", "pe_sites", "last_ln", "position")
 
 
 def model_name(model: nn.Module) -> str:
@@ -76,6 +77,9 @@ def probe(
     trained_on: dict | None = None,
     meta: dict | None = None,
     strategy: str = "auto",
+    decompose: bool = True,
+    decode: bool = False,
+    decode_images: int = 10,
 ) -> ProbeReport:
     """Stream ``data`` through ``model`` and return the PE statistics as a :class:`~pe_probe.core.report.ProbeReport`.
 
@@ -105,6 +109,13 @@ def probe(
     layers with an additive PE the token-vs-PE statistics; the family and its sites are in ``meta``
     (``family``, ``pe_kind``, ``pe_sites``). Unsupported models raise
     :class:`~pe_probe.core.errors.UnsupportedModelError` in one line.
+
+    Position per layer (docs/probe.md, :mod:`pe_probe.probing.position`): ``decompose`` (on by default) adds the
+    variance decomposition of the residual stream (the family's ``hook_resid_pre`` taps) and the PE's direct
+    logit share (a Last LN and an additive PE); ``decode`` the ridge and logistic position decoders
+    (``decode_images`` images for the classifier) with their permuted-label and PE-ablated controls (a second
+    forward pass per batch, on a copy of the model with every PE site of its family off); what was left out and
+    why is in ``meta["position"]``.
     """
     model = convert_model(model)  # a torchvision / Hugging Face / open_clip ViT object -> its timm model
     extra_meta = dict(meta or {})
@@ -123,23 +134,43 @@ def probe(
         mean=mean, std=std, num_workers=num_workers, split=split, trained_on=trained_on, source=source)
     if total is not None and max_images is not None:
         total = min(total, max_images)
+    # --- position per layer (issue 19): its own hooks and accumulators, fed beside RunningStats ---------
+    not_combined = rank_world()[1] > 1 and (decompose or decode)
+    if not_combined:  # the position sums are not yet all-reduced over ranks: measured in one process only
+        decompose = decode = False
+    pos = PositionProbe(view, decompose=decompose, decode=decode, decode_images=decode_images)
+    pos.setup_ablated()  # the PE-ablated copy for decode, taken before any hook exists
+    pos_names, pos_feed = (pos.hook_names() if pos.enabled else []), pos.feed()
+    # --- end position
     with eval_inference(model):
         derived: dict = {}
         fill_derived(view, names, derived)  # image-independent: computed once, before any hook exists
+        pos.prepare()
     feed = stats.feed()  # each block's statistics are added as the forward pass reaches it (cache-hot)
-    with collective_errors("probe"), eval_inference(model), recording(view, names, store=feed):  # [issue 22]
+    with collective_errors("probe"), eval_inference(model), recording(view, names, store=feed), \
+            recording(view, pos_names, store=pos_feed):  # [issue 22] errors end every rank
         bar = tqdm(total=total, unit="img", desc="probe", disable=not progress, leave=False)
         try:
             for images in iter_images(batches, view, max_images):
+                first = stats.n_images
+                pos.begin(pos_feed, first, len(images))  # position
                 feed.reset(derived)
                 view.run(images)
                 stats.update(feed)
+                if pos.enabled:  # position: the batch's PE term and logits, then the PE-ablated control
+                    pos.end(pos_feed, len(images))
+                    pos.begin_ablated(first, len(images))
+                    pos.ablated(images)
                 bar.update(len(images))
         finally:
             bar.close()
             feed.reset()
+            dict.clear(pos_feed)  # position: no activation outlives the call
     reduce_running_stats(stats)  # [issue 22] float64 sums, exact counts and the first maps over the ranks
     if stats.n_images == 0:
         raise DataError("the data yielded no images")
-    computed = build_meta(view, stats.n_images, run, n_norm_maps=stats.n_maps, **source)
-    return ProbeReport({**extra_meta, **computed}, stats.arrays())
+    computed = build_meta(view, stats.n_images, run, n_norm_maps=stats.n_maps, **source,
+                          position={"decompose": decompose, "decode": decode, "decode_images": decode_images,
+                                    **pos.meta(), **({"not_combined": "the position analyses run in one process "
+                                                      "only (not under torchrun)"} if not_combined else {})})
+    return ProbeReport({**extra_meta, **computed}, {**stats.arrays(), **pos.arrays()})  # position: its arrays

@@ -12,7 +12,8 @@ from pe_probe.figures import builtin_specs_dir, load_spec, render_all
 from ..fakes import make_run, paper_runs
 
 FIGURES = ["ablation", "attention_distance", "attention_logits", "attribution", "fig1", "fig2", "fig4", "fig5",
-           "fig6", "fig7", "fig8", "history", "lape_pe_similarity", "patch_shuffle", "resolution"]
+           "fig6", "fig7", "fig8", "history", "lape_pe_similarity", "patch_shuffle", "pe_logit_share",
+           "position_decoding", "position_variance", "resolution"]
 TABLES = ["table1", "table5", "table6"]
 
 
@@ -94,7 +95,8 @@ def test_figure_data_matches_runs(rendered):
 def test_missing_runs_are_skipped_not_crashed(tmp_path):
     result = render_all([make_run("default", "default")], tmp_path, strict=True)
     assert [r.spec.id for r in result.rendered] == ["ablation", "attention_distance", "attention_logits", "attribution",
-                                                    "patch_shuffle", "resolution", "table1"]
+                                                    "patch_shuffle", "pe_logit_share", "position_decoding",
+                                                    "position_variance", "resolution", "table1"]
     skipped = {s.spec.id: s for s in result.skipped}
     assert "fig5" in skipped and any("last_ln_pe=0" in n for n in skipped["fig5"].needs)
     assert "fig2" in skipped and any("probe report" in n for n in skipped["fig2"].needs)
@@ -103,7 +105,9 @@ def test_missing_runs_are_skipped_not_crashed(tmp_path):
     assert "**fig5**" in index and "**lape_pe_similarity**" in index
 
     empty = render_all([], tmp_path / "none")
-    assert not empty.rendered and len(empty.skipped) == 19
+    assert [r.spec.id for r in result.rendered] == ["ablation", "attention_distance", "attention_logits", "attribution",
+                                                    "patch_shuffle", "pe_logit_share", "position_decoding",
+                                                    "position_variance", "resolution", "table1"]
     assert "## Skipped" in empty.index.read_text()
 
 

@@ -12,7 +12,8 @@ from ..fakes import make_run, paper_runs
 
 SHIPPED = {"ablation", "attribution", "fig1", "fig2", "fig4", "fig5", "fig6", "fig7", "fig8", "history",
            "lape_pe_similarity", "table1", "table2", "table5", "table6",
-           "attention_distance", "attention_logits", "patch_shuffle", "resolution"}
+           "attention_distance", "attention_logits", "patch_shuffle", "resolution",
+           "pe_logit_share", "position_decoding", "position_variance"}
 
 
 def _raw(**changes):

@@ -36,7 +36,9 @@ def test_reproduce_writes_every_promised_file_and_an_index(quick):
     assert not fig.failed
     rendered = {r.spec.id for r in fig.rendered}
     assert {"fig1", "fig2", "fig4", "fig5", "fig6", "fig7", "fig8", "history", "lape_pe_similarity",
-            "table1", "ablation", "attribution"} <= rendered
+            "table1", "ablation", "attribution", "position_variance", "position_decoding", "pe_logit_share"} <= rendered
+    decoded = summary_frame(ProbeReport.load(out / "runs" / "mpvg-seed1" / "probe"))
+    assert {"pos_r2", "pos_acc", "pos_share", "pe_logit_share"} <= set(decoded.metric)  # reproduce decodes
     # two seeds per run: intervals everywhere, a verdict for every claim of a rendered figure
     assert set(pd.read_csv(out / "figures" / "fig1.csv").n_seeds) == {2}
     claims = pd.read_csv(out / "figures" / "claims.csv")

@@ -58,9 +58,71 @@ def layer_metrics(tok: np.ndarray, resid: np.ndarray, pe: np.ndarray | None, P: 
     return out
 
 
-def expected_metrics(cap: dict[str, torch.Tensor], norm: torch.nn.Module, depth: int, P: int, pool: str) -> dict:
-    """{(layer, metric): value} for every row summary_frame(report) must have."""
+def decomposition(x: np.ndarray) -> dict:
+    """Explicit two-way parts of (n, N, D) patch tokens and their sums of squares (numpy, no running sums)."""
+    mu = x.mean(axis=(0, 1))
+    pos = x.mean(axis=0) - mu
+    img = x.mean(axis=1) - mu
+    resid = x - mu - pos[None] - img[:, None]
+    ss = lambda a: float((a * a).sum())  # noqa: E731
+    n, N, _ = x.shape
+    return dict(mu=mu, pos=pos, img=img, resid=resid, total=ss(x - mu), ss_pos=n * ss(pos), ss_img=N * ss(img),
+                ss_resid=ss(resid))
+
+
+def position_metrics(cap: dict[str, torch.Tensor], model: torch.nn.Module, depth: int, P: int) -> dict:
+    """{(layer, metric): value} of the variance decomposition and the logit decomposition, in numpy."""
     exp = {}
+    T = cap["hook_last_ln_in"].shape[1]
+    pe = np64(cap["hook_input_pe"])[0] if "hook_input_pe" in cap else None
+    if pe is not None and pe.shape[0] < T:  # no_embed_class: no PE term on the prefix tokens
+        pe = np.concatenate([np.zeros((T - pe.shape[0], pe.shape[1])), pe])
+    names = [f"blocks.{l}.hook_resid_pre" for l in range(depth)] + ["hook_last_ln_in"]
+    for l, name in zip(list(range(depth)) + [-1], names):
+        d = decomposition(np64(cap[name])[:, P:])
+        exp[(l, "pos_share")] = d["ss_pos"] / d["total"]
+        exp[(l, "img_share")] = d["ss_img"] / d["total"]
+        exp[(l, "resid_share")] = d["ss_resid"] / d["total"]
+        if pe is not None:
+            pc = pe[P:] - pe[P:].mean(axis=0)
+            dot = float((d["pos"] * pc).sum())
+            exp[(l, "pe_pos_share")] = dot ** 2 / (float((d["pos"] ** 2).sum()) * float((pc ** 2).sum()))
+            exp[(l, "pe_pos_coef")] = dot / float((pc ** 2).sum())
+    # the logit decomposition through the frozen Last LN: only with a PE in the stream or after the Last LN
+    if pe is None and "hook_last_pe" not in cap:
+        return exp
+    x = np64(cap["hook_last_ln_in"])
+    norm = model.norm
+    g, b = np64(norm.weight), np64(norm.bias)
+    sigma = np.sqrt(x.var(axis=-1, keepdims=True) + norm.eps)
+    ln = lambda c: (c - c.mean(-1, keepdims=True)) / sigma * g  # noqa: E731
+    pool = (lambda a: a[:, 0]) if model.global_pool == "token" else (lambda a: a[:, P:].mean(axis=1))
+    comps = {"pe": pool(ln(np.broadcast_to(pe, x.shape))), "rest": pool(ln(x - pe))} if pe is not None else \
+        {"rest": pool(ln(x))}
+    comps["ln_beta"] = np.broadcast_to(b, (len(x), len(b)))
+    if "hook_last_pe" in cap:
+        comps["last_pe"] = pool(np.broadcast_to(np64(cap["hook_last_pe"]), x.shape))
+    W, bias = np64(model.head.weight), np64(model.head.bias)
+    logits = np64(model.head(cap["hook_pooled"]))
+    pred = logits.argmax(-1)
+    contrib = {k: (v * W[pred]).sum(-1) for k, v in comps.items()}
+    denom = sum(np.abs(v).mean() for v in contrib.values())
+    for k, v in contrib.items():
+        exp[(-1, f"logit_{k}_mean")] = v.mean()
+        exp[(-1, f"logit_{k}_share")] = np.abs(v).mean() / denom
+    pe_parts = [k for k in ("pe", "last_pe") if k in contrib]
+    if pe_parts:
+        exp[(-1, "pe_logit_share")] = sum(np.abs(contrib[k]).mean() for k in pe_parts) / denom
+    exp[(-1, "logit_total_mean")] = (logits[np.arange(len(x)), pred] - bias[pred]).mean()
+    exp[(-1, "logit_sum_rmse")] = 0.0
+    return exp
+
+
+def expected_metrics(cap: dict[str, torch.Tensor], norm: torch.nn.Module, depth: int, P: int, pool: str,
+                     model: torch.nn.Module | None = None) -> dict:
+    """{(layer, metric): value} for every row summary_frame(report) must have (``model``: also the position
+    metrics that probe() computes by default)."""
+    exp = {} if model is None else position_metrics(cap, model, depth, P)
     for l in range(depth):
         pe = cap.get(f"blocks.{l}.hook_pe")
         m = layer_metrics(np64(cap[f"blocks.{l}.hook_tok"]), np64(cap[f"blocks.{l}.hook_resid_pre"]),

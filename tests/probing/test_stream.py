@@ -48,7 +48,7 @@ def test_every_metric_matches_numpy_on_captured_tensors(kw, images):
     cap = capture(m, images)
     report = probe(m, images, batch_size=7, progress=False, n_norm_maps=5)
     P = m.num_prefix_tokens
-    assert_metrics_match(report, expected_metrics(cap, m.norm, len(m.blocks), P, m.global_pool))
+    assert_metrics_match(report, expected_metrics(cap, m.norm, len(m.blocks), P, m.global_pool, m))
     # mean maps, PE maps and norm maps themselves
     for l in range(len(m.blocks)):
         tok, pe = report.mean_maps(l)

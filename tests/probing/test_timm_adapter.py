@@ -58,7 +58,7 @@ def test_deit_probe_metrics_match_numpy(deit):
     meta = report.meta
     assert meta["pe_derived"] is True and meta["pe_mode"] == "timm" and meta["model"] == "deit_tiny_patch16_224"
     assert meta["receiving_blocks"] == list(range(12)) and meta["last_ln_pe"] is None and meta["grid"] == [2, 2]
-    assert_metrics_match(report, expected_metrics(cap, deit.norm, 12, 1, "token"))
+    assert_metrics_match(report, expected_metrics(cap, deit.norm, 12, 1, "token", deit))
     _, pe = report.mean_maps(5)
     n1 = deit.blocks[5].norm1
     np.testing.assert_allclose(pe, F.layer_norm(deit.pos_embed[0], (192,), n1.weight, n1.bias, n1.eps)
@@ -85,7 +85,7 @@ def test_no_embed_class_prefix_rows_have_no_pe():
     assert report.meta["num_prefix_tokens"] == 3
     frame = summary_frame(report)
     assert np.isfinite(frame.value).all()
-    assert_metrics_match(report, expected_metrics(cap, m.norm, 2, 3, "token"))
+    assert_metrics_match(report, expected_metrics(cap, m.norm, 2, 3, "token", m))
 
 
 def test_forcing_the_timm_adapter_on_a_pe_probe_model():
