@@ -126,6 +126,8 @@ def plan_run(cfg: TrainConfig, env: DistEnv) -> Plan:
     val_set = build_dataset(dataset, train=False, augment=False, skip_bad=cfg.skip_bad, **common)
     bad = {**getattr(train_set, "bad", {}), **getattr(val_set, "bad", {})}
     num_classes = int(train_set.num_classes)
+    if num_classes < 2:  # image folders say which folder to use instead (pe_probe.data.folders)
+        raise DataError(f"{dataset} has {num_classes} class: a classifier needs at least two")
     if kwargs.setdefault("num_classes", num_classes) != num_classes:
         raise ValueError(f"model_kwargs num_classes={kwargs['num_classes']} but {dataset} has {num_classes} classes")
     kwargs.update(img_size=img_size, in_chans=in_chans)
