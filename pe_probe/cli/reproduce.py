@@ -15,8 +15,8 @@ _HYPER = "hyperparameters for every run (unset: the recipe's)"
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``reproduce`` subcommand."""
-    from ..pipeline import PRESET_NAMES
-    from ..pipeline.run import DEFAULT_SEEDS, PROBE_EVERY, PROBE_IMAGES
+    from ..pipeline.presets import PRESET_NAMES
+    from ..pipeline.presets import DEFAULT_SEEDS, PROBE_EVERY, PROBE_IMAGES
     from ..training import HyperparameterOverrides
 
     p = sub.add_parser(

@@ -24,13 +24,11 @@ from ..core.locks import locked_on
 from ..core.report import ProbeReport
 from ..core.rundir import RunDir
 from ..figures.render import RenderResult, render_all
-from ..models import VARIANT_ARGS
 from ..probing import probe
-from ..training import TrainConfig, load_run
-from ..training.recipes import DEFAULT_RECIPE_FOR_DATASET, get_recipe
+from ..training import TrainConfig, load_run, resolve_run
 from .causal import RUN_ATTRIBUTION_IMAGES, ablate_run, attribute_run
-from .history import train
-from .presets import RunPlan, preset_plans
+from .presets import DEFAULT_SEEDS, PROBE_EVERY, PROBE_IMAGES, QUICK_DIGITS_EPOCHS, RunPlan, preset_plans
+from .training import train
 
 log = logging.getLogger(__name__)
 
@@ -44,26 +42,6 @@ class ReproduceResult:
     reused: list[str] = field(default_factory=list)
     figures: RenderResult | None = None
     seconds: float = 0.0
-
-
-#: Seeds per run when ``seeds`` is not given: three for the quick preset (intervals need at least two), one for
-#: the GPU-sized presets (pass ``seeds`` to get intervals there too).
-DEFAULT_SEEDS = {"quick": 3, "ablations": 1, "paper": 1}
-#: Probing during training in reproduce: every this many epochs (and the last), on this many validation images.
-PROBE_EVERY, PROBE_IMAGES = 4, 128
-#: Epochs of the quick preset on digits (the digits recipe has 20). The slowest learners, Default and GAP, reach
-#: 67-86 % top-1 after 12 epochs, 89-92 % after 20 and 93-96 % after 24 (seeds 1-2), so accuracy differences at
-#: fewer epochs measure speed of convergence more than the scheme. 3 seeds x 8 runs at 24 epochs take about 7-8
-#: minutes on a quiet 2-core CPU (BENCHMARKS.md, section 4). An explicit ``epochs`` wins.
-QUICK_DIGITS_EPOCHS = 24
-
-
-def _recipe_depth(dataset: str, recipe: str | None, model: str | None, model_kwargs: dict) -> int:
-    """Number of blocks the runs will have (needed to place the Table 5 runs)."""
-    r = get_recipe(recipe or DEFAULT_RECIPE_FOR_DATASET.get(dataset, "digits"))
-    name = model or r.model
-    kwargs = {**(r.model_kwargs if name == r.model else {}), **model_kwargs}
-    return int(kwargs.get("depth", VARIANT_ARGS.get(name, {}).get("depth", 12)))
 
 
 @dataclass(frozen=True)
@@ -93,24 +71,35 @@ def plan_runs(
 ) -> list[PlannedRun]:
     """Every run ``reproduce`` trains: each run of ``preset`` once per seed (``seed``, ``seed + 1``, ...), in
     ``out/runs/<name>-seed<k>``, with the same options; ``overrides`` are TrainConfig hyperparameters (e.g.
-    ``epochs``). Checks names and numbers; writes nothing."""
+    ``epochs``). The recipe, model and depth are the training code's own
+    (:func:`~pe_probe.training.resolve_run`), asked once for the preset (the Table 5 runs are placed on the
+    model's blocks) and once for each planned run, so every run is checked before any is trained. Writes
+    nothing."""
     if preset == "paper" and dataset == "digits":
         raise DataError("the paper preset runs the paper's recipes: pass --dataset cifar100 or imagefolder "
                         "with --data-dir")
     n = DEFAULT_SEEDS.get(preset, 1) if seeds is None else seeds
-    if preset == "quick" and dataset == "digits" and recipe in (None, "digits"):
-        overrides.setdefault("epochs", QUICK_DIGITS_EPOCHS)
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"seeds={seeds!r} must be a positive integer")
     model_kwargs = dict(model_kwargs or {})
-    plans: Sequence[RunPlan] = preset_plans(preset, _recipe_depth(dataset, recipe, model, model_kwargs))
+    common = dict(dataset=dataset, data_dir=data_dir, recipe=recipe, model=model, model_kwargs=model_kwargs,
+                  device=device, probe_every=probe_every, probe_images=probe_images)
+    base = resolve_run(TrainConfig(out=str(out), **common, **overrides))
+    if preset == "quick" and base.dataset == "digits" and base.recipe.name == "digits":
+        overrides.setdefault("epochs", QUICK_DIGITS_EPOCHS)
+    if base.depth is None:
+        raise ValueError(f"{base.model} is not a pe-probe model: reproduce trains the pe_* models (--model)")
+    plans: Sequence[RunPlan] = preset_plans(preset, base.depth)
     runs_dir = Path(out) / "runs"
     planned = []
     for plan in plans:
         for k in range(seed, seed + n):
-            cfg = TrainConfig(out=str(runs_dir / f"{plan.name}-seed{k}"), dataset=dataset, data_dir=data_dir,
-                              recipe=recipe, model=model, model_kwargs=model_kwargs, device=device, seed=k,
-                              probe_every=probe_every, probe_images=probe_images, **overrides, **plan.options)
+            cfg = TrainConfig(out=str(runs_dir / f"{plan.name}-seed{k}"), seed=k, **common, **overrides, **plan.options)
+            if k == seed:
+                try:
+                    resolve_run(cfg)  # the run as the training code will build it
+                except ValueError as exc:
+                    raise ValueError(f"preset {preset!r} run {plan.name}: {exc}") from None
             planned.append(PlannedRun(RunDir(cfg.out), plan.label, cfg))
     return planned
 

@@ -60,10 +60,10 @@ def test_resume_after_a_kill_between_history_and_state_keeps_each_epoch_once(tmp
 
 
 def test_probe_every_needs_the_public_train_and_valid_numbers(tmp_path):
-    from pe_probe.training import train as loop_train
+    from pe_probe.training import run_training
 
     with pytest.raises(ValueError, match="pe_probe.train"):
-        loop_train(out=tmp_path / "a", **TINY_RUN, probe_every=1)
+        run_training(out=tmp_path / "a", **TINY_RUN, probe_every=1)
     with pytest.raises(ValueError, match="probe_images=0"):
         pe_probe.train(out=tmp_path / "b", **TINY_RUN, probe_every=1, probe_images=0)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
