@@ -1,4 +1,4 @@
-"""Exact checks of claims about trained checkpoints (paper-notes, "Observations worth testing")."""
+"""Exact checks of claims about trained checkpoints (docs/science.md, "pe-probe's own observations")."""
 
 from __future__ import annotations
 
