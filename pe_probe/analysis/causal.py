@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from ..core.causal import (ABLATION_COLUMNS, ABLATION_CSV, ABLATION_JSON, ATTRIBUTION_COLUMNS, ATTRIBUTION_CSV,
-                           ATTRIBUTION_JSON, AblationResult, AttributionResult)
+                           ATTRIBUTION_JSON, ATTRIBUTION_SUMMARY, AblationResult, AttributionResult)
 from ..core.errors import CheckpointError
 from ..core.io import atomic_path, write_json
 
@@ -51,6 +51,24 @@ def attribution_of(result: AttributionResult) -> Attribution:
     frame = pd.DataFrame(result.rows, columns=list(ATTRIBUTION_COLUMNS))
     frame.attrs.update(result.meta)
     return Attribution(frame, dict(result.pe_maps), dict(result.tok_maps))
+
+
+def site_table(frame: pd.DataFrame, metrics: tuple[str, ...] | list[str] = ATTRIBUTION_SUMMARY, *,
+               by: str | None = None) -> pd.DataFrame:
+    """One row per site (``layer``, ``hook``, in the frame's order) and one column per metric of a tidy ablation or
+    attribution frame; with ``by`` (``"intervention"`` for an ablation) one column per ``(by, metric)`` pair,
+    flattened to ``"<value> <metric>"``. Only the sites the frame holds (no empty layer x hook cells)."""
+    keep = frame[frame["metric"].isin(list(metrics))]
+    sites = list(dict.fromkeys(zip(keep["layer"], keep["hook"])))
+    columns = ["metric"] if by is None else [by, "metric"]
+    wide = keep.pivot_table(index=["layer", "hook"], columns=columns, values="value", sort=False, aggfunc="first")
+    wide = wide.reindex(pd.MultiIndex.from_tuples(sites, names=["layer", "hook"]))
+    if by is None:
+        wide = wide[[m for m in metrics if m in wide.columns]]
+    else:
+        wide.columns = [f"{a} {b}" for a, b in wide.columns]
+    wide.columns.name = None
+    return wide.reset_index()
 
 
 def _save(out: Path, json_name: str, meta: dict, csv_name: str, frame: pd.DataFrame) -> Path:

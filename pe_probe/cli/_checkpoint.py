@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import DataError
+from ..core.vocab import SPLITS
 from ._args import parse_kv
 
 
@@ -19,7 +20,7 @@ def add_checkpoint_args(p: argparse.ArgumentParser) -> None:
                    help="run directory, timm hub folder, or .safetensors/.pth/.pt/.bin/.pth.tar file")
     p.add_argument("--data", help="data-set name for pe_probe.data.build_dataset (default: the run's data set)")
     p.add_argument("--data-dir", help="where the data set lives (default: the run's, for the run's data set)")
-    p.add_argument("--split", choices=("val", "train", "all"), default=None,
+    p.add_argument("--split", choices=SPLITS, default=None,
                    help="part of the data set: val, train, or all (every image of a plain folder of class "
                         "folders); default: all for a plain folder that is not the run's own data, else val")
     p.add_argument("--model", help="timm model name (e.g. deit_tiny_patch16_224); needed when the checkpoint "
@@ -37,10 +38,22 @@ def add_checkpoint_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
 
 
-def add_stream_args(p: argparse.ArgumentParser, batch_size: int = 64) -> None:
-    """``--batch-size``, ``--max-images``, ``--num-workers`` and ``--no-progress``."""
+def _max_images(text: str) -> int | None:
+    if text.lower() == "all":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of images or 'all', got {text!r}") from None
+
+
+def add_stream_args(p: argparse.ArgumentParser, batch_size: int = 64, max_images: int | None = None) -> None:
+    """``--batch-size``, ``--max-images`` (``all``: every image; default ``max_images``), ``--num-workers`` and
+    ``--no-progress``."""
     p.add_argument("--batch-size", type=int, default=batch_size)
-    p.add_argument("--max-images", type=int, default=None, help="stop after this many images")
+    p.add_argument("--max-images", type=_max_images, default=max_images, metavar="N|all",
+                   help="stop after this many images (default: " + ("every image" if max_images is None else
+                                                                     f"{max_images}; 'all': every image") + ")")
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 

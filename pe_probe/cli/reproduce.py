@@ -7,6 +7,7 @@ import argparse
 import dataclasses
 import shlex
 
+from ..core.vocab import VERDICTS
 from ._fields import add_fields, field_values, to_flags
 
 #: Hyperparameters reproduce passes through to every run (flags generated from the training config).
@@ -85,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     verdicts = [c.verdict for c in fig.claims]
     print(f"reproduce: {len(res.trained)} trained, {len(res.reused)} reused, {len(fig.rendered)} figures/tables, "
           f"{len(fig.skipped)} skipped, {len(fig.failed)} failed in {res.seconds:.0f} s; claims: "
-          + ", ".join(f"{verdicts.count(v)} {v}" for v in ("supported", "contradicted", "inconclusive"))
+          + ", ".join(f"{verdicts.count(v)} {v}" for v in VERDICTS)
           + f" -> {fig.index}")
     return 1 if fig.failed else 0
 

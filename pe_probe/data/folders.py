@@ -12,6 +12,7 @@ from torch.utils.data import Dataset, Subset
 from torchvision.datasets import ImageFolder
 
 from ..core.errors import DataError
+from ..core.vocab import SPLITS
 from .scan import IMAGE_EXTENSIONS, check_folder_images, list_images
 
 #: Fraction of each class held out for validation when an image folder has no ``val/`` split.
@@ -83,8 +84,6 @@ def _has_class_folders(folder: Path) -> bool:
     return folder.is_dir() and any(p.is_dir() and not p.name.startswith(".") for p in folder.iterdir())
 
 
-#: The parts of a data set ``build_dataset(split=...)`` reads.
-SPLITS = ("train", "val", "all")
 
 
 def folder_layout(data_dir: Path) -> str:

@@ -17,7 +17,7 @@ from torch import nn
 
 from ..analysis.causal import (Attribution, ablation_frame, attribution_of, read_ablation, read_attribution,
                                save_ablation, save_attribution)
-from ..core.causal import INTERVENTIONS
+from ..core.causal import DEFAULT_BASELINE, INTERVENTIONS
 from ..core.locks import locked_on
 from ..core.rundir import RunDir
 from ..probing.ablation import run_ablation
@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 #: ``max_images`` they are given), attribution on the first :data:`RUN_ATTRIBUTION_IMAGES` images with the
 #: row-mean PE baseline (the zero baseline converges far more slowly at the input site; docs/causal.md). On a
 #: digits MPVG run (6 blocks, 360 images) that is about 2 s of ablation and 5 s of attribution on one CPU thread.
-RUN_ATTRIBUTION_IMAGES, RUN_ATTRIBUTION_STEPS, RUN_ATTRIBUTION_BASELINE = 16, 32, "mean"
+RUN_ATTRIBUTION_IMAGES, RUN_ATTRIBUTION_STEPS, RUN_ATTRIBUTION_BASELINE = 16, 32, DEFAULT_BASELINE
 
 
 def ablate(model: nn.Module, data: Any, interventions: Sequence[str] = INTERVENTIONS, **options: Any) -> pd.DataFrame:
@@ -48,7 +48,8 @@ def ablate(model: nn.Module, data: Any, interventions: Sequence[str] = INTERVENT
 
 def attribute(model: nn.Module, data: Any, target: int | str | None = None, **options: Any) -> Attribution:
     """Integrated gradients (captum) of the target logit (default: the predicted class) with respect to each PE
-    site's PE and its tokens.
+    site's PE and its tokens, on the first 32 images unless ``max_images`` says otherwise (None: all), from the
+    row-mean PE (``baseline="mean"``, the one that converges at the input site), with a progress bar.
 
     Returns an :class:`~pe_probe.analysis.causal.Attribution`: ``frame`` (``hook, layer, metric, value`` with
     ``pe_attr``, ``tok_attr``, ``pe_abs``, ``tok_abs``, ``pe_share``, ``fdiff``, ``delta_abs_mean``,

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..core.causal import BASELINES, TOKEN_BASELINES, AttributionResult
+from ..core.causal import ATTRIBUTION_IMAGES, BASELINES, DEFAULT_BASELINE, TOKEN_BASELINES, AttributionResult
 from ..core.errors import DataError, UnknownNameError
 from .hooks import eval_grad
 from .inputs import iter_batches, open_data
@@ -116,13 +116,13 @@ def run_attribution(
     *,
     sites: Sequence[str | int] | None = None,
     effect: str = "direct",
-    baseline: str = "zero",
+    baseline: str = DEFAULT_BASELINE,
     tokens: str = "zero",
     n_steps: int = 32,
     method: str = "gausslegendre",
     internal_batch_size: int | None = None,
     batch_size: int = 16,
-    max_images: int | None = None,
+    max_images: int | None = ATTRIBUTION_IMAGES,
     n_maps: int = 4,
     warn_rel_delta: float = 0.05,
     data_dir: str | os.PathLike | None = None,
@@ -137,7 +137,9 @@ def run_attribution(
     """Integrated gradients of the target logit with respect to each site's PE term and its token term.
 
     ``target``: None (the intact model's predicted class), a class index, or ``"label"``. The path goes from
-    (tokens ``tokens``, PE ``baseline``) to the intact (tokens, PE) at one site, everything else the same image.
+    (tokens ``tokens``, PE ``baseline``; default the row mean, :data:`~pe_probe.core.causal.DEFAULT_BASELINE`)
+    to the intact (tokens, PE) at one site, everything else the same image. ``max_images``: the first
+    :data:`~pe_probe.core.causal.ATTRIBUTION_IMAGES` images unless given (None: every image).
     Per site, over all images: ``pe_attr`` / ``tok_attr`` (mean over images of the signed sums;
     ``pe_attr + tok_attr - delta = f(x) - f(baseline)``), ``pe_abs`` / ``tok_abs`` (means of the sums of absolute
     values), ``pe_share = sum pe_abs / (sum pe_abs + sum tok_abs)`` (NaN with ``tokens="keep"``), ``fdiff``
@@ -224,7 +226,8 @@ def run_attribution(
         if values["rel_delta"] > warn_rel_delta:
             warnings.warn(f"{site.hook}: sum |delta| / sum |f(x) - f(baseline)| = {values['rel_delta']:.3g} with "
                           f"n_steps={n_steps}: the attributions there are not complete; raise n_steps (the input site "
-                          "may need 128 or more) and, there, use baseline='mean' or tokens='keep'", RuntimeWarning,
+                          "may need 128 or more)" + ("" if baseline == "mean" or tokens == "keep" else
+                                                     " and, there, use baseline='mean' or tokens='keep'"), RuntimeWarning,
                           stacklevel=3)
     n_sites = len(runner.sites)
     meta = build_meta(

@@ -5,7 +5,8 @@
 front door is :func:`pe_probe.train` (this loop plus probing during training).
 
 Names are loaded on first use: the configuration and recipes (:mod:`.config`, :mod:`.recipes`) import no
-torch, so ``pe-probe COMMAND --help`` builds its flags from them without loading torch.
+torch, so ``pe-probe COMMAND --help`` builds its flags from them without loading torch. No module is named
+like a public name (importing a submodule binds its name on the package, which would hide the function).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ _LAZY = {
     "Run": "checkpoints", "load_model": "checkpoints", "load_run": "checkpoints",
     "RUNTIME_FIELDS": "config", "HyperparameterOverrides": "config", "RunOptions": "config", "TrainConfig": "config",
     "ResolvedRun": "resolve", "resolve_run": "resolve",
-    "evaluate": "evaluate",
+    "evaluate": "evaluation",
     "CheckpointInfo": "formats", "load_checkpoint": "formats",
     "TrainingDivergedError": "loop", "run_training": "loop",
     "HYPERPARAMETERS": "recipes", "RECIPES": "recipes", "Hyperparameters": "recipes", "Recipe": "recipes",

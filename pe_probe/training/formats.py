@@ -267,7 +267,7 @@ def _create(name: str, kwargs: dict) -> nn.Module:
 
 
 def _run_source(path: Path, model: str | None, use_ema: bool) -> _Source:
-    from .evaluate import run_signature
+    from .evaluation import run_signature
 
     rd = RunDir(path)
     config = rd.read_config()

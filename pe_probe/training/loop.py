@@ -40,7 +40,7 @@ from ..models.limits import check_buildable
 from .checkpoints import load_state, load_state_dict_checked, rng_state, save_state, save_weights, set_rng_state
 from .config import RUNTIME_FIELDS, TrainConfig, check_run_options
 from .distributed import DistEnv, all_gather, all_sum, barrier, init_distributed, shutdown
-from .evaluate import autocast_for, run_eval
+from .evaluation import autocast_for, run_eval
 from .recipes import Recipe
 from .resolve import resolve_run
 from .sampler import EpochSampler, SeededItems, _mix
