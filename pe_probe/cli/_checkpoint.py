@@ -77,6 +77,27 @@ class Checkpoint:
         return dict(data_dir=self.data_dir, mean=recorded.get("mean"), std=recorded.get("std"), split=self.split,
                     trained_on=recorded if self.info.format == "run" else None)
 
+    def normalization(self) -> str:
+        """Which mean/std the images are normalised with, in words: the checkpoint's recorded ones, or the data
+        set's own when the checkpoint records none (then numbers can differ from a copy that records them)."""
+        recorded = self.info.data
+        if recorded.get("mean") is not None and recorded.get("std") is not None:
+            return f"normalised with the checkpoint's recorded mean {_fmt(recorded['mean'])} std {_fmt(recorded['std'])}"
+        from ..core.errors import UnknownNameError
+        from ..data import dataset_info
+
+        in_chans = int(getattr(getattr(getattr(self.model, "patch_embed", None), "proj", None), "in_channels", 3))
+        try:
+            mean, std = dataset_info(self.data).normalization(in_chans)
+        except UnknownNameError:
+            return f"normalised with the {self.data} data set's own mean/std (the checkpoint records none)"
+        return (f"normalised with {self.data}'s own mean {_fmt(mean)} std {_fmt(std)}: the checkpoint records none "
+                "(a checkpoint trained with another normalisation gives other numbers)")
+
+
+def _fmt(values) -> str:
+    return "[" + ", ".join(f"{float(v):.4g}" for v in values) + "]"
+
 
 def load(args: argparse.Namespace) -> Checkpoint:
     """Load ``args.checkpoint`` with :func:`pe_probe.load_checkpoint`; the data set is ``--data``, else the one the

@@ -43,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
     out = save_ablation(frame, args.out)
     meta = frame.attrs
     top1 = meta.get("intact_top1")
+    print(ckpt.normalization())
     print(f"ablated {meta['n_images']} images of {ckpt.data!r} with {meta['model']} (pe_mode={meta['pe_mode']}, "
           f"effect={meta['effect']}" + (f", intact top1 {top1:.4f}" if top1 is not None else "") + f") -> {out}")
     agree = frame[frame.metric == "agree"].pivot_table(index=["layer", "hook"], columns="intervention",

@@ -70,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     out = save_attribution(result, args.out)
     meta = result.meta
+    print(ckpt.normalization())
     print(f"attributed {meta['n_images']} images of {ckpt.data!r} with {meta['model']} (pe_mode={meta['pe_mode']}, "
           f"baseline={meta['baseline']}, tokens={meta['tokens']}, n_steps={meta['n_steps']}) -> {out}")
     print(format_attribution(result.frame))
