@@ -9,7 +9,7 @@ import pandas as pd
 import seaborn as sns
 
 from ..analysis.stats import ci_bounds
-from ._axes import current_ax
+from ._axes import current_ax, integer_ticks
 
 
 def correlation_lines(data: pd.DataFrame, ax=None, *, x: str = "layer", y: str = "value",
@@ -32,6 +32,7 @@ def correlation_lines(data: pd.DataFrame, ax=None, *, x: str = "layer", y: str =
         ax.plot(layers, [paper[k] for k in layers], linestyle="--", marker="s", color="black", label=paper_label)
     ax.axhline(0.0, color="0.7", linewidth=0.8, zorder=0)
     ax.set_xlabel("layer (block index)")
+    integer_ticks(ax)
     ax.set_ylabel(ylabel)
     ax.set_ylim(-1.05, 1.05)
     ax.legend(fontsize=7)
