@@ -5,6 +5,7 @@ This is the top layer: it only calls the public API of the layers below (train, 
 
 from __future__ import annotations
 
+import functools
 import logging
 import multiprocessing
 import os
@@ -12,7 +13,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from tqdm.auto import tqdm
 
@@ -25,7 +26,7 @@ from ..core.report import ProbeReport
 from ..core.rundir import RunDir
 from ..figures.render import RenderResult, render_all
 from ..probing import probe
-from ..training import TrainConfig, load_run, resolve_run
+from ..training import Run, TrainConfig, load_run, resolve_run
 from .causal import RUN_ATTRIBUTION_IMAGES, ablate_run, attribute_run
 from .presets import DEFAULT_SEEDS, PROBE_EVERY, PROBE_IMAGES, QUICK_DIGITS_EPOCHS, RunPlan, preset_plans
 from .training import train
@@ -194,18 +195,21 @@ def run_one(config: TrainConfig, *, data_dir: str | os.PathLike | None = None, m
     run = RunDir(config.out)
     if not run.is_complete():
         train(config.replace(resume=run.is_run(), progress=False, verbose=verbose))
-    probe_run(run, data_dir=data_dir, max_images=max_images, progress=False)
+    load = functools.cache(functools.partial(load_run, run.path))  # the model is loaded once, if at all
+    probe_run(run, data_dir=data_dir, max_images=max_images, progress=False, load=load)
     if causal_tests:
-        _causal(run, data_dir, max_images, recompute=False)
+        _causal(run, data_dir, max_images, recompute=False, load=load)
     return run.name
 
 
-def _causal(run: RunDir, data_dir, max_images: int | None, recompute: bool) -> dict:
+def _causal(run: RunDir, data_dir, max_images: int | None, recompute: bool,
+            load: Callable[[], Run] | None = None) -> dict:
     """The run's ablation and attribution frames (computed once, then read from the run directory)."""
     return {
-        "ablation": ablate_run(run, data_dir=data_dir, max_images=max_images, recompute=recompute, progress=False),
+        "ablation": ablate_run(run, data_dir=data_dir, max_images=max_images, recompute=recompute, progress=False,
+                               load=load),
         "attribution": attribute_run(
-            run, data_dir=data_dir, recompute=recompute, progress=False,
+            run, data_dir=data_dir, recompute=recompute, progress=False, load=load,
             max_images=RUN_ATTRIBUTION_IMAGES if max_images is None else min(max_images, RUN_ATTRIBUTION_IMAGES),
         ).frame,
     }
@@ -228,9 +232,11 @@ def probe_run(
     batch_size: int = 64,
     reprobe: bool = False,
     progress: bool = True,
+    load: Callable[[], Run] | None = None,
 ) -> ProbeReport:
     """The probe report of a run: loaded from ``RUN/probe`` if saved, else probed on the run's
-    validation data and saved there (with its ``metrics.csv``)."""
+    validation data and saved there (with its ``metrics.csv``). ``load``: returns the loaded run (default:
+    :func:`~pe_probe.training.load_run`)."""
     rd = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     probe_dir = contained(rd.path, RunDir.PROBE)  # never read or written through a link out of the run
     if probe_dir.is_dir() and not reprobe:
@@ -238,7 +244,7 @@ def probe_run(
             return ProbeReport.load(probe_dir)
         except Exception as exc:  # a stale, damaged or mixed (interrupted) report is rebuilt, not fatal
             log.warning("re-probing %s: saved probe results unreadable (%s)", rd.path, exc)
-    run = load_run(rd.path)
+    run = load() if load is not None else load_run(rd.path)
     data = run.config["data"]
     report = probe(
         run.model, data["dataset"], data_dir=data_dir or data.get("data_dir"), mean=data.get("mean"),
@@ -277,11 +283,12 @@ def render_figures(
         raise DataError(f"no complete run (a directory with {RunDir.CONFIG} and {RunDir.SUMMARY}) under {runs_dir}")
     runs = []
     for d in tqdm(complete, desc="probe runs", unit="run", disable=not progress):
-        report = probe_run(d, data_dir=data_dir, max_images=max_images, reprobe=reprobe, progress=False)
+        load = functools.cache(functools.partial(load_run, d.path))  # the model is loaded once, if at all
+        report = probe_run(d, data_dir=data_dir, max_images=max_images, reprobe=reprobe, progress=False, load=load)
         causal = {}
         if causal_tests:  # RUN/ablation.csv and RUN/attribution.csv, computed once like the probe report
             try:
-                causal = _causal(d, data_dir, max_images, recompute=reprobe)
+                causal = _causal(d, data_dir, max_images, recompute=reprobe, load=load)
             except CheckpointError as exc:  # e.g. a copied run with its saved probe but without its weights
                 log.warning("%s: no causal tests (%s); the figures that need them skip this run", d.path, exc)
         runs.append(RunResult.from_dir(d, report=report, label=(labels or {}).get(d.name), **causal))
