@@ -15,9 +15,6 @@ from typing import Any
 
 from ..core.errors import UnknownNameError
 
-PAPER = "Lee, Ham, Kim, AAAI 2025 (arXiv 2502.02919)"
-
-
 @dataclass(frozen=True)
 class Reported(Mapping):
     """A group of reported numbers (a read-only mapping) with its source and unit."""
@@ -38,7 +35,6 @@ class Reported(Mapping):
 
 
 METHODS: tuple[str, ...] = ("default", "lape", "pvg", "mpvg")
-METHOD_LABELS: dict[str, str] = {"default": "Default", "lape": "LaPE", "pvg": "PVG", "mpvg": "MPVG"}
 
 #: Top-1 % per backbone and method (Tables 1-2). ViT-Lite is on CIFAR-100, the others on ImageNet-1K.
 ACCURACY = Reported(
@@ -54,12 +50,6 @@ ACCURACY = Reported(
     source="Tables 1-2: top-1 accuracy per backbone (ImageNet-1K; ViT-Lite-7/4 on CIFAR-100)",
     unit="top-1 %",
 )
-
-#: Which table of the paper lists each backbone.
-TABLE_OF_BACKBONE: dict[str, str] = {
-    "DeiT-Ti": "table1", "DeiT-S": "table1", "DeiT-B": "table1",
-    "Swin-Ti": "table2", "CeiT-Ti": "table2", "T2T-ViT-7": "table2", "ViT-Lite-7/4": "table2",
-}
 
 #: Fig 1, DeiT-Ti. "GAP + Layer-wise" has no number in the paper's text or tables (the paper draws it below
 #: both GAP and Layer-wise), so it is absent rather than guessed.
@@ -113,7 +103,6 @@ TABLE6 = Reported(
     unit="top-1 %",
     notes="Only the best combination (no, yes, yes) = 73.51 is restated; the others lie in 73.28-73.48.",
 )
-TABLE6_OTHERS_RANGE: tuple[float, float] = (73.28, 73.48)
 
 
 #: Every reference by the name specs use for it (``paper = "..."`` in the figure specs, ``pe_probe/figures/specs/*.toml``).

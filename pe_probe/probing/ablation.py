@@ -18,7 +18,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..core import hook_points as H
-from ..core.causal import INTERVENTIONS, AblationResult
+from ..core.causal import ABLATION_METRICS, INTERVENTIONS, AblationResult
 from ..core.errors import DataError, UnknownNameError
 from .hooks import eval_inference, recording
 from .inputs import iter_batches, open_data
@@ -148,8 +148,9 @@ def run_ablation(
     for site in runner.sites:
         for kind in interventions:
             t = tallies[(site.hook, kind)]
-            values = ([("top1", t.correct / t.n)] if labelled else []) + [("agree", t.agree / t.n), ("kl", t.kl / t.n)]
-            rows += [(site.hook, site.layer, kind, name, float(v)) for name, v in values]
+            values = {"top1": t.correct / t.n if labelled else None, "agree": t.agree / t.n, "kl": t.kl / t.n}
+            rows += [(site.hook, site.layer, kind, name, float(values[name])) for name in ABLATION_METRICS
+                     if values[name] is not None]  # top1 only with labelled data
     n_sites = len(runner.sites)
     meta = build_meta(
         view, n_images, run,

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..core.causal import ATTRIBUTION_IMAGES, BASELINES, DEFAULT_BASELINE, TOKEN_BASELINES, AttributionResult
+from ..core.causal import ATTRIBUTION_IMAGES, ATTRIBUTION_METRICS, BASELINES, DEFAULT_BASELINE, TOKEN_BASELINES, AttributionResult
 from ..core.errors import DataError, UnknownNameError
 from .hooks import eval_grad
 from .inputs import iter_batches, open_data
@@ -222,7 +222,7 @@ def run_attribution(
             fdiff=s["fdiff"] / n_images, delta_abs_mean=s["delta_abs"] / n_images, delta_abs_max=s["delta_abs_max"],
             rel_delta=s["delta_abs"] / s["fdiff_abs"] if s["fdiff_abs"] > 0 else float("nan"),
         )
-        rows += [(site.hook, site.layer, k, float(v)) for k, v in values.items()]
+        rows += [(site.hook, site.layer, k, float(values[k])) for k in ATTRIBUTION_METRICS]
         if values["rel_delta"] > warn_rel_delta:
             warnings.warn(f"{site.hook}: sum |delta| / sum |f(x) - f(baseline)| = {values['rel_delta']:.3g} with "
                           f"n_steps={n_steps}: the attributions there are not complete; raise n_steps (the input site "

@@ -152,7 +152,9 @@ def test_attribute_defaults_and_its_table(tmp_path, fake_data, capsys):
     meta = json.loads((tmp_path / "out" / "attribution.json").read_text())
     assert meta["baseline"] == "mean" and meta["n_images"] == 10  # the fake data set's 10 < 32
     lines = capsys.readouterr().out.strip().splitlines()
-    header, rows = lines[1], lines[2:-1]
+    assert lines[0].startswith("normalised with the checkpoint's recorded mean [0.5, 0.5, 0.5]")
+    start = next(i for i, line in enumerate(lines) if line.split()[:1] == ["layer"])
+    header, rows = lines[start], lines[start + 1:-1]
     assert header.split()[:3] == ["layer", "site", "pe_share"]
     frame = pd.read_csv(tmp_path / "out" / "attribution.csv")
     sites = list(dict.fromkeys(frame.hook))
