@@ -79,7 +79,7 @@ def _measure(args: argparse.Namespace) -> dict[str, dict[str, float]]:
 
         def ablate(reuse: bool):
             frame = pe_probe.ablate(model, x, batch_size=args.batch_size, reuse_prefix=reuse, progress=False)
-            counted[reuse] = frame.attrs["cost"], len(set(frame["hook"]))
+            counted[reuse] = frame.meta["cost"], len(frame.sites)
 
         fns = {"plain": plain, "ablate": lambda: ablate(True), "ablate (full passes)": lambda: ablate(False)}
         if k == 0:

@@ -35,8 +35,11 @@ _LAZY = {
     "save_attribution": "analysis", "read_ablation": "analysis", "read_attribution": "analysis",
     # pipeline (train: the training loop plus probing during training)
     "train": "pipeline", "reproduce": "pipeline", "render_figures": "pipeline", "ProbeHistory": "pipeline",
-    # pipeline: causal tests of the PE (torch measures, analysis lays out the frames)
-    "ablate": "pipeline", "attribute": "pipeline",
+    # probing: causal tests of the PE (they return the core containers AblationResult / AttributionResult)
+    "ablate": "probing", "attribute": "probing",
+    # PE families (torch)
+    "family_for": "families", "register_family": "families", "families": "families", "Family": "families",
+    "Site": "families",
 }
 
 __all__ = [

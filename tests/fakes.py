@@ -78,9 +78,9 @@ def pe_sites(pe: dict, depth: int = DEPTH) -> list[tuple[str, int]]:
 def fake_ablation(pe: dict, seed: int, depth: int = DEPTH) -> pd.DataFrame:
     """An ``ablation.csv`` frame (every site, intervention and metric) with the attrs ``ablation.json`` holds."""
     rng = np.random.default_rng(seed + 2000)
-    rows = [dict(hook=h, layer=l, intervention=k, metric=m, value=float(rng.uniform(0, 1)))
+    rows = [dict(site=h, pe_kind="absolute" if l == -2 else "layerwise", layer=l, intervention=k, metric=m, value=float(rng.uniform(0, 1)))
             for h, l in pe_sites(pe, depth) for k in ("zero", "mean", "shuffle") for m in ("top1", "agree", "kl")]
-    frame = pd.DataFrame(rows, columns=["hook", "layer", "intervention", "metric", "value"])
+    frame = pd.DataFrame(rows, columns=["site", "pe_kind", "layer", "intervention", "metric", "value"])
     frame.attrs.update(depth=depth, n_images=N_IMAGES, effect="direct", intact_top1=0.9)
     return frame
 
@@ -90,9 +90,10 @@ def fake_attribution(pe: dict, seed: int, depth: int = DEPTH) -> pd.DataFrame:
     rng = np.random.default_rng(seed + 3000)
     metrics = ("pe_attr", "tok_attr", "pe_abs", "tok_abs", "pe_share", "fdiff", "delta_abs_mean", "delta_abs_max",
                "rel_delta")
-    rows = [dict(hook=h, layer=l, metric=m, value=float(rng.uniform(0, 1) if m != "rel_delta" else 10 ** rng.uniform(-6, -2)))
+    rows = [dict(site=h, pe_kind="absolute" if l == -2 else "layerwise", layer=l, metric=m,
+                 value=float(rng.uniform(0, 1) if m != "rel_delta" else 10 ** rng.uniform(-6, -2)))
             for h, l in pe_sites(pe, depth) for m in metrics]
-    frame = pd.DataFrame(rows, columns=["hook", "layer", "metric", "value"])
+    frame = pd.DataFrame(rows, columns=["site", "pe_kind", "layer", "metric", "value"])
     frame.attrs.update(depth=depth, n_images=N_IMAGES, baseline="mean", tokens="zero", target="predicted", n_steps=32)
     return frame
 

@@ -541,7 +541,7 @@ def _site_rows(sel: Selection, frame_of, keep, value_cols: Sequence[str]) -> pd.
                 frame = frame_of(run)
                 depth = _depth(run, frame)
                 for rec in frame[keep(frame)].to_dict("records"):
-                    rows.append(dict(series=name, run=run.name, seed=run.seed, hook=rec["hook"], layer=int(rec["layer"]),
+                    rows.append(dict(series=name, run=run.name, seed=run.seed, hook=rec["site"], layer=int(rec["layer"]),
                                      position=site_position(rec["layer"], depth), site=layer_label(int(rec["layer"])),
                                      **{c: rec[c] for c in value_cols}))
     return pd.DataFrame(rows, columns=["series", "run", "seed", "hook", "layer", "position", "site", *value_cols])

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..core.hook_points import LAST
+from ..core.hook_points import LAST, LAST_LN_IN, RESID_PRE, block_hook, pe_site_hook
 
 COLUMNS = ["layer", "metric", "value"]
 
@@ -81,7 +81,8 @@ def _rows(items: list[tuple[int, str, float]]) -> pd.DataFrame:
 
 
 def _layers(report: Any) -> list[int]:
-    return list(range(int(report.meta["depth"]))) + [LAST]
+    """Blocks 0..L-1, then -1 where the report has Last-LN statistics (``meta["last_ln"]``, True before schema 2)."""
+    return list(range(int(report.meta["depth"]))) + ([LAST] if report.meta.get("last_ln", True) else [])
 
 
 def _has_pe(report: Any, layer: int) -> bool:
@@ -149,7 +150,8 @@ def norm_trends(report: Any) -> pd.DataFrame:
             rows = pe_rows(a[f"pe_map@{l}"])
             out.append((l, "pe_norm_mean", float(a[f"pe_norm@{l}"][rows].mean())))
         out.append((l, "resid_norm_mean", float(a[f"resid_norm@{l}"].mean())))
-    out.append((LAST, "last_ln_out_norm_mean", float(report.arrays[f"out_norm@{LAST}"].mean())))
+    if f"out_norm@{LAST}" in report.arrays:
+        out.append((LAST, "last_ln_out_norm_mean", float(report.arrays[f"out_norm@{LAST}"].mean())))
     return _rows(out)
 
 
@@ -201,6 +203,8 @@ def last_ln_stats(report: Any) -> pd.DataFrame:
     - ``last_ln_cos_before_after_ln``: the same with ``out = LN(x_L)`` (the LayerNorm alone).
     """
     a = report.arrays
+    if "last_cos" not in a:  # no norm on every token before pooling (fc_norm heads, no final norm)
+        return _rows([])
     g, b = a["last_ln_gamma"], a["last_ln_beta"]
     _, mean, mean_sq = a["last_cos"]
     return _rows([
@@ -217,13 +221,34 @@ ANALYSES = (tok_pe_correlation, tok_pe_alignment, norm_trends, pe_self_similarit
 META_COLUMNS = ("run", "model", "pe_mode", "global_pool")
 
 
+def report_pe_kind(report: Any) -> str:
+    """The PE kind of the report's model family (``meta["pe_kind"]``; reports without one: ``layerwise`` for
+    pe_probe models read through their hook points, ``absolute`` for timm models)."""
+    kind = report.meta.get("pe_kind")
+    return str(kind) if kind else ("layerwise" if report.meta.get("adapter") == "pe" else "absolute")
+
+
+def site_of(layer: int, metric: str, pe_kind: str) -> tuple[str, str]:
+    """``(site, pe_kind)`` of a summary row: the layer's PE hook and the family's kind for a metric of the PE
+    (``tok_pe_*``, ``pe_*``), else the layer's stream hook and ``none`` (token norms, Last-LN statistics)."""
+    if metric.startswith(("tok_pe", "pe_")):
+        return pe_site_hook(layer), pe_kind
+    return (LAST_LN_IN if layer == LAST else block_hook(layer, RESID_PRE)), "none"
+
+
 def summary_frame(report: Any) -> pd.DataFrame:
-    """Every analysis in one long DataFrame: ``run, model, pe_mode, global_pool, layer, metric, value``,
-    sorted by layer (blocks 0..L-1, then -1) and metric. This is the report's tidy table (``metrics.csv``)."""
+    """Every analysis in one long DataFrame: ``run, model, pe_mode, global_pool, site, pe_kind, layer, metric,
+    value``, sorted by layer (blocks 0..L-1, then -1) and metric. This is the report's tidy table (``metrics.csv``).
+    ``site`` / ``pe_kind``: :func:`site_of` (the PE hook and kind for PE metrics, the stream and ``none`` for the
+    universal ones), so every model, one without a PE too, has the same columns."""
     frame = pd.concat([fn(report) for fn in ANALYSES], ignore_index=True)
     order = {l: i for i, l in enumerate(_layers(report))}
     frame = frame.sort_values(["layer", "metric"], key=lambda s: s.map(order) if s.name == "layer" else s,
                               kind="stable").reset_index(drop=True)
+    kind = report_pe_kind(report)
+    pairs = [site_of(int(l), str(m), kind) for l, m in zip(frame["layer"], frame["metric"])]
+    frame.insert(0, "pe_kind", [p[1] for p in pairs])
+    frame.insert(0, "site", [p[0] for p in pairs])
     for i, col in enumerate(META_COLUMNS):
         frame.insert(i, col, str(report.meta.get(col, "")))
     return frame

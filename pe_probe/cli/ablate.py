@@ -16,7 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="ablate the PE site by site (zero / mean / shuffle) and measure accuracy, agreement and KL",
         description="Replace the PE at one site at a time (the input, each PE-receiving block, the Last LN) by "
                     "zeros, its row mean or its rows shuffled, and compare the predictions with the intact "
-                    "model's over a data set (docs/causal.md). Writes ablation.csv (hook, layer, intervention, "
+                    "model's over a data set (docs/causal.md). Writes ablation.csv (site, pe_kind, layer, intervention, "
                     "metric, value) and ablation.json (what was run) to --out. CHECKPOINT as for pe-probe probe.",
     )
     add_checkpoint_args(p)
@@ -36,17 +36,17 @@ def run(args: argparse.Namespace) -> int:
     from .. import ablate, save_ablation
 
     ckpt = load(args)
-    frame = ablate(ckpt.model, ckpt.data, args.interventions, sites=parse_sites(args.sites), effect=args.effect,
+    result = ablate(ckpt.model, ckpt.data, args.interventions, sites=parse_sites(args.sites), effect=args.effect,
                    seed=args.seed, reuse_prefix=not args.no_reuse_prefix, batch_size=args.batch_size,
                    max_images=args.max_images, num_workers=args.num_workers, run=str(ckpt.path),
                    progress=not args.no_progress, **ckpt.data_options())
-    out = save_ablation(frame, args.out)
-    meta = frame.attrs
+    out = save_ablation(result, args.out)
+    meta, frame = result.meta, result.frame()
     top1 = meta.get("intact_top1")
     print(ckpt.normalization())
     print(f"ablated {meta['n_images']} images of {ckpt.data!r} with {meta['model']} (pe_mode={meta['pe_mode']}, "
           f"effect={meta['effect']}" + (f", intact top1 {top1:.4f}" if top1 is not None else "") + f") -> {out}")
-    agree = frame[frame.metric == "agree"].pivot_table(index=["layer", "hook"], columns="intervention",
+    agree = frame[frame.metric == "agree"].pivot_table(index=["layer", "site"], columns="intervention",
                                                         values="value", sort=False)
     for (layer, hook), row in agree.iterrows():
         cells = "  ".join(f"{k} {row[k]:.4f}" for k in args.interventions)

@@ -29,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="attribute the target logit to each layer's PE and tokens (captum integrated gradients)",
         description="Integrated gradients (captum) of the target logit, at each PE site, to the PE and to the "
                     "tokens it is added to, from a baseline PE (zeros, or the row mean) and zero tokens "
-                    "(docs/causal.md). Writes attribution.csv (hook, layer, metric, value) and attribution.json "
+                    "(docs/causal.md). Writes attribution.csv (site, pe_kind, layer, metric, value) and attribution.json "
                     "(what was run, per-token maps of the first images) to --out. CHECKPOINT as for pe-probe probe.",
     )
     add_checkpoint_args(p)
@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     print(ckpt.normalization())
     print(f"attributed {meta['n_images']} images of {ckpt.data!r} with {meta['model']} (pe_mode={meta['pe_mode']}, "
           f"baseline={meta['baseline']}, tokens={meta['tokens']}, n_steps={meta['n_steps']}) -> {out}")
-    print(format_attribution(result.frame))
+    print(format_attribution(result.frame()))
     return 0
 
 
@@ -87,13 +87,17 @@ def format_attribution(frame) -> str:
     from ..analysis import site_table
 
     table = site_table(frame)
-    lines = [f"{'layer':>5}  {'site':<18} {'pe_share':>8} {'pe_attr':>9} {'tok_attr':>9} {'f(x)-f(b)':>9} "
-             f"{'rel_delta':>9}"]
+    width = max([18, *(len(s) for s in table["site"])])  # family sites: blocks.{l}.attn.hook_attn_bias, ...
+    kinds = "pe_kind" in table.columns
+    kind_head = f" {'pe_kind':<12}" if kinds else ""
+    lines = [f"{'layer':>5}  {'site':<{width}}{kind_head} {'pe_share':>8} {'pe_attr':>9} {'tok_attr':>9} "
+             f"{'f(x)-f(b)':>9} {'rel_delta':>9}"]
     for row in table.itertuples(index=False):
         flag = "  incomplete: raise --n-steps" if row.rel_delta > _INCOMPLETE else ""
-        share = "-" if row.pe_share != row.pe_share else f"{row.pe_share:.3f}"  # NaN with --tokens keep
-        lines.append(f"{int(row.layer):>5}  {row.hook:<18} {share:>8} {row.pe_attr:>+9.3f} {row.tok_attr:>+9.3f} "
-                     f"{row.fdiff:>+9.3f} {row.rel_delta:>9.2g}{flag}")
+        share = "-" if row.pe_share != row.pe_share else f"{row.pe_share:.3f}"  # NaN when the tokens are kept
+        kind = f" {row.pe_kind:<12}" if kinds else ""
+        lines.append(f"{int(row.layer):>5}  {row.site:<{width}}{kind} {share:>8} {row.pe_attr:>+9.3f} "
+                     f"{row.tok_attr:>+9.3f} {row.fdiff:>+9.3f} {row.rel_delta:>9.2g}{flag}")
     lines.append("layer: -2 the input, -1 the Last LN, i block i; pe_share: the PE's part of |attribution| "
-                 "(docs/causal.md)")
+                 "(docs/causal.md; '-' where the tokens are kept)")
     return "\n".join(lines)

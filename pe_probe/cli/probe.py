@@ -80,7 +80,9 @@ def format_probe(frame) -> str:
         if parts:
             lines.append("  Last LN  " + "  ".join(parts))
     if "tok_pe_corr" not in blocks.columns or blocks["tok_pe_corr"].isna().all():
-        lines.append("  no block receives a PE (not a layer-wise scheme), so there is no token-PE correlation inside "
+        kinds = [k for k in dict.fromkeys(frame["pe_kind"]) if k != "none"] if "pe_kind" in frame.columns else []
+        what = f" (PE kind {', '.join(kinds)}: ablate and attribute measure its sites)" if kinds else ""
+        lines.append(f"  no block receives a PE added to its tokens{what}, so there is no token-PE correlation inside "
                      "the blocks: look at the norms per layer and the Last LN above, or compare with a layer-wise "
                      "run (docs/probe.md)")
     return "\n".join(lines)

@@ -1,11 +1,11 @@
 """The nouns of the causal analyses (ablation and attribution of the PE), defined once and torch-free.
 
 The torch floor (:mod:`pe_probe.probing.ablation`, :mod:`pe_probe.probing.attribution`) fills an
-:class:`AblationResult` / :class:`AttributionResult` with plain rows; the analysis floor turns them into tidy
-DataFrames and writes them (:mod:`pe_probe.analysis.causal`).
+:class:`AblationResult` / :class:`AttributionResult` with plain rows, and ``pe_probe.ablate`` /
+``pe_probe.attribute`` return them: ``.meta``, ``.frame()`` (tidy, built on call), ``.save(dir)``, ``.load(dir)``.
 
-A *site* is one place where a PE term is added to the network, named by the hook on that term and by a
-``layer`` (:func:`pe_probe.core.hook_points.pe_site_hook`): the input (``hook_input_pe``, layer
+A *site* is one place where a PE term enters the network, named by the hook on that term (column ``site``),
+its PE kind (``pe_kind``, :data:`~pe_probe.core.hook_points.PE_KINDS`) and a ``layer`` (:func:`pe_probe.core.hook_points.pe_site_hook`): the input (``hook_input_pe``, layer
 :data:`~pe_probe.core.hook_points.INPUT` = -2), block ``i`` (``blocks.{i}.hook_pe``, layer ``i``) and the Last
 LN (``hook_last_pe``, layer :data:`~pe_probe.core.hook_points.LAST` = -1).
 """
@@ -13,9 +13,11 @@ LN (``hook_last_pe``, layer :data:`~pe_probe.core.hook_points.LAST` = -1).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
+
+from .results import Result
 
 #: What replaces a site's PE: all rows 0; every patch row the mean patch row; the patch rows permuted.
 INTERVENTIONS = ("zero", "mean", "shuffle")
@@ -34,9 +36,9 @@ DEFAULT_BASELINE = "mean"
 ATTRIBUTION_IMAGES = 32
 
 #: Columns of an ablation frame (and of ``ablation.csv``).
-ABLATION_COLUMNS = ("hook", "layer", "intervention", "metric", "value")
+ABLATION_COLUMNS = ("site", "pe_kind", "layer", "intervention", "metric", "value")
 #: Columns of an attribution frame (and of ``attribution.csv``).
-ATTRIBUTION_COLUMNS = ("hook", "layer", "metric", "value")
+ATTRIBUTION_COLUMNS = ("site", "pe_kind", "layer", "metric", "value")
 #: Ablation metrics: accuracy on labelled data, agreement with the intact model's prediction, mean KL divergence.
 ABLATION_METRICS = ("top1", "agree", "kl")
 #: Attribution metrics, per site (docs/causal.md), in the order the frames list them.
@@ -51,22 +53,52 @@ ABLATION_CSV, ABLATION_JSON = "ablation.csv", "ablation.json"
 ATTRIBUTION_CSV, ATTRIBUTION_JSON = "attribution.csv", "attribution.json"
 
 
-@dataclass
-class AblationResult:
-    """Rows ``(hook, layer, intervention, metric, value)`` in forward order of the sites, and ``meta``: what was
-    run and measured besides (``n_images``, ``intact_top1``, ``effect``, ``seed``, ``shuffle_perm``, ``cost``, ...)."""
+#: Version of the saved ablation / attribution layout (``schema_version`` in their JSON). 2: the columns
+#: ``site`` (was ``hook``) and ``pe_kind``. A saved result of another schema is refused in one line by
+#: :meth:`AblationResult.load` / :meth:`AttributionResult.load` (the per-run caches are then measured again).
+RESULT_SCHEMA_VERSION = 2
 
-    rows: list[tuple[str, int, str, str, float]]
+
+@dataclass
+class AblationResult(Result):
+    """What :func:`pe_probe.ablate` returns: rows ``(site, pe_kind, layer, intervention, metric, value)`` in forward
+    order of the sites, and ``meta``: what was run and measured besides (``n_images``, ``intact_top1``, ``effect``,
+    ``seed``, ``shuffle_perm``, ``cost``, ``family``, ...). :meth:`frame` gives the tidy DataFrame; :meth:`save` /
+    :meth:`load` the ``ablation.csv`` + ``ablation.json`` pair."""
+
+    rows: list[tuple[str, str, int, str, str, float]]
     meta: dict[str, Any] = field(default_factory=dict)
 
+    COLUMNS = ABLATION_COLUMNS
+    TYPES: ClassVar[dict[str, type]] = {"layer": int, "value": float}
+    CSV, JSON, KIND = ABLATION_CSV, ABLATION_JSON, "ablation"
+    SCHEMA_VERSION = RESULT_SCHEMA_VERSION
+
 
 @dataclass
-class AttributionResult:
-    """Rows ``(hook, layer, metric, value)`` per site, ``meta`` (``n_images``, ``n_steps``, ``baseline``, ...), and
-    per site the per-token attribution maps of the first images on the patch grid, ``(K, h, w)`` arrays summed
-    over channels: ``pe_maps`` (to the PE) and ``tok_maps`` (to the tokens)."""
+class AttributionResult(Result):
+    """What :func:`pe_probe.attribute` returns: rows ``(site, pe_kind, layer, metric, value)`` per site, ``meta``
+    (``n_images``, ``n_steps``, ``baseline``, ...), and per site the per-token attribution maps of the first
+    images on the patch grid, ``(K, h, w)`` arrays summed over channels: ``pe_maps`` (to the PE) and ``tok_maps``
+    (to the tokens). :meth:`frame`, :meth:`save` and :meth:`load` as for :class:`AblationResult` (the maps go into
+    ``attribution.json``)."""
 
-    rows: list[tuple[str, int, str, float]]
+    rows: list[tuple[str, str, int, str, float]]
     meta: dict[str, Any] = field(default_factory=dict)
     pe_maps: dict[str, np.ndarray] = field(default_factory=dict)
     tok_maps: dict[str, np.ndarray] = field(default_factory=dict)
+
+    COLUMNS = ATTRIBUTION_COLUMNS
+    TYPES: ClassVar[dict[str, type]] = {"layer": int, "value": float}
+    CSV, JSON, KIND = ATTRIBUTION_CSV, ATTRIBUTION_JSON, "attribution"
+    SCHEMA_VERSION = RESULT_SCHEMA_VERSION
+
+    def _extra_json(self) -> dict[str, Any]:
+        return {"pe_maps": {k: np.asarray(v).tolist() for k, v in self.pe_maps.items()},
+                "tok_maps": {k: np.asarray(v).tolist() for k, v in self.tok_maps.items()}}
+
+    @classmethod
+    def _from_parts(cls, rows: list, meta: dict[str, Any]) -> AttributionResult:
+        maps = {k: {h: np.asarray(v, dtype=float) for h, v in (meta.pop(k, None) or {}).items()}
+                for k in ("pe_maps", "tok_maps")}
+        return cls(rows, meta, maps["pe_maps"], maps["tok_maps"])

@@ -25,3 +25,8 @@ class UnknownNameError(PEProbeError, KeyError):
 class DataWarning(UserWarning):
     """Data that works but may mislead (e.g. evaluating a run on its own training images). The CLI prints it
     as one ``warning:`` line."""
+
+
+class UnsupportedModelError(CheckpointError):
+    """A model no PE family can read, or a feature of it (a pooling, a head, a dynamic size) that the family
+    recognising it cannot measure. The message is one line naming what is unsupported and why."""

@@ -6,7 +6,9 @@ Names follow timm's module paths (TransformerLens-style hook points): ``hook_pos
 ``hook_last_ln_out``, ``hook_last_pe`` and ``hook_pooled``. pe_probe models carry identity modules at
 exactly these paths (a test checks it); the probe's timm adapter maps the same names onto a plain timm ViT.
 Layers are block indices 0..L-1, :data:`LAST` (-1) for the Last LN and :data:`INPUT` (-2) for the input
-(the PE added to ``x_0``). Torch-free.
+(the PE added to ``x_0``). Blocks are numbered globally in forward order across stages (a Swin
+``layers.{s}.blocks.{b}`` is ``blocks.{l}`` here), whatever the module path. Sites of the other PE kinds
+(:data:`PE_KINDS`) are named by :func:`rope_hook`, :func:`attn_bias_hook` and :func:`peg_hook`. Torch-free.
 """
 
 from __future__ import annotations
@@ -94,6 +96,54 @@ def pe_site_hook(layer: int) -> str:
     if layer < 0:
         raise ValueError(f"layer {layer} is not a block index, LAST ({LAST}) or INPUT ({INPUT})")
     return block_hook(layer, PE)
+
+
+#: The PE kinds a family declares for its sites (docs/probe.md, "Supported families"): a learned or fixed
+#: absolute table added to the tokens; a layer-wise PE added to each block's attention input (pe_* models);
+#: rotary tables rotating queries and keys; attention bias tables or MLPs added to the attention logits; a
+#: convolutional (conditional) PE computed from the tokens; no PE at all.
+PE_KINDS = ("absolute", "layerwise", "rotary", "attn_bias", "conditional", "none")
+#: Per-block hook points of the new kinds (beside :data:`BLOCK_POINTS`), relative to ``blocks.{l}``.
+ROPE, ATTN_BIAS = "attn.hook_rope", "attn.hook_attn_bias"
+#: The conditional PE of stage ``s`` (``pos_block.{s}.hook_peg``): the term a PEG adds to the tokens.
+PEG = "hook_peg"
+
+DESCRIPTIONS.update({
+    f"blocks.{{l}}.{ROPE}": "the rotary table block l's attention applies to queries and keys (sin/cos, "
+                            "layout of the family's rope module)",
+    f"blocks.{{l}}.{ATTN_BIAS}": "the position bias added to block l's attention logits, (H, T, T) or (B, H, T, T)",
+    f"pos_block.{{s}}.{PEG}": "the term stage s's position generator (a depthwise conv) adds to its tokens, (B, T, D)",
+})
+
+
+def check_kind(kind: str) -> str:
+    """``kind`` if it is one of :data:`PE_KINDS`, else :class:`ValueError` naming the valid kinds."""
+    if kind not in PE_KINDS:
+        raise ValueError(f"PE kind {kind!r} is unknown; valid: {PE_KINDS}")
+    return kind
+
+
+def rope_hook(layer: int) -> str:
+    """The rotary site of block ``layer`` (global index, forward order): ``blocks.{layer}.attn.hook_rope``."""
+    return f"blocks.{_block_index(layer)}.{ROPE}"
+
+
+def attn_bias_hook(layer: int) -> str:
+    """The attention-bias site of block ``layer`` (global index): ``blocks.{layer}.attn.hook_attn_bias``."""
+    return f"blocks.{_block_index(layer)}.{ATTN_BIAS}"
+
+
+def peg_hook(stage: int) -> str:
+    """The conditional-PE site of stage ``stage``: ``pos_block.{stage}.hook_peg``."""
+    if isinstance(stage, bool) or not isinstance(stage, int) or stage < 0:
+        raise ValueError(f"stage {stage!r} is not a stage index >= 0")
+    return f"pos_block.{stage}.{PEG}"
+
+
+def _block_index(layer: int) -> int:
+    if isinstance(layer, bool) or not isinstance(layer, int) or layer < 0:
+        raise ValueError(f"layer {layer!r} is not a block index >= 0")
+    return layer
 
 
 def layer_label(layer: int) -> str:

@@ -23,6 +23,14 @@ META_FILE, FRAME_FILE, ARRAYS_FILE = "meta.json", "metrics.csv", "arrays.npz"
 #: Key of the report id inside ``arrays.npz`` (the same id is ``meta["report_id"]``).
 ID_KEY = "report_id"
 
+#: Version of the saved report layout. :meth:`ProbeReport.save` stamps it into ``meta.json``; :meth:`ProbeReport.load`
+#: refuses, in one line, a report without it (written before PE families: probe again; ``probe_run`` does so
+#: by itself) or with a newer one. History: 2 adds ``family``, ``pe_kind``, ``pe_sites``, ``last_ln``
+#: (models without a Last LN have no Last-LN arrays) and per-layer arrays of varying shape for hierarchical
+#: families.
+SCHEMA_VERSION = 2
+SCHEMA_KEY = "schema_version"
+
 #: Metadata keys every report has (docs/probe.md).
 META_KEYS = ("run", "model", "pe_mode", "global_pool", "num_prefix_tokens", "grid", "depth", "embed_dim",
              "n_images", "pe_derived", "receiving_blocks", "last_ln_pe")
@@ -44,6 +52,41 @@ class ProbeReport:
         self.meta = dict(meta)
         self.arrays = {k: np.asarray(v) for k, v in arrays.items() if k != ID_KEY}
 
+    # ------------------------------------------------------------------ the shared result-container interface
+    @property
+    def pe_kind(self) -> str:
+        """The main PE kind of the model's family (``meta["pe_kind"]``; ``absolute`` / ``layerwise`` for reports
+        built without one: timm or pe_probe models)."""
+        return str(self.meta.get("pe_kind") or ("layerwise" if self.meta.get("adapter") == "pe" else "absolute"))
+
+    def frame(self):
+        """The tidy table of the report's per-layer statistics: columns ``site, pe_kind, layer, metric, value``
+        (a pandas DataFrame, built on call: pandas is imported here, never when ``pe_probe.core`` is).
+
+        One row per layer and stored per-layer quantity: ``tok_norm_mean``, ``resid_norm_mean`` (every model;
+        ``site`` is the layer's ``hook_resid_pre``, ``pe_kind`` ``none``) and, at layers with a PE,
+        ``pe_norm_mean``, ``tok_pe_cos_mean``, ``tok_pe_corr_img_mean`` (``site``: the layer's PE hook,
+        ``pe_kind``: the family's). The analyses of ``pe_probe.analysis.summary_frame`` carry the same columns.
+        """
+        import pandas as pd
+
+        from .hook_points import LAST_LN_IN, RESID_PRE, block_hook, pe_site_hook
+
+        rows = []
+        for l in self.layers:
+            if f"tok_norm@{l}" not in self.arrays:
+                continue
+            stream = LAST_LN_IN if l == LAST else block_hook(l, RESID_PRE)
+            rows.append((stream, "none", l, "tok_norm_mean", float(np.mean(self.arrays[f"tok_norm@{l}"]))))
+            rows.append((stream, "none", l, "resid_norm_mean", float(np.mean(self.arrays[f"resid_norm@{l}"]))))
+            if f"pe_map@{l}" in self.arrays:
+                site, pe = pe_site_hook(l), self.arrays[f"pe_map@{l}"]
+                keep = np.isfinite(pe).all(-1)
+                rows.append((site, self.pe_kind, l, "pe_norm_mean", float(self.arrays[f"pe_norm@{l}"][keep].mean())))
+                rows.append((site, self.pe_kind, l, "tok_pe_cos_mean", float(self.arrays[f"cos_moments@{l}"][1])))
+                rows.append((site, self.pe_kind, l, "tok_pe_corr_img_mean", float(self.arrays[f"corr_img@{l}"][1])))
+        return pd.DataFrame(rows, columns=["site", "pe_kind", "layer", "metric", "value"])
+
     def __repr__(self) -> str:
         m = self.meta
         return (f"ProbeReport(model={m['model']!r}, pe_mode={m['pe_mode']!r}, global_pool={m['global_pool']!r}, "
@@ -52,8 +95,8 @@ class ProbeReport:
     # ------------------------------------------------------------------ views
     @property
     def layers(self) -> list[int]:
-        """Block indices 0..L-1, then -1 (the Last LN)."""
-        return list(range(int(self.meta["depth"]))) + [LAST]
+        """Block indices 0..L-1, then -1 (the Last LN, where the model has one: ``meta["last_ln"]``)."""
+        return list(range(int(self.meta["depth"]))) + ([LAST] if self.meta.get("last_ln", True) else [])
 
     @property
     def pe_layers(self) -> list[int]:
@@ -104,6 +147,7 @@ class ProbeReport:
         directory = Path(directory)
         if directory.exists() and not directory.is_dir():
             raise NotADirectoryError(f"{directory} exists and is not a directory")
+        self.meta.setdefault(SCHEMA_KEY, SCHEMA_VERSION)
         rid = self.report_id()
         with folder_lock(directory):  # one writer (free when the caller holds it already)
             with atomic_path(directory / ARRAYS_FILE) as tmp, open(tmp, "wb") as fh:
@@ -135,6 +179,11 @@ class ProbeReport:
             raise DataError(f"{directory}: probe report is unreadable ({type(exc).__name__}: {exc})") from None
         if not isinstance(meta, dict):
             raise DataError(f"{directory / META_FILE} is not a JSON object")
+        version = meta.get(SCHEMA_KEY)
+        if version != SCHEMA_VERSION:
+            raise DataError(f"{directory}: probe report of schema {version or 1}, this pe_probe reads schema "
+                            f"{SCHEMA_VERSION}; " + ("probe again" if not isinstance(version, int) or version < SCHEMA_VERSION
+                                                    else "upgrade pe_probe to read it"))
         stored = str(arrays[ID_KEY]) if ID_KEY in arrays else None
         if stored is not None and meta.get(ID_KEY) != stored:
             raise DataError(f"{directory}: meta.json (report {meta.get(ID_KEY)}) and arrays.npz (report {stored}) "

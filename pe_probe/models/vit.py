@@ -100,8 +100,9 @@ class PEVisionTransformer(VisionTransformer):
             self._fill_sincos()
 
     # ------------------------------------------------------------------ forward
-    def _embed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Patch embedding, class token and (optionally) the input PE. Returns ``(x_0, pos_0)``."""
+    def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Patch embedding, class token and (optionally) the input PE: ``(x_0, pos_0)``, the residual stream
+        entering block 0 and the raw PE the chain starts from (public: the probe's layer-wise family reads it)."""
         x = self.patch_embed(x)
         pos0 = self.hook_pos_embed(self.pos_embed)
         if self.cls_token is not None:
@@ -112,8 +113,8 @@ class PEVisionTransformer(VisionTransformer):
         x = self.patch_drop(x)
         return self.norm_pre(x), pos0
 
-    def _blocks(self, x: torch.Tensor, pos0: torch.Tensor, keep: list | None = None, stop: int | None = None,
-                start: int = 0, pes: list | None = None):
+    def run_blocks(self, x: torch.Tensor, pos0: torch.Tensor, keep: list | None = None, stop: int | None = None,
+                   start: int = 0, pes: list | None = None):
         """Run the blocks with their PE chain; returns ``(x_L, pes)``. ``keep`` collects block outputs.
 
         ``start``: run blocks ``start..L-1`` only, ``x`` being the residual stream entering block ``start``;
@@ -137,8 +138,9 @@ class PEVisionTransformer(VisionTransformer):
                 break
         return x, pes
 
-    def _last_ln(self, x: torch.Tensor, pos0: torch.Tensor, pes: list) -> torch.Tensor:
-        """The Last LN on every token, plus ``LN'_last(pos_k)`` where the scheme adds one."""
+    def last_ln(self, x: torch.Tensor, pos0: torch.Tensor, pes: list) -> torch.Tensor:
+        """The Last LN on every token, plus ``LN'_last(pos_k)`` where the scheme adds one (``pes``: the chain
+        values of :meth:`run_blocks` or :meth:`pe_chain`)."""
         x = self.hook_last_ln_out(self.norm(self.hook_last_ln_in(x)))
         k = self.pe_config.last_ln_pe
         if k is not None:
@@ -146,9 +148,9 @@ class PEVisionTransformer(VisionTransformer):
         return x
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102 - timm's interface
-        x, pos0 = self._embed(x)
-        x, pes = self._blocks(x, pos0)
-        return self._last_ln(x, pos0, pes)
+        x, pos0 = self.embed(x)
+        x, pes = self.run_blocks(x, pos0)
+        return self.last_ln(x, pos0, pes)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:  # noqa: D102
         x = self.hook_pooled(self.pool(x))
@@ -176,9 +178,9 @@ class PEVisionTransformer(VisionTransformer):
             raise ValueError(f"output_fmt={output_fmt!r}; valid values: ('NCHW', 'NLC')")
         take, max_index = feature_take_indices(len(self.blocks), indices)
         B, _, height, width = x.shape
-        x, pos0 = self._embed(x)
+        x, pos0 = self.embed(x)
         outs: list[torch.Tensor] = []
-        x, pes = self._blocks(x, pos0, keep=outs, stop=max_index if stop_early else None)
+        x, pes = self.run_blocks(x, pos0, keep=outs, stop=max_index if stop_early else None)
         inter = [self.norm(outs[i]) if norm else outs[i] for i in take]
         npt = self.num_prefix_tokens
         prefix = [y[:, :npt] for y in inter] if npt else None
@@ -192,12 +194,40 @@ class PEVisionTransformer(VisionTransformer):
             return inter
         if stop_early and max_index < len(self.blocks) - 1:
             return None, inter
-        return self._last_ln(x, pos0, pes), inter
+        return self.last_ln(x, pos0, pes), inter
 
     # ------------------------------------------------------------------ introspection
     def pe_receiving_blocks(self) -> list[int]:
         """Indices of the blocks that add a layer-wise PE to their attention input."""
         return [i for i, src in enumerate(self._pe_sources) if src is not None]
+
+    @property
+    def pe_sources(self) -> list[int | None]:
+        """Per block, where its PE comes from: None (no PE), -1 (``pos_0``) or the index of the block whose PE
+        it normalises again (hierarchical chains)."""
+        return list(self._pe_sources)
+
+    def pe_chain(self, pos0: torch.Tensor | None = None) -> list[torch.Tensor | None]:
+        """What each block receives of the PE: ``pes[i] = LN'_i(source)`` (None for blocks without a PE),
+        built along the chain from ``pos0`` (default: ``pos_embed``); image-independent."""
+        pos0 = self.pos_embed if pos0 is None else pos0
+        pes: list[torch.Tensor | None] = []
+        for blk, src in zip(self.blocks, self._pe_sources):
+            pes.append(None if src is None else blk.embed_pe(pos0 if src < 0 else pes[src]))
+        return pes
+
+    def last_pe(self, pos0: torch.Tensor | None = None) -> torch.Tensor | None:
+        """``LN'_last(pos_k)``, the PE added after the Last LN (None where the scheme adds none)."""
+        k = self.pe_config.last_ln_pe
+        if k is None:
+            return None
+        pos0 = self.pos_embed if pos0 is None else pos0
+        return self.last_pe_norm(pos0 if k == 0 else self.pe_chain(pos0)[k])
+
+    # private names of the public methods above (kept for existing callers)
+    _embed = embed
+    _blocks = run_blocks
+    _last_ln = last_ln
 
     def extra_repr(self) -> str:  # noqa: D102
         return f"pe_mode={self.pe_mode!r}, pe_config={self.pe_config}"

@@ -1,28 +1,31 @@
-"""Causal tests of the PE: the public ``ablate`` and ``attribute`` (the torch floor measures, the analysis floor
-lays the numbers out), and their per-run caches ``RUN/ablation.csv`` / ``RUN/attribution.csv`` for figures.
+"""Causal tests of the PE per run: the caches ``RUN/ablation.csv`` / ``RUN/attribution.csv`` the figures read.
+The public ``pe_probe.ablate`` / ``pe_probe.attribute`` are the torch floor's
+:func:`~pe_probe.probing.ablation.run_ablation` / :func:`~pe_probe.probing.attribution.run_attribution`, which
+return the core result containers (``.meta``, ``.frame()``, ``.save``, ``.load``).
 
 docs/causal.md defines every site, intervention and metric.
 """
 
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 import warnings
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import pandas as pd
 from torch import nn
 
 from ..analysis.causal import (Attribution, ablation_frame, attribution_of, read_ablation, read_attribution,
                                save_ablation, save_attribution)
-from ..core.causal import DEFAULT_BASELINE, INTERVENTIONS
+from ..core.causal import DEFAULT_BASELINE
 from ..core.locks import locked_on
 from ..core.rundir import RunDir
 from ..probing.ablation import run_ablation
 from ..probing.attribution import run_attribution
 from ..training import Run, load_run
+
+ablate, attribute = run_ablation, run_attribution  # the public names (pe_probe.ablate, pe_probe.attribute)
 
 log = logging.getLogger(__name__)
 
@@ -31,40 +34,6 @@ log = logging.getLogger(__name__)
 #: row-mean PE baseline (the zero baseline converges far more slowly at the input site; docs/causal.md). On a
 #: digits MPVG run (6 blocks, 360 images) that is about 2 s of ablation and 5 s of attribution on one CPU thread.
 RUN_ATTRIBUTION_IMAGES, RUN_ATTRIBUTION_STEPS, RUN_ATTRIBUTION_BASELINE = 16, 32, DEFAULT_BASELINE
-
-
-def ablate(model: nn.Module, data: Any, interventions: Sequence[str] = INTERVENTIONS, **options: Any) -> pd.DataFrame:
-    """Replace one PE site at a time and compare the predictions with the intact model's.
-
-    Returns a tidy frame ``hook, layer, intervention, metric, value``: one group of rows per site (``layer``: the
-    block index, -1 the Last LN, -2 the input), intervention (``zero``, ``mean``, ``shuffle``) and metric
-    (``top1`` with labelled data, ``agree``, ``kl``); ``frame.attrs`` says what was run (``n_images``,
-    ``intact_top1``, ``effect``, ``seed``, ``shuffle_perm``, ``cost``, ...). ``options`` are those of
-    :func:`pe_probe.probing.ablation.run_ablation` (``sites``, ``effect``, ``seed``, ``reuse_prefix``, the data
-    options of :func:`pe_probe.probe`, ``run``, ``progress``). docs/causal.md has the definitions.
-    """
-    return ablation_frame(run_ablation(model, data, interventions, **options))
-
-
-def attribute(model: nn.Module, data: Any, target: int | str | None = None, **options: Any) -> Attribution:
-    """Integrated gradients (captum) of the target logit (default: the predicted class) with respect to each PE
-    site's PE and its tokens, on the first 32 images unless ``max_images`` says otherwise (None: all), from the
-    row-mean PE (``baseline="mean"``, the one that converges at the input site), with a progress bar.
-
-    Returns an :class:`~pe_probe.analysis.causal.Attribution`: ``frame`` (``hook, layer, metric, value`` with
-    ``pe_attr``, ``tok_attr``, ``pe_abs``, ``tok_abs``, ``pe_share``, ``fdiff``, ``delta_abs_mean``,
-    ``delta_abs_max``, ``rel_delta``; ``attrs``: what was run), and per-token maps of the first images
-    (``pe_maps``, ``tok_maps``: hook -> (K, h, w)). ``options`` are those of
-    :func:`pe_probe.probing.attribution.run_attribution` (``sites``, ``effect``, ``baseline``, ``tokens``,
-    ``n_steps``, ``internal_batch_size``, ``n_maps``, ``warn_rel_delta``, the data options of
-    :func:`pe_probe.probe`). docs/causal.md has the definitions, the convergence caveats and the cost.
-    """
-    return attribution_of(run_attribution(model, data, target, **options))
-
-
-# the public names take exactly the torch floor's keywords: show them in help() and IDEs
-ablate.__signature__ = inspect.signature(run_ablation).replace(return_annotation=pd.DataFrame)  # type: ignore[attr-defined]
-attribute.__signature__ = inspect.signature(run_attribution).replace(return_annotation=Attribution)  # type: ignore[attr-defined]
 
 
 def _run_data(rd: RunDir, data_dir: str | os.PathLike | None,
@@ -91,10 +60,10 @@ def ablate_run(run_dir: str | os.PathLike | RunDir, *, data_dir: str | os.PathLi
         except Exception as exc:  # a damaged cache is rebuilt, not fatal
             log.warning("re-ablating %s: saved ablation unreadable (%s)", rd.path, exc)
     model, data = _run_data(rd, data_dir, load)
-    frame = ablate(model, data.pop("data"), max_images=max_images, batch_size=batch_size, run=rd.name,
-                   progress=progress, **data)
-    save_ablation(frame, rd.path)
-    return frame
+    result = run_ablation(model, data.pop("data"), max_images=max_images, batch_size=batch_size, run=rd.name,
+                          progress=progress, **data)
+    save_ablation(result, rd.path)
+    return ablation_frame(result)
 
 
 @locked_on("run_dir")  # the run is not trained or evaluated while its attribution is written
@@ -116,9 +85,9 @@ def attribute_run(run_dir: str | os.PathLike | RunDir, *, data_dir: str | os.Pat
     # name them, so here they are logged at INFO only (24 runs would print 24 warnings over reproduce's progress)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RuntimeWarning)
-        result = attribute(model, data.pop("data"), max_images=max_images, n_steps=n_steps, baseline=baseline,
-                           batch_size=batch_size, run=rd.name, progress=progress, **data)
+        result = run_attribution(model, data.pop("data"), max_images=max_images, n_steps=n_steps, baseline=baseline,
+                                 batch_size=batch_size, run=rd.name, progress=progress, **data)
     for w in caught:
         log.info("%s: %s", rd.name, w.message)
     save_attribution(result, rd.path)
-    return result
+    return attribution_of(result)

@@ -22,7 +22,7 @@ from ..core.causal import ABLATION_METRICS, INTERVENTIONS, AblationResult
 from ..core.errors import DataError, UnknownNameError
 from .hooks import eval_inference, recording
 from .inputs import iter_batches, open_data
-from .sites import Runner, Site, find_sites, intervene, replaced, shuffle_permutation
+from .sites import find_sites, replaced, shuffle_permutation
 from .stream import build_meta
 
 
@@ -43,27 +43,6 @@ class _Tally:
         if labels is not None:
             self.correct += int((p == labels).sum())
         self.n += len(logits)
-
-
-def _prefix_names(runner: Runner) -> list[str]:
-    """What the intact pass records so a block or Last-LN site can rerun from there."""
-    view = runner.view
-    names = [H.POS_EMBED, H.LAST_LN_IN]
-    for i in view.receiving_blocks:
-        names += [H.block_hook(i, H.RESID_PRE), H.block_hook(i, H.PE)]
-    return names
-
-
-def _resume(runner: Runner, site: Site, rec: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
-    """Logits with ``site``'s PE replaced (its hook is active), rerun from the intact activations at the site;
-    and the number of blocks that ran. Only pe_probe models (:attr:`Runner.resumable`), block or Last-LN sites."""
-    model = runner.model
-    pos0 = rec[H.POS_EMBED]
-    pes = [rec.get(H.block_hook(j, H.PE)) for j in range(runner.view.depth)]  # the intact chain values
-    if site.layer == H.LAST:
-        return model.forward_head(model._last_ln(rec[H.LAST_LN_IN], pos0, pes)), 0
-    x, pes = model._blocks(rec[H.block_hook(site.layer, H.RESID_PRE)], pos0, start=site.layer, pes=pes)
-    return model.forward_head(model._last_ln(x, pos0, pes)), runner.view.depth - site.layer
 
 
 def run_ablation(
@@ -93,7 +72,8 @@ def run_ablation(
     ``direct`` or ``total`` (:mod:`~pe_probe.probing.sites`); ``seed``: of the ``shuffle`` permutation, the same
     for every site and batch. With ``reuse_prefix`` a block site of a pe_probe model reruns only the blocks from
     that site on, from the intact residual stream recorded by the intact pass, and the Last-LN site only the
-    Last LN and the head (same numbers, fewer blocks; the input site and timm models always take full passes).
+    Last LN and the head (same numbers, fewer blocks; the input site and families without
+    :meth:`~pe_probe.families.base.Family.resume` always take full passes).
     Runs in eval mode under ``torch.inference_mode()``; hooks are removed and train flags restored even on errors.
     """
     t0 = time.perf_counter()
@@ -111,9 +91,16 @@ def run_ablation(
         total = min(total, max_images)
     perm = shuffle_permutation(view.grid[0] * view.grid[1], seed)
     resume = reuse_prefix and runner.resumable
-    rec_names = _prefix_names(runner) if resume else []
+    rec_names = view.resume_names() if resume else []
     depth = view.depth
-    tallies = {(s.hook, k): _Tally() for s in runner.sites for k in interventions}
+    # each site takes the interventions that make sense for its kind (Site.interventions); the rest are skipped
+    pairs = [(s, k) for s in runner.sites for k in interventions if k in s.interventions]
+    skipped = [f"{s.name}:{k}" for s in runner.sites for k in interventions if k not in s.interventions]
+    if not pairs:
+        raise UnknownNameError(f"none of the interventions {interventions} applies to the sites "
+                               f"{[s.name for s in runner.sites]} (valid: {[list(s.interventions) for s in runner.sites]})")
+    fns = {(s.name, k): view.replacement(s, k, perm) for s, k in pairs}  # refuses what makes no sense, once
+    tallies = {(s.name, k): _Tally() for s, k in pairs}
     intact_correct, n_images, labelled, block_calls = 0, 0, True, 0
     with eval_inference(model):
         bar = tqdm(total=total, unit="img", desc="ablate", disable=not progress, leave=False)
@@ -128,15 +115,14 @@ def run_ablation(
                 labelled = labelled and labels is not None
                 if labels is not None:
                     intact_correct += int((pred == labels).sum())
-                for site in runner.sites:
-                    for kind in interventions:
-                        with replaced(site.pe, lambda pe, k=kind, n=site.n_prefix: intervene(pe, k, n, perm)):
-                            if resume and site.layer != H.INPUT:
-                                logits, blocks = _resume(runner, site, rec)
-                            else:
-                                logits, blocks = runner(images), depth
-                        block_calls += b * blocks
-                        tallies[(site.hook, kind)].add(log_p, pred, logits, labels)
+                for site, kind in pairs:
+                    with replaced(site.module, fns[(site.name, kind)]):
+                        if resume and site.layer != H.INPUT:
+                            logits, blocks = view.resume(site, rec)
+                        else:
+                            logits, blocks = runner(images), depth
+                    block_calls += b * blocks
+                    tallies[(site.name, kind)].add(log_p, pred, logits, labels)
                 n_images += b
                 bar.update(b)
                 del rec
@@ -145,19 +131,18 @@ def run_ablation(
     if n_images == 0:
         raise DataError("the data yielded no images")
     rows = []
-    for site in runner.sites:
-        for kind in interventions:
-            t = tallies[(site.hook, kind)]
-            values = {"top1": t.correct / t.n if labelled else None, "agree": t.agree / t.n, "kl": t.kl / t.n}
-            rows += [(site.hook, site.layer, kind, name, float(values[name])) for name in ABLATION_METRICS
-                     if values[name] is not None]  # top1 only with labelled data
-    n_sites = len(runner.sites)
+    for site, kind in pairs:
+        t = tallies[(site.name, kind)]
+        values = {"top1": t.correct / t.n if labelled else None, "agree": t.agree / t.n, "kl": t.kl / t.n}
+        rows += [(site.name, site.kind, site.layer, kind, name, float(values[name])) for name in ABLATION_METRICS
+                 if values[name] is not None]  # top1 only with labelled data
     meta = build_meta(
         view, n_images, run,
-        effect=effect, interventions=interventions, sites=[s.hook for s in runner.sites], seed=seed,
+        effect=effect, interventions=interventions, sites=[s.name for s in runner.sites], seed=seed,
+        skipped=skipped,
         shuffle_perm=perm.tolist(), reuse_prefix=resume, input_pe=view.input_pe,
         intact_top1=(intact_correct / n_images) if labelled else None,
-        cost=dict(plain_passes_per_image=1 + n_sites * len(interventions),
+        cost=dict(plain_passes_per_image=1 + len(pairs),
                   full_pass_equivalents_per_image=block_calls / (depth * n_images)),
         seconds=time.perf_counter() - t0,
     )

@@ -22,6 +22,7 @@ from typing import Iterator, NamedTuple
 import numpy as np
 import torch
 
+from ..core import hook_points as H
 from ..core.hook_points import LAST, layer_hooks
 from .adapter import ModelView
 
@@ -172,6 +173,11 @@ class RunningStats:
 
     Per-layer sums are stacked in the state: ``tok_sum`` (L + 1, T, D) in the order of :attr:`layers`
     (blocks, then the Last LN); ``pe_sum`` (P, T, D) and the other PE sums in the order of :attr:`pe_layers`.
+    Models whose PE family is not ``uniform`` (token count or width changing along the depth: Swin, Twins,
+    Hiera) get the universal sums only, one float64 state entry per layer of its own shape (``tok_sum@{l}``,
+    ``tok_norm_sum@{l}``, ``resid_norm_sum@{l}``, created on the first batch), and models without a Last LN
+    (``final_norm`` None: ``fc_norm`` heads) no Last-LN entries; :attr:`layers` then ends at the last block.
+    Either way :attr:`state` is a dict of float64 tensors.
 
     Precision: per-token reductions over the D channels run in the activations' float32, everything
     after that in float64, so results equal the all-float64 formulas to float32 rounding. The per-image
@@ -184,10 +190,17 @@ class RunningStats:
             raise ValueError(f"n_norm_maps must be an int >= 0, got {n_norm_maps!r}")
         self.view = view
         self.n_norm_maps = n_norm_maps
-        self.layers: list[int] = list(range(view.depth)) + [LAST]
+        self.last_ln = view.final_norm is not None  # models that normalise after pooling have no Last LN
+        self.layers: list[int] = list(range(view.depth)) + ([LAST] if self.last_ln else [])
         self.has_pe = {l: l in view.receiving_blocks for l in range(view.depth)}
-        self.has_pe[LAST] = view.last_ln_pe is not None
+        self.has_pe[LAST] = self.last_ln and view.last_ln_pe is not None
         self.pe_layers: list[int] = [l for l in self.layers if self.has_pe[l]]
+        #: whether every layer's stream is (B, T, D) with one T and D (stacked state); else one state entry per
+        #: layer (``tok_sum@{l}``, ...), the universal quantities only
+        self.uniform = bool(getattr(view, "uniform", True))
+        if not self.uniform and self.pe_layers:
+            raise ValueError("a family with varying token counts or widths cannot declare additive per-layer PEs "
+                             "(receiving_blocks / last_ln_pe)")
         self.n_images = 0
         self.n_maps = 0
         self.state: dict[str, torch.Tensor] | None = None
@@ -196,14 +209,15 @@ class RunningStats:
         self._pe_row = {l: j for j, l in enumerate(self.pe_layers)}
         self._parts: Partials | None = None  # reductions of the batch in progress
         self._scratch = Scratch()
+        self._batch = 0  # images in the batch in progress
 
     # ------------------------------------------------------------------ hook names this needs
     def hook_names(self) -> list[str]:
         """The hook names whose tensors :meth:`update` reads."""
         names = []
-        for l in range(self.view.depth):
+        for l in self.layers:
             names += list(self._layer_names(l))
-        return names + list(self._layer_names(LAST))
+        return names
 
     def _layer_names(self, l: int) -> tuple[str, ...]:
         """Layer ``l``'s hook names: (residual stream, tokens) plus the PE where the layer has one."""
@@ -212,6 +226,9 @@ class RunningStats:
     def _init(self, device: torch.device) -> None:
         if device.type == "mps":  # no float64 there
             device = torch.device("cpu")
+        if not self.uniform:
+            self.state = {}  # filled per layer as shapes are seen (_reduce_layer)
+            return
         T, D, K = self.view.num_tokens, self.view.embed_dim, self.n_norm_maps
         N = T - self.view.num_prefix_tokens
         L, P = len(self.layers), len(self.pe_layers)
@@ -260,6 +277,10 @@ class RunningStats:
         """The passes over layer ``l``'s (B, T, D) ``tok`` and ``resid`` (and its (1 or B, T, D) ``pe``)."""
         if self.state is None:
             self._init(tok.device)
+        self._batch = tok.shape[0]
+        if not self.uniform:
+            self._reduce_layer(l, tok, resid)
+            return
         parts = self._partials(tok)
         tok, resid = tok.to(parts.dtype), resid.to(parts.dtype)  # no copy unless a layer differs from the first
         i = self._row[l]
@@ -273,6 +294,22 @@ class RunningStats:
             torch.sum(prod, -1, out=parts.dot[j])
             torch.sum(tok, -1, out=parts.chan[j])
             parts.pes[j] = pe
+
+    def _reduce_layer(self, l: int, tok: torch.Tensor, resid: torch.Tensor) -> None:
+        """The universal sums of layer ``l`` straight into float64 state entries of its own shape (families whose
+        token count or width changes along the depth: ``tok_sum@{l}`` (T_l, D_l), ``tok_norm_sum@{l}``,
+        ``resid_norm_sum@{l}`` (T_l))."""
+        s = self.state
+        key = f"tok_sum@{l}"
+        if key not in s:
+            dev = tok.device if tok.device.type != "mps" else torch.device("cpu")
+            z = lambda *shape: torch.zeros(shape, dtype=torch.float64, device=dev)  # noqa: E731
+            s[key], s[f"tok_norm_sum@{l}"] = z(*tok.shape[1:]), z(tok.shape[1])
+            s[f"resid_norm_sum@{l}"] = z(resid.shape[1])
+        dev = s[key].device
+        s[key] += tok.sum(0).to(device=dev, dtype=torch.float64)
+        s[f"tok_norm_sum@{l}"] += _norms(tok, self._scratch).to(device=dev, dtype=torch.float64).sum(0)
+        s[f"resid_norm_sum@{l}"] += _norms(resid, self._scratch).to(device=dev, dtype=torch.float64).sum(0)
 
     def _layer(self, l: int, store: dict[str, torch.Tensor]) -> None:
         """Reduce layer ``l`` of the batch in ``store``."""
@@ -338,6 +375,13 @@ class RunningStats:
         for l in range(v.depth):
             if l not in done:
                 self._layer(l, store)
+        if not self.last_ln:  # no norm on every token before pooling: the blocks' statistics only
+            B = self._batch
+            with _one_cpu_thread(store.get(H.block_hook(v.depth - 1, H.RESID_PRE), torch.empty(0))):
+                if self.uniform:
+                    self._finish(B)
+            self.n_images += B
+            return
         last = layer_hooks(LAST, self.has_pe[LAST])
         x_l, ln_out = _working(store[last.resid]), _working(store[last.tok])
         last_pe = _working(store[last.pe]) if last.pe else None
@@ -345,14 +389,19 @@ class RunningStats:
         B, npt = x_l.shape[0], v.num_prefix_tokens
         out = ln_out if last_pe is None else ln_out + last_pe
         out_norm = _norms(out)
-        pool = v.model.pool  # the model's own (timm) pooling: class token or mean of the patch tokens
-        pooled = pool(x_l), pool(out), pool(ln_out)
+        pooled = v.pool(x_l), v.pool(out), v.pool(ln_out)  # the model's own pooling (class token, mean, map, ...)
         take = max(0, min(self.n_norm_maps - self.n_maps, B))
         maps = (_norms(x_l[:take, npt:], self._scratch), _norms(out[:take, npt:])) if take else ()
         # the small float64 step (a few dozen short operations) on one thread
         with _one_cpu_thread(x_l):
-            self._finish(B)
+            if self.uniform:
+                self._finish(B)
             s = self.state
+            if "out_norm_sum" not in s:  # per-layer state: the Last-LN entries once its shape is known
+                K, N = self.n_norm_maps, out.shape[1] - npt
+                z = lambda *shape: torch.zeros(shape, dtype=torch.float64, device=s[f"tok_sum@{LAST}"].device)  # noqa: E731
+                s.update(out_norm_sum=z(out.shape[1]), cos_ba_mom=z(3), cos_ba_ln_mom=z(3), norm_before=z(K, N),
+                         norm_after=z(K, N))
             dev = s["out_norm_sum"].device
             f64 = lambda x: x.to(device=dev, dtype=torch.float64)  # noqa: E731
             s["out_norm_sum"] += f64(out_norm).sum(0)
@@ -374,6 +423,11 @@ class RunningStats:
         s = {k: t.detach().cpu().numpy() for k, t in self.state.items()}
         out: dict[str, np.ndarray] = {}
         for i, l in enumerate(self.layers):
+            if not self.uniform:
+                for name in ("tok_map", "tok_norm", "resid_norm"):
+                    key = "tok_sum" if name == "tok_map" else f"{name}_sum"
+                    out[f"{name}@{l}"] = s[f"{key}@{l}"] / n
+                continue
             out[f"tok_map@{l}"] = s["tok_sum"][i] / n
             out[f"tok_norm@{l}"] = s["tok_norm_sum"][i] / n
             out[f"resid_norm@{l}"] = s["resid_norm_sum"][i] / n
@@ -386,18 +440,22 @@ class RunningStats:
                 out[f"tok_pe_cos@{l}"] = np.where(rows, s["cos_tok_sum"][j] / n, np.nan)
                 out[f"cos_moments@{l}"] = _finish(s["cos_mom"][j])
                 out[f"corr_img@{l}"] = _finish(s["corr_mom"][j])
+        out.update(self.view.static_arrays())
+        if not self.last_ln:
+            return out
         out[f"out_norm@{LAST}"] = s["out_norm_sum"] / n
         out["last_cos"] = _finish(s["cos_ba_mom"])
         out["last_cos_ln"] = _finish(s["cos_ba_ln_mom"])
-        h, w = self.view.grid
-        out["norm_before"] = s["norm_before"][: self.n_maps].reshape(self.n_maps, h, w)
-        out["norm_after"] = s["norm_after"][: self.n_maps].reshape(self.n_maps, h, w)
+        before, after = s["norm_before"][: self.n_maps], s["norm_after"][: self.n_maps]
+        h, w = getattr(self.view, "final_grid", None) or self.view.grid
+        if before.shape[1] == h * w:  # per-token norm maps on the patch grid (flat where the last grid differs)
+            before, after = before.reshape(self.n_maps, h, w), after.reshape(self.n_maps, h, w)
+        out["norm_before"], out["norm_after"] = before, after
         norm = self.view.last_norm
-        D = self.view.embed_dim
+        D = out[f"tok_map@{LAST}"].shape[-1]
         w_, b_ = getattr(norm, "weight", None), getattr(norm, "bias", None)
         out["last_ln_gamma"] = np.ones(D) if w_ is None else w_.detach().double().cpu().numpy()
         out["last_ln_beta"] = np.zeros(D) if b_ is None else b_.detach().double().cpu().numpy()
-        out["pos_embed"] = self.view.model.pos_embed.detach()[0].double().cpu().numpy()
         return out
 
 

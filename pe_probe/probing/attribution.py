@@ -29,20 +29,22 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..core.causal import ATTRIBUTION_IMAGES, ATTRIBUTION_METRICS, BASELINES, DEFAULT_BASELINE, TOKEN_BASELINES, AttributionResult
+from ..core.causal import (ATTRIBUTION_IMAGES, ATTRIBUTION_METRICS, BASELINES, DEFAULT_BASELINE, TOKEN_BASELINES,
+                           AttributionResult)
 from ..core.errors import DataError, UnknownNameError
 from .hooks import eval_grad
 from .inputs import iter_batches, open_data
-from .sites import Runner, Site, find_sites, intervene, replaced
+from .sites import Runner, Site, find_sites, replaced
 from .stream import build_meta
 
 #: Integration rules that may be asked for (captum's names); Gauss-Legendre is the default and the one tested.
 METHODS = ("gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_right", "riemann_middle")
 
 
-def _gate_fns(site: Site, state: dict, baseline: str):
-    """(token hook, PE replacement): at gate 1 the intact values, at gate 0 the baselines (tokens 0; PE 0 or its
-    row mean). The PE is expanded to the batch, one copy per image."""
+def _gate_fns(site: Site, state: dict, baseline: str, family=None):
+    """(token hook, PE replacement): at gate 1 the intact values, at gate 0 the baselines (tokens 0; the PE off
+    or its row mean, as the site's family defines them: :meth:`~pe_probe.families.base.Family.baseline`). The
+    PE is expanded to the batch, one copy per image (a term whose leading dimension is 1 or B)."""
 
     def mask(ndim: int) -> torch.Tensor:
         g = state["gate"]
@@ -53,7 +55,7 @@ def _gate_fns(site: Site, state: dict, baseline: str):
 
     def pe_fn(out):
         full = out.expand(len(state["gate"]), *out.shape[1:])
-        base = torch.zeros_like(out) if baseline == "zero" else intervene(out, "mean", site.n_prefix)
+        base = family.baseline(site, out, baseline)
         return torch.where(mask(out.ndim), full, base.expand_as(full))
 
     return tok_hook, pe_fn
@@ -75,11 +77,13 @@ def site_attributions(runner: Runner, site: Site, images: torch.Tensor, target: 
         return runner(images)
 
     ones = torch.ones(len(images), device=images.device, dtype=images.dtype)
-    tok_hook, pe_fn = _gate_fns(site, state, baseline)
-    layers = [site.tok, site.pe] if tokens == "zero" else [site.pe]
+    tok_hook, pe_fn = _gate_fns(site, state, baseline, runner.view)
+    if site.tok is None:  # a term that is not one of two summands (rotary, bias): only the PE moves
+        tokens = "keep"
+    layers = [site.tok, site.module] if tokens == "zero" else [site.module]
     handle = site.tok.register_forward_hook(tok_hook) if tokens == "zero" else None
     try:
-        with replaced(site.pe, pe_fn), warnings.catch_warnings():
+        with replaced(site.module, pe_fn), warnings.catch_warnings():
             # tok and PE are two summands of one sum, not one layer feeding the other: captum's warning is moot
             warnings.filterwarnings("ignore", message="Multiple layers provided")
             lig = LayerIntegratedGradients(forward, layers)
@@ -138,7 +142,9 @@ def run_attribution(
 
     ``target``: None (the intact model's predicted class), a class index, or ``"label"``. The path goes from
     (tokens ``tokens``, PE ``baseline``; default the row mean, :data:`~pe_probe.core.causal.DEFAULT_BASELINE`)
-    to the intact (tokens, PE) at one site, everything else the same image. ``max_images``: the first
+    to the intact (tokens, PE) at one site, everything else the same image. A site without a row mean (a rotary
+    site: ``"mean"`` not in its ``Site.interventions``) starts from the PE off instead, listed in
+    ``meta["zero_baseline"]``. ``max_images``: the first
     :data:`~pe_probe.core.causal.ATTRIBUTION_IMAGES` images unless given (None: every image).
     Per site, over all images: ``pe_attr`` / ``tok_attr`` (mean over images of the signed sums;
     ``pe_attr + tok_attr - delta = f(x) - f(baseline)``), ``pe_abs`` / ``tok_abs`` (means of the sums of absolute
@@ -172,11 +178,14 @@ def run_attribution(
                                mean=mean, std=std, num_workers=num_workers, split=split, trained_on=trained_on)
     if total is not None and max_images is not None:
         total = min(total, max_images)
+    # "mean": the row mean where the site has one (its family lists "mean" among Site.interventions); a rotation
+    # has none (a mean of rotations is no rotation), so such a site starts from the PE off (meta["zero_baseline"])
+    bases = {s.name: baseline if baseline == "zero" or "mean" in s.interventions else "zero" for s in runner.sites}
     h, w = view.grid
     keys = ("pe_attr", "tok_attr", "pe_abs", "tok_abs", "fdiff", "fdiff_abs", "delta_abs")
-    sums = {s.hook: dict.fromkeys(keys, 0.0) | {"delta_abs_max": 0.0} for s in runner.sites}
-    pe_maps: dict[str, list[np.ndarray]] = {s.hook: [] for s in runner.sites}
-    tok_maps: dict[str, list[np.ndarray]] = {s.hook: [] for s in runner.sites}
+    sums = {s.name: dict.fromkeys(keys, 0.0) | {"delta_abs_max": 0.0} for s in runner.sites}
+    pe_maps: dict[str, list[np.ndarray]] = {s.name: [] for s in runner.sites}
+    tok_maps: dict[str, list[np.ndarray]] = {s.name: [] for s in runner.sites}
     n_images = 0
     with eval_grad(model):
         bar = tqdm(total=None if total is None else total * len(runner.sites), unit="img", desc="attribute",
@@ -187,12 +196,12 @@ def run_attribution(
                 tgt = _targets(target, runner, images, labels)
                 take = max(0, min(b, n_maps - n_images))
                 for site in runner.sites:
-                    a_tok, a_pe, delta = site_attributions(runner, site, images, tgt, baseline=baseline, tokens=tokens,
+                    a_tok, a_pe, delta = site_attributions(runner, site, images, tgt, baseline=bases[site.name], tokens=tokens,
                                                            n_steps=n_steps, method=method,
                                                            internal_batch_size=internal_batch_size)
                     tok_sum, pe_sum = a_tok.reshape(b, -1).sum(1), a_pe.reshape(b, -1).sum(1)
                     fdiff = tok_sum + pe_sum - delta
-                    s = sums[site.hook]
+                    s = sums[site.name]
                     s["pe_attr"] += float(pe_sum.sum())
                     s["tok_attr"] += float(tok_sum.sum())
                     s["pe_abs"] += float(a_pe.abs().sum())
@@ -201,10 +210,10 @@ def run_attribution(
                     s["fdiff_abs"] += float(fdiff.abs().sum())
                     s["delta_abs"] += float(delta.abs().sum())
                     s["delta_abs_max"] = max(s["delta_abs_max"], float(delta.abs().max()))
-                    if take:
-                        pe_maps[site.hook].append(_grid(a_pe[:take], h, w))
+                    if take and site.additive and a_pe.ndim == 3:
+                        pe_maps[site.name].append(_grid(a_pe[:take], h, w))
                         if a_tok.ndim == 3:
-                            tok_maps[site.hook].append(_grid(a_tok[:take], h, w))
+                            tok_maps[site.name].append(_grid(a_tok[:take], h, w))
                     bar.update(b)
                 n_images += b
         finally:
@@ -213,27 +222,30 @@ def run_attribution(
         raise DataError("the data yielded no images")
     rows = []
     for site in runner.sites:
-        s = sums[site.hook]
+        s = sums[site.name]
         denom = s["pe_abs"] + s["tok_abs"]
+        split = tokens == "zero" and site.tok is not None
         values = dict(
             pe_attr=s["pe_attr"] / n_images, tok_attr=s["tok_attr"] / n_images,
             pe_abs=s["pe_abs"] / n_images, tok_abs=s["tok_abs"] / n_images,
-            pe_share=s["pe_abs"] / denom if denom > 0 and tokens == "zero" else float("nan"),
+            pe_share=s["pe_abs"] / denom if denom > 0 and split else float("nan"),
             fdiff=s["fdiff"] / n_images, delta_abs_mean=s["delta_abs"] / n_images, delta_abs_max=s["delta_abs_max"],
             rel_delta=s["delta_abs"] / s["fdiff_abs"] if s["fdiff_abs"] > 0 else float("nan"),
         )
-        rows += [(site.hook, site.layer, k, float(values[k])) for k in ATTRIBUTION_METRICS]
+        rows += [(site.name, site.kind, site.layer, k, float(values[k])) for k in ATTRIBUTION_METRICS]
         if values["rel_delta"] > warn_rel_delta:
-            warnings.warn(f"{site.hook}: sum |delta| / sum |f(x) - f(baseline)| = {values['rel_delta']:.3g} with "
+            warnings.warn(f"{site.name}: sum |delta| / sum |f(x) - f(baseline)| = {values['rel_delta']:.3g} with "
                           f"n_steps={n_steps}: the attributions there are not complete; raise n_steps (the input site "
-                          "may need 128 or more)" + ("" if baseline == "mean" or tokens == "keep" else
+                          "may need 128 or more)" + ("" if bases[site.name] == "mean" or tokens == "keep" else
                                                      " and, there, use baseline='mean' or tokens='keep'"), RuntimeWarning,
                           stacklevel=3)
     n_sites = len(runner.sites)
     meta = build_meta(
         view, n_images, run,
         target="predicted" if target is None else target, effect=effect, baseline=baseline, tokens=tokens,
-        n_steps=n_steps, method=method, sites=[s.hook for s in runner.sites], n_maps=min(n_maps, n_images),
+        n_steps=n_steps, method=method, sites=[s.name for s in runner.sites], n_maps=min(n_maps, n_images),
+        tokens_kept=[s.name for s in runner.sites if s.tok is None],
+        zero_baseline=[name for name, b in bases.items() if b != baseline],
         input_pe=view.input_pe,
         cost=dict(forwards_per_image=1 + n_sites * (n_steps + 4), backwards_per_image=n_sites * n_steps),
         seconds=time.perf_counter() - t0,
@@ -243,6 +255,9 @@ def run_attribution(
 
 
 def _grid(attr: torch.Tensor, h: int, w: int) -> np.ndarray:
-    """(K, T, D) attributions -> (K, h, w): summed over channels, patch rows (the last h*w) on the grid."""
+    """(K, T, D) attributions -> (K, h, w): summed over channels, patch rows (the last h*w) on the input grid; a
+    term with fewer rows than that grid (a later stage's tokens) stays flat, (K, T)."""
     per_token = attr.sum(-1)
+    if per_token.shape[1] < h * w:
+        return per_token.double().cpu().numpy()
     return per_token[:, per_token.shape[1] - h * w:].reshape(len(attr), h, w).double().cpu().numpy()

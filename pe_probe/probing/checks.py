@@ -64,11 +64,5 @@ def mpvg_constant_offset_check(
 
 
 def _pe_of_block(model: PEVisionTransformer, k: int) -> torch.Tensor:
-    """``pos_k``: the PE block ``k`` receives, built along the model's PE chain from ``pos_0``."""
-    pes: dict[int, torch.Tensor] = {}
-    for i, (blk, src) in enumerate(zip(model.blocks, model._pe_sources)):
-        if src is not None:
-            pes[i] = blk.pe_norm(model.pos_embed if src < 0 else pes[src])
-        if i == k:
-            break
-    return pes[k]
+    """``pos_k``: the PE block ``k`` receives, along the model's public PE chain from ``pos_0``."""
+    return model.pe_chain()[k]

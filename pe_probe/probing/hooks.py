@@ -8,18 +8,22 @@ from typing import Iterable, Iterator
 import torch
 from torch import nn
 
+from ..families import Tap
 from .adapter import AdapterKind, ModelView, view_model
 from .inputs import check_images
 
 
 def hook_names(model: nn.Module, adapter: AdapterKind = "auto") -> list[str]:
-    """The hook names ``model`` offers, in forward order.
+    """The hook names ``model`` offers, in forward order, as its PE family (:func:`pe_probe.families.family_for`)
+    lists them.
 
     pe_probe models: ``hook_pos_embed``, per block ``blocks.{i}.hook_resid_pre``, ``blocks.{i}.hook_tok``,
     ``blocks.{i}.hook_pe`` (only blocks that receive a PE), ``blocks.{i}.hook_resid_post``, then
     ``hook_last_ln_in``, ``hook_last_ln_out``, ``hook_last_pe`` (only with a PE in the Last LN) and
-    ``hook_pooled``. Other timm ViTs get the same names, with every ``hook_pe`` derived (see
-    :func:`pe_probe.probing.adapter.view_model`) and no ``hook_last_pe``.
+    ``hook_pooled``. Other timm ViTs with a ``pos_embed`` get the same names, with every ``hook_pe`` derived (see
+    :func:`pe_probe.probing.adapter.view_model`) and no ``hook_last_pe``. Other families add their sites
+    (``blocks.{l}.attn.hook_rope``, ``blocks.{l}.attn.hook_attn_bias``, ``pos_block.{s}.hook_peg``, ...); a model
+    without a PE has the universal names only.
     """
     return view_model(model, adapter).names()
 
@@ -37,16 +41,29 @@ def recording(view: ModelView, names: Iterable[str],
     store = {} if store is None else store
     handles = []
 
-    def make(name: str, side: str):
-        def hook(module, args, output):
-            store[name] = args[0] if side == "in" else output
-        return hook
+    def make(name: str, tap: Tap):
+        if tap.flatten is None and not isinstance(tap.arg, str):  # the common case, kept cheap
+            if tap.side == "out":
+                def hook(module, args, output):
+                    store[name] = output
+            else:
+                i = tap.arg
 
+                def hook(module, args, output):
+                    store[name] = args[i]
+            return hook, False
+
+        def hook_kw(module, args, kwargs, output):
+            store[name] = tap.read(args, kwargs, output)
+        return hook_kw, True
+
+    taps = view.tap_map()
     try:
         for name in names:
-            tap = view.taps.get(name)
+            tap = taps.get(name)
             if tap is not None:
-                handles.append(tap.module.register_forward_hook(make(name, tap.side)))
+                fn, kw = make(name, tap)
+                handles.append(tap.module.register_forward_hook(fn, with_kwargs=kw))
         yield store
     finally:
         for h in handles:
@@ -58,8 +75,9 @@ def fill_derived(view: ModelView, names: Iterable[str], store: dict[str, torch.T
 
     Call it while no recording hook is registered: derived PEs run ``norm1``, which the timm taps watch.
     """
+    derived = view.derived()
     for name in names:
-        fn = view.derived.get(name)
+        fn = derived.get(name)
         if fn is not None:
             store[name] = fn()
 
@@ -121,7 +139,7 @@ def capture(
         derived: dict[str, torch.Tensor] = {}
         fill_derived(view, names, derived)  # before any hook exists: norm1(pos_embed) must not trip them
         with recording(view, names) as store:
-            model(images)
+            view.run(images)
         store.update(derived)
     # clone outside inference mode: plain tensors, usable with autograd, never aliasing a parameter
     return {n: store[n].detach().clone() for n in names}

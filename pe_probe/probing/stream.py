@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 
 from .._version import __version__
 from ..core.errors import DataError
-from ..core.report import META_KEYS, ProbeReport
+from ..core.report import META_KEYS, SCHEMA_VERSION, ProbeReport
 from .accumulate import RunningStats
 from .adapter import AdapterKind, ModelView, view_model
 from .hooks import eval_inference, fill_derived, recording
@@ -19,7 +19,7 @@ from .inputs import iter_images, open_data
 
 #: Metadata keys the probe computes itself (``probe(meta=...)`` may add others, not these).
 COMPUTED_META = (*META_KEYS, "adapter", "img_size", "in_chans", "pe_probe_version", "n_norm_maps", "data",
-                 "data_dir", "split")
+                 "data_dir", "split", "schema_version", "family", "pe_kind", "pe_sites", "last_ln")
 
 
 def model_name(model: nn.Module) -> str:
@@ -29,8 +29,11 @@ def model_name(model: nn.Module) -> str:
 
 
 def build_meta(view: ModelView, n_images: int, run: str | os.PathLike | None, **extra: Any) -> dict:
-    """The report metadata (docs/probe.md): the required keys plus ``adapter``, ``img_size``, ``in_chans``."""
+    """The report metadata (docs/probe.md): the required keys plus ``adapter``, ``img_size``, ``in_chans``, the
+    report ``schema_version`` and what the PE family says of the model (``family``, ``pe_kind``, ``pe_sites``:
+    name -> kind and layer; ``last_ln``: whether a norm acts on every token before pooling; family notes)."""
     return {
+        "schema_version": SCHEMA_VERSION,
         "run": "" if run is None else str(run),
         "model": model_name(view.model),
         "pe_mode": view.pe_mode,
@@ -47,6 +50,8 @@ def build_meta(view: ModelView, n_images: int, run: str | os.PathLike | None, **
         "img_size": list(view.img_size),
         "in_chans": view.in_chans,
         "pe_probe_version": __version__,
+        "last_ln": view.final_norm is not None,
+        **view.meta(),
         **extra,
     }
 
@@ -87,6 +92,12 @@ def probe(
     differ from the run's training images in size, channels or class count is refused (``DataError``).
     ``meta``: extra metadata merged into the report's (e.g. the checkpoint it came from:
     ``CheckpointInfo.meta()``); it may not replace the keys the probe computes.
+
+    The model is read through its PE family (:func:`pe_probe.families.family_for`; ``adapter`` forces one):
+    every model gets the per-layer token stream and norms (and the Last LN where a norm acts on every token),
+    layers with an additive PE the token-vs-PE statistics; the family and its sites are in ``meta``
+    (``family``, ``pe_kind``, ``pe_sites``). Unsupported models raise
+    :class:`~pe_probe.core.errors.UnsupportedModelError` in one line.
     """
     extra_meta = dict(meta or {})
     clash = sorted(set(extra_meta) & set(COMPUTED_META))
@@ -112,7 +123,7 @@ def probe(
         try:
             for images in iter_images(batches, view, max_images):
                 feed.reset(derived)
-                model(images)
+                view.run(images)
                 stats.update(feed)
                 bar.update(len(images))
         finally:

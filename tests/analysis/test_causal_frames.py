@@ -31,15 +31,17 @@ def test_site_names_and_positions():
 
 
 def test_frames_round_trip_with_their_attrs(tmp_path):
-    rows = [("hook_input_pe", -2, "zero", "agree", 0.25), ("blocks.1.hook_pe", 1, "mean", "kl", 1e-17 / 3)]
+    rows = [("hook_input_pe", "layerwise", -2, "zero", "agree", 0.25),
+            ("blocks.1.hook_pe", "layerwise", 1, "mean", "kl", 1e-17 / 3)]
     frame = ablation_frame(AblationResult(rows, {"n_images": 4, "shuffle_perm": [1, 0], "intact_top1": None}))
-    assert list(frame.columns) == ["hook", "layer", "intervention", "metric", "value"]
+    assert list(frame.columns) == ["site", "pe_kind", "layer", "intervention", "metric", "value"]
     save_ablation(frame, tmp_path)
     back = read_ablation(tmp_path)
     pd.testing.assert_frame_equal(back, frame)  # floats exact through the CSV
     assert back.attrs == {"n_images": 4, "shuffle_perm": [1, 0], "intact_top1": None}
     maps = {"blocks.1.hook_pe": np.arange(8.0).reshape(2, 2, 2)}
-    att = attribution_of(AttributionResult([("blocks.1.hook_pe", 1, "pe_share", 0.5)], {"n_steps": 8}, maps, {}))
+    att = attribution_of(AttributionResult([("blocks.1.hook_pe", "layerwise", 1, "pe_share", 0.5)], {"n_steps": 8},
+                                           maps, {}))
     save_attribution(att, tmp_path)
     again = read_attribution(tmp_path)
     pd.testing.assert_frame_equal(again.frame, att.frame)
@@ -64,7 +66,7 @@ def test_ablation_figure_data_is_the_mean_and_t_interval_over_seeds():
     mpvg = [r for r in runs if r.name.startswith("mpvg")]
     assert set(data.loc[data.series == "mpvg", "layer"]) == {INPUT, 1, 2, 3, LAST}
     for hook, layer in (("hook_input_pe", INPUT), ("blocks.2.hook_pe", 2), ("hook_last_pe", LAST)):
-        seeds = [float(f.value[(f.hook == hook) & (f.intervention == "zero") & (f.metric == "agree")].iloc[0])
+        seeds = [float(f.value[(f.site == hook) & (f.intervention == "zero") & (f.metric == "agree")].iloc[0])
                  for f in (r.ablation for r in mpvg)]
         row = data[(data.series == "mpvg") & (data.hook == hook) & (data.intervention == "zero")]
         assert sorted(row.value) == sorted(seeds) and (row.n_seeds == 3).all()
@@ -81,7 +83,7 @@ def test_attribution_figure_data_flags_incomplete_sites():
     for r in runs:  # one site of one configuration does not converge
         if r.name.startswith("pvg-"):
             f = r.attribution
-            f.loc[(f.hook == "hook_input_pe") & (f.metric == "rel_delta"), "value"] = 0.7
+            f.loc[(f.site == "hook_input_pe") & (f.metric == "rel_delta"), "value"] = 0.7
     fd = attribution_by_layer(_selection(runs), {"max_rel_delta": 0.05}, None)
     share = fd.data[fd.data.metric == "pe_share"]
     assert set(share.series) == {"pvg", "mpvg"} and (share.n_seeds == 2).all()

@@ -127,7 +127,7 @@ def test_nan_prefix_pe_rows_are_left_out():
 
 def test_frame_schema_and_layer_order():
     f = summary_frame(hand_report())
-    assert list(f.columns) == ["run", "model", "pe_mode", "global_pool", "layer", "metric", "value"]
+    assert list(f.columns) == ["run", "model", "pe_mode", "global_pool", "site", "pe_kind", "layer", "metric", "value"]
     assert list(dict.fromkeys(f.layer)) == [0, -1]
     assert set(f.run) == {"r"} and set(f.model) == {"toy"}
     for name in ("tok_pe_corr", "tok_pe_corr_img_mean", "tok_pe_corr_img_std", "tok_pe_cos_mean",

@@ -61,7 +61,7 @@ def test_ablate_run_directory_uses_the_runs_data(tmp_path, fake_data, capsys):
     assert rc == 0
     assert fake_data[0]["name"] == "toy" and fake_data[0]["mean"] == (0.5, 0.5, 0.5) and fake_data[0]["split"] == "val"
     frame = pd.read_csv(tmp_path / "out" / "ablation.csv")
-    assert list(frame.columns) == ["hook", "layer", "intervention", "metric", "value"]
+    assert list(frame.columns) == ["site", "pe_kind", "layer", "intervention", "metric", "value"]
     assert list(dict.fromkeys(frame.layer)) == [-2, 1, 2, 3]  # pvg: the input, then blocks 1..3
     assert set(frame.metric) == {"top1", "agree", "kl"}  # the fake data set is labelled
     meta = json.loads((tmp_path / "out" / "ablation.json").read_text())
@@ -81,8 +81,8 @@ def test_attribute_timm_state_dict(tmp_path, fake_data, capsys):
                "--max-images", "3", "--n-steps", "4", "--baseline", "mean", "--n-maps", "2", "--device", "cpu"])
     assert rc == 0
     frame = pd.read_csv(tmp_path / "out" / "attribution.csv")
-    assert list(frame.columns) == ["hook", "layer", "metric", "value"]
-    assert set(frame.hook) == {"hook_input_pe"} and {"pe_share", "rel_delta", "pe_attr"} <= set(frame.metric)
+    assert list(frame.columns) == ["site", "pe_kind", "layer", "metric", "value"]
+    assert set(frame.site) == {"hook_input_pe"} and set(frame.pe_kind) == {"absolute"} and {"pe_share", "rel_delta", "pe_attr"} <= set(frame.metric)
     meta = json.loads((tmp_path / "out" / "attribution.json").read_text())
     assert meta["n_images"] == 3 and meta["baseline"] == "mean" and meta["pe_mode"] == "timm"
     assert len(meta["pe_maps"]["hook_input_pe"]) == 2  # (K, h, w) = (2, 2, 2) for 32 px, 16 px patches
@@ -108,10 +108,10 @@ def test_outputs_are_replaced_as_a_pair_or_not_at_all(tmp_path, fake_data, monke
     assert main(argv) == 0
     before = {p.name: p.read_bytes() for p in out.iterdir()}
 
-    def broken_csv(self, *a, **k):
+    def broken_csv(*a, **k):
         raise OSError("disk full")
 
-    monkeypatch.setattr(pd.DataFrame, "to_csv", broken_csv)
+    monkeypatch.setattr(pe_probe.core.results, "write_rows", broken_csv)  # the CSV, after the JSON's temporary
     capsys.readouterr()
     assert main(argv + ["--seed", "7"]) == 2  # a file-system error is one line too (docs/reliability.md)
     assert capsys.readouterr().err.strip() == "pe-probe ablate: error: disk full"

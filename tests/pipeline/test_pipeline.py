@@ -81,7 +81,8 @@ def test_figure_data_come_from_the_runs(quick):
     ablation = pd.read_csv(out / "figures" / "ablation.csv")
     for run, part in ablation.groupby("run"):
         saved = pd.read_csv(runs / run / "ablation.csv")
-        saved = saved[saved.metric == "agree"].set_index(["hook", "intervention"])["value"]
+        saved = saved[saved.metric == "agree"].set_index(["site", "intervention"])["value"]
+        # the figure data name the site in their column hook (their column site is its label, e.g. "block 2")
         np.testing.assert_allclose(part.set_index(["hook", "intervention"])["value"], saved.loc[
             list(zip(part.hook, part.intervention))])
         meta = json.loads((runs / run / "ablation.json").read_text())

@@ -16,8 +16,10 @@ import torch
 from torch.utils.data import TensorDataset
 
 import pe_probe
-import pe_probe.probing.ablation as ablation_mod
-from pe_probe import PEVisionTransformer, ablate, attribute
+import pe_probe.families.base as family_base
+import pe_probe
+from pe_probe import PEVisionTransformer
+from pe_probe.analysis.causal import ablation_frame, attribution_of
 from pe_probe.core.errors import DataError, UnknownNameError
 from pe_probe.core.hook_points import INPUT, LAST
 from pe_probe.probing.attribution import site_attributions
@@ -30,6 +32,16 @@ torch.set_num_threads(1)  # tiny models on shared cores: threads only add conten
 
 
 # ---------------------------------------------------------------------------------------------- helpers
+def ablate(*args, **kw) -> pd.DataFrame:
+    """``pe_probe.ablate``'s result as the tidy frame these checks read, its meta as ``attrs``."""
+    return ablation_frame(pe_probe.ablate(*args, **kw))
+
+
+def attribute(*args, **kw):
+    """``pe_probe.attribute``'s result as an ``Attribution`` (``.frame``, ``.meta``, maps)."""
+    return attribution_of(pe_probe.attribute(*args, **kw))
+
+
 def strong_pe(mode: str, qkv_scale: float = 10.0, **kw) -> PEVisionTransformer:
     """A random tiny model whose PEs are large enough for ablations to change predictions.
 
@@ -63,7 +75,7 @@ def metrics(intact: torch.Tensor, ablated: torch.Tensor) -> dict[str, float]:
 
 
 def value(frame: pd.DataFrame, hook: str, intervention: str, metric: str) -> float:
-    sel = frame[(frame.hook == hook) & (frame.intervention == intervention) & (frame.metric == metric)]
+    sel = frame[(frame.site == hook) & (frame.intervention == intervention) & (frame.metric == metric)]
     assert len(sel) == 1, (hook, intervention, metric)
     return float(sel.value.iloc[0])
 
@@ -127,7 +139,7 @@ def test_zero_pes_change_nothing_and_get_no_attribution(mode):
     names = [s.hook for s in find_sites(m).sites if s.layer != INPUT]
     for effect in ("direct", "total"):
         f = ablate(m, images(), sites=names, effect=effect, batch_size=5, progress=False)
-        assert list(dict.fromkeys(f.hook)) == names
+        assert list(dict.fromkeys(f.site)) == names
         assert (f[f.metric == "agree"].value == 1.0).all()
         assert (f[f.metric == "kl"].value == 0.0).all()  # bit-identical logits
     a = attribute(m, images(4), sites=names, n_steps=64, batch_size=2, progress=False)
@@ -139,9 +151,9 @@ def test_zero_pes_change_nothing_and_get_no_attribution(mode):
 def test_position_toy_known_answers():
     m, ds, pos = position_toy()
     f = ablate(m, ds, batch_size=16, seed=3, progress=False)
-    assert list(f.columns) == ["hook", "layer", "intervention", "metric", "value"]
+    assert list(f.columns) == ["site", "pe_kind", "layer", "intervention", "metric", "value"]
     assert f.attrs["intact_top1"] == 1.0
-    assert set(f.hook) == {"hook_input_pe"} and set(f.layer) == {INPUT}
+    assert set(f.site) == {"hook_input_pe"} and set(f.layer) == {INPUT}
     perm = shuffle_permutation(16, 3)
     assert f.attrs["shuffle_perm"] == perm.tolist()
     expect = float(((perm[pos] // 4) == (pos // 4)).double().mean())
@@ -168,7 +180,7 @@ def test_position_toy_as_timm_model_gives_the_same_frame():
     assert f_timm.attrs["pe_mode"] == "timm" and f_timm.attrs["reuse_prefix"] is False
     # pos_embed is read once, at the input: its total effect is the same frame under the other name
     total = ablate(t, ds, sites=["hook_pos_embed"], batch_size=16, progress=False)
-    pd.testing.assert_frame_equal(total.replace({"hook": {"hook_pos_embed": "hook_input_pe"}}), f_timm)
+    pd.testing.assert_frame_equal(total.replace({"site": {"hook_pos_embed": "hook_input_pe"}}), f_timm)
 
 
 # ---------------------------------------------------------------------------------------------- (c) hand hooks
@@ -233,7 +245,7 @@ def test_direct_input_site_changes_only_x0():
     f = ablate(m, x, ["zero"], sites=["hook_input_pe"], batch_size=5, progress=False)
     assert value(f, "hook_input_pe", "zero", "kl") == pytest.approx(want["kl"], rel=1e-6)
     tot = ablate(m, x, ["zero"], effect="total", batch_size=5, progress=False)
-    assert "hook_pos_embed" in set(tot.hook) and "hook_input_pe" not in set(tot.hook)
+    assert "hook_pos_embed" in set(tot.site) and "hook_input_pe" not in set(tot.site)
     assert value(tot, "hook_pos_embed", "zero", "kl") != pytest.approx(want["kl"], rel=1e-3)
 
 
@@ -246,7 +258,7 @@ def test_prefix_reuse_gives_the_frame_of_full_passes(mode, effect):
     ref = ablate(m, x, effect=effect, reuse_prefix=False, batch_size=4, progress=False)
     f = ablate(m, x, effect=effect, batch_size=4, progress=False)
     pd.testing.assert_frame_equal(f, ref, check_exact=False, rtol=1e-9, atol=1e-12)
-    sites = len(set(ref.hook))
+    sites = len(set(ref.site))
     assert ref.attrs["cost"]["full_pass_equivalents_per_image"] == ref.attrs["cost"]["plain_passes_per_image"] \
         == 1 + 3 * sites
     if mode != "default":
@@ -393,8 +405,8 @@ def test_attribute_frame_and_maps():
     m = strong_pe("pvg")
     with pytest.warns(RuntimeWarning, match="hook_input_pe"):  # (tokens 0, PE 0) at the input: ill-posed
         a = attribute(m, images(5), batch_size=2, n_steps=8, n_maps=3, baseline="zero", progress=False)
-    assert list(a.frame.columns) == ["hook", "layer", "metric", "value"]
-    assert list(dict.fromkeys(a.frame.hook)) == ["hook_input_pe", "blocks.1.hook_pe", "blocks.2.hook_pe",
+    assert list(a.frame.columns) == ["site", "pe_kind", "layer", "metric", "value"]
+    assert list(dict.fromkeys(a.frame.site)) == ["hook_input_pe", "blocks.1.hook_pe", "blocks.2.hook_pe",
                                                  "blocks.3.hook_pe"]
     assert list(dict.fromkeys(a.frame.layer)) == [INPUT, 1, 2, 3]
     for hook, maps in a.pe_maps.items():
@@ -420,7 +432,7 @@ def test_no_hook_left_after_errors(monkeypatch):
     with pytest.raises(RuntimeError, match="data broke"):
         ablate(m, bad_batches(), batch_size=3, progress=False)
     calls = {"n": 0}
-    real = ablation_mod.intervene
+    real = family_base.replace_additive  # what every additive site's replacement calls
 
     def flaky(*a, **k):
         calls["n"] += 1
@@ -430,10 +442,10 @@ def test_no_hook_left_after_errors(monkeypatch):
 
     for reuse in (False, True):
         calls["n"] = 0
-        monkeypatch.setattr(ablation_mod, "intervene", flaky)
+        monkeypatch.setattr(family_base, "replace_additive", flaky)
         with pytest.raises(ValueError, match="intervention broke"):
             ablate(m, x, reuse_prefix=reuse, batch_size=3, progress=False)
-        monkeypatch.setattr(ablation_mod, "intervene", real)
+        monkeypatch.setattr(family_base, "replace_additive", real)
     with pytest.raises(UnknownNameError):
         ablate(m, x, sites=["blocks.9.hook_pe"], progress=False)
     with pytest.raises(UnknownNameError):
@@ -468,7 +480,7 @@ def test_no_hook_left_after_errors_timm():
         attribute(t, images(4), target="label", n_steps=2, progress=False)  # unlabelled data
     assert hooks_on(t) == 0 and torch.equal(t.pos_embed, before)
     a = attribute(t, images(4), n_steps=64, batch_size=2, baseline="mean", progress=False)
-    assert set(a.frame.hook) == {"hook_input_pe"}
+    assert set(a.frame.site) == {"hook_input_pe"}
     assert hooks_on(t) == 0 and torch.equal(t.pos_embed, before)
 
 
@@ -479,10 +491,13 @@ def test_labels_optional_and_top1_only_with_labels():
     assert "top1" not in set(f.metric) and f.attrs["intact_top1"] is None
     g = ablate(m, TensorDataset(x, torch.zeros(8, dtype=torch.long)), batch_size=4, max_images=6, progress=False)
     assert "top1" in set(g.metric) and g.attrs["n_images"] == 6
-    assert list(g.columns) == ["hook", "layer", "intervention", "metric", "value"]
+    assert list(g.columns) == ["site", "pe_kind", "layer", "intervention", "metric", "value"]
     assert list(dict.fromkeys(g.layer)) == [INPUT, 1, 2, 3]  # forward order: input, blocks
 
 
 def test_public_names():
-    assert pe_probe.ablate is ablate and pe_probe.attribute is attribute
+    from pe_probe.probing.ablation import run_ablation
+    from pe_probe.probing.attribution import run_attribution
+
+    assert pe_probe.ablate is run_ablation and pe_probe.attribute is run_attribution
     assert {"ablate", "attribute"} <= set(dir(pe_probe))
