@@ -155,13 +155,14 @@ def test_attribute_defaults_and_its_table(tmp_path, fake_data, capsys):
     assert lines[0].startswith("normalised with the checkpoint's recorded mean [0.5, 0.5, 0.5]")
     start = next(i for i, line in enumerate(lines) if line.split()[:1] == ["layer"])
     header, rows = lines[start], lines[start + 1:-1]
-    assert header.split()[:3] == ["layer", "site", "pe_share"]
+    assert header.split()[:4] == ["layer", "site", "pe_kind", "pe_share"]
     frame = pd.read_csv(tmp_path / "out" / "attribution.csv")
-    sites = list(dict.fromkeys(frame.hook))
+    sites = list(dict.fromkeys(frame.site))
+    assert [r.split()[2] for r in rows] == list(frame.groupby("site", sort=False).pe_kind.first())
     assert [r.split()[1] for r in rows] == sites == ["hook_input_pe", "blocks.1.hook_pe", "blocks.2.hook_pe",
                                                       "blocks.3.hook_pe"]  # pvg: 4 sites, 4 rows
     assert not any("nan" in r for r in rows)
-    share = frame[(frame.metric == "pe_share") & (frame.hook == "blocks.2.hook_pe")].value.item()
+    share = frame[(frame.metric == "pe_share") & (frame.site == "blocks.2.hook_pe")].value.item()
     assert f"{share:.3f}" in rows[2]
     assert main(["attribute", str(tmp_path / "run"), "--out", str(tmp_path / "all"), "--no-progress", "--device",
                  "cpu", "--n-steps", "2", "--max-images", "all", "--sites", "1"]) == 0
