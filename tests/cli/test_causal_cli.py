@@ -176,3 +176,20 @@ def test_attribute_api_defaults_to_a_bounded_number_of_images():
     x = torch.randn(ATTRIBUTION_IMAGES + 8, 3, 16, 16)
     attr = pe_probe.attribute(model, x, sites=[1], n_steps=2, progress=False)
     assert attr.meta["n_images"] == ATTRIBUTION_IMAGES == 32 and attr.meta["baseline"] == DEFAULT_BASELINE == "mean"
+
+
+def test_attribute_table_fits_family_sites():
+    # family sites have longer names than blocks.{l}.hook_pe and sites with tokens kept have no PE share:
+    # every row is one site, its columns line up with the header, and a NaN share prints as '-'
+    from pe_probe.cli.attribute import format_attribution
+    from pe_probe.core.causal import ATTRIBUTION_METRICS, AttributionResult
+
+    sites = [("hook_input_pe", "absolute", -2, 0.25), ("blocks.11.attn.hook_attn_bias", "attn_bias", 11, float("nan"))]
+    rows = [(s, k, l, m, share if m == "pe_share" else 0.5) for s, k, l, share in sites for m in ATTRIBUTION_METRICS]
+    lines = format_attribution(AttributionResult(rows).frame()).splitlines()
+    header, body = lines[0], lines[1:-1]
+    assert [r.split()[:4] for r in body] == [["-2", "hook_input_pe", "absolute", "0.250"],
+                                             ["11", "blocks.11.attn.hook_attn_bias", "attn_bias", "-"]]
+    ends = [header.index(c) + len(c) for c in ("pe_share", "rel_delta")]
+    for r in body:
+        assert r[ends[0] - 1] != " " and r[ends[1] - 1] != " "  # right-aligned under their headers
