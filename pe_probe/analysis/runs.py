@@ -38,8 +38,10 @@ class RunResult:
     label: str | None = None
     path: Path | None = None
     history: pd.DataFrame | None = None  #: ``probe_history.csv`` (epoch, layer, metric, value), if recorded
-    ablation: pd.DataFrame | None = None  #: ``ablation.csv`` (hook, layer, intervention, metric, value), if computed
-    attribution: pd.DataFrame | None = None  #: ``attribution.csv`` (hook, layer, metric, value), if computed
+    #: ``ablation.csv`` (site, pe_kind, layer, intervention, metric, value), if computed
+    ablation: pd.DataFrame | None = None
+    #: ``attribution.csv`` (site, pe_kind, layer, metric, value), if computed
+    attribution: pd.DataFrame | None = None
 
     @property
     def display(self) -> str:
