@@ -8,7 +8,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "explore.ipynb"
+NOTEBOOK = Path(__file__).resolve().parents[1] / "analyses" / "explore.ipynb"
 
 
 @pytest.mark.slow

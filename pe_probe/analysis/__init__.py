@@ -24,7 +24,7 @@ from .metrics import (
     tok_pe_correlation,
 )
 from .causal import (Attribution, ablation_frame, attribution_of, read_ablation, read_attribution, save_ablation,
-                     save_attribution)
+                     save_attribution, site_table)
 from .position import logit_decomposition, position_decoding, position_variance
 from .runs import RunResult
 
@@ -32,5 +32,5 @@ __all__ = [
     "Attribution", "ablation_frame", "attribution_of", "read_ablation", "read_attribution", "save_ablation",
     "save_attribution", "RunResult", "cosine_matrix", "last_ln_params", "last_ln_stats", "norm_trends", "pe_self_similarity",
     "pe_similarity_grid", "pe_similarity_matrix", "pearson", "save_report", "summary_frame", "tok_pe_alignment",
-    "tok_pe_correlation", "logit_decomposition", "position_decoding", "position_variance",
+    "site_table", "tok_pe_correlation", "logit_decomposition", "position_decoding", "position_variance",
 ]

@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..core.causal import (ABLATION_COLUMNS, ATTRIBUTION_COLUMNS, AblationResult, AttributionResult)
+from ..core.causal import (ABLATION_COLUMNS, ATTRIBUTION_COLUMNS, ATTRIBUTION_SUMMARY, AblationResult,
+                           AttributionResult)
 from ..core.errors import CheckpointError
 
 
@@ -49,6 +50,26 @@ def attribution_of(result: AttributionResult) -> Attribution:
     frame = result.frame()
     frame.attrs.update(result.meta)
     return Attribution(frame, dict(result.pe_maps), dict(result.tok_maps))
+
+
+def site_table(frame: pd.DataFrame, metrics: tuple[str, ...] | list[str] = ATTRIBUTION_SUMMARY, *,
+               by: str | None = None) -> pd.DataFrame:
+    """One row per site (``layer``, ``site`` and, where the frame has it, ``pe_kind``, in the frame's order) and one
+    column per metric of a tidy ablation or attribution frame; with ``by`` (``"intervention"`` for an ablation) one
+    column per ``(by, metric)`` pair, flattened to ``"<value> <metric>"``. Only the sites the frame holds (no
+    empty layer x site cells)."""
+    index = ["layer", "site"] + (["pe_kind"] if "pe_kind" in frame.columns else [])
+    keep = frame[frame["metric"].isin(list(metrics))]
+    sites = list(dict.fromkeys(zip(*(keep[c] for c in index))))
+    columns = ["metric"] if by is None else [by, "metric"]
+    wide = keep.pivot_table(index=index, columns=columns, values="value", sort=False, aggfunc="first", dropna=False)
+    wide = wide.reindex(pd.MultiIndex.from_tuples(sites, names=index))
+    if by is None:
+        wide = wide[[m for m in metrics if m in wide.columns]]
+    else:
+        wide.columns = [f"{a} {b}" for a, b in wide.columns]
+    wide.columns.name = None
+    return wide.reset_index()
 
 
 def _rows(frame: pd.DataFrame, columns: tuple[str, ...]) -> list[tuple]:

@@ -23,13 +23,14 @@ import numpy as np
 import pandas as pd
 
 from ..core.hook_points import LAST
+from ..core.vocab import VERDICTS
 from .metrics import summary_frame
 from .runs import RunResult
 from .select import Selection
 from .stats import Interval, difference_interval, mean_interval
 
 EXPECT = ("negative", "positive")
-VERDICTS = ("supported", "contradicted", "inconclusive")
+SUPPORTED, CONTRADICTED, INCONCLUSIVE = VERDICTS
 
 
 def _metric(run: RunResult, metric: str) -> pd.Series:
@@ -184,12 +185,12 @@ def judge(iv: Interval, expect: str, counts: list[int]) -> tuple[str, str]:
     """The verdict of the fixed rule and why (see the module docstring)."""
     side = "< 0" if expect == "negative" else "> 0"
     if min(counts, default=0) == 0:
-        return "inconclusive", "no run to measure"
+        return INCONCLUSIVE, "no run to measure"
     if min(counts) < 2 or math.isnan(iv.low):
-        return "inconclusive", "fewer than 2 seeds: no interval"
+        return INCONCLUSIVE, "fewer than 2 seeds: no interval"
     below, above = iv.high < 0, iv.low > 0
     if (below and expect == "negative") or (above and expect == "positive"):
-        return "supported", f"95% CI entirely {side}"
+        return SUPPORTED, f"95% CI entirely {side}"
     if below or above:
-        return "contradicted", f"95% CI entirely on the other side of 0 than expected ({side})"
-    return "inconclusive", "95% CI contains 0"
+        return CONTRADICTED, f"95% CI entirely on the other side of 0 than expected ({side})"
+    return INCONCLUSIVE, "95% CI contains 0"

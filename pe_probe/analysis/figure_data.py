@@ -159,7 +159,7 @@ def fmt_num(value: float | None, digits: int = 2) -> str:
 # --- accuracy bars (Fig 1, Fig 5) ----------------------------------------------------------------------
 
 
-def accuracy_bars(sel: Selection, options: Mapping[str, Any], ref: P.Reported | None) -> FigureData:
+def accuracy_by_scheme(sel: Selection, options: Mapping[str, Any], ref: P.Reported | None) -> FigureData:
     """Top-1 per series: one row per run (seed), with the series' ``n_seeds``, ``mean`` and 95% ``ci_low`` /
     ``ci_high`` (:mod:`~pe_probe.analysis.stats`) and the paper's value for the series key. A series whose runs
     are of several configurations gets one bar per configuration."""
@@ -349,7 +349,7 @@ def last_ln_map_panels(sel: Selection, options: Mapping[str, Any], ref: P.Report
 # --- Last LN gamma and beta (Fig 6) --------------------------------------------------------------------
 
 
-def last_ln_channels(sel: Selection, options: Mapping[str, Any], ref: P.Reported | None) -> FigureData:
+def last_ln_by_channel(sel: Selection, options: Mapping[str, Any], ref: P.Reported | None) -> FigureData:
     """Gamma and beta of the Last LN per channel of each series' lowest seed; per series in ``stats`` (and on
     every row of ``data``): var(beta) and the cosine of the pooled token before vs after the Last LN (metric
     ``cosine_metric``, layer -1), as mean and 95% CI over the series' seeds, beside the paper's values."""

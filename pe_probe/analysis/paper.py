@@ -1,7 +1,7 @@
 """The numbers the paper reports, as data, each with where it comes from.
 
 Lee, Ham, Kim, "Maximizing the Position Embedding for Vision Transformers with Global Average Pooling"
-(AAAI 2025, arXiv 2502.02919), as restated in ``shared/docs/paper-notes.md``. Figures draw these as
+(AAAI 2025, arXiv 2502.02919), as listed in ``docs/science.md``. Figures draw these as
 reference overlays and tables print them beside our numbers. Pure Python: no numpy, no torch.
 
 Method keys are the preset names (``default``, ``lape``, ``pvg``, ``mpvg``); accuracies are top-1 %.
@@ -14,9 +14,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..core.errors import UnknownNameError
-
-PAPER = "Lee, Ham, Kim, AAAI 2025 (arXiv 2502.02919)"
-
 
 @dataclass(frozen=True)
 class Reported(Mapping):
@@ -38,7 +35,6 @@ class Reported(Mapping):
 
 
 METHODS: tuple[str, ...] = ("default", "lape", "pvg", "mpvg")
-METHOD_LABELS: dict[str, str] = {"default": "Default", "lape": "LaPE", "pvg": "PVG", "mpvg": "MPVG"}
 
 #: Top-1 % per backbone and method (Tables 1-2). ViT-Lite is on CIFAR-100, the others on ImageNet-1K.
 ACCURACY = Reported(
@@ -55,19 +51,13 @@ ACCURACY = Reported(
     unit="top-1 %",
 )
 
-#: Which table of the paper lists each backbone.
-TABLE_OF_BACKBONE: dict[str, str] = {
-    "DeiT-Ti": "table1", "DeiT-S": "table1", "DeiT-B": "table1",
-    "Swin-Ti": "table2", "CeiT-Ti": "table2", "T2T-ViT-7": "table2", "ViT-Lite-7/4": "table2",
-}
-
-#: Fig 1, DeiT-Ti. "GAP + Layer-wise" is not restated in paper-notes (the paper shows it below both
-#: GAP and Layer-wise), so it is absent rather than guessed.
+#: Fig 1, DeiT-Ti. "GAP + Layer-wise" has no number in the paper's text or tables (the paper draws it below
+#: both GAP and Layer-wise), so it is absent rather than guessed.
 FIG1 = Reported(
     {"default": 72.14, "gap": 72.40, "layerwise": 72.94, "mpvg": 73.51},
     source="Fig 1 (DeiT-Ti): Default and Layer-wise (LaPE) and MPVG as in Table 1, GAP as in Fig 5",
     unit="top-1 %",
-    notes="GAP + Layer-wise is drawn in the paper but its value is not restated in paper-notes.",
+    notes="GAP + Layer-wise is drawn in the paper but no number for it is given.",
 )
 
 #: Fig 5, DeiT-Ti, non-layer-wise: GAP alone vs GAP with the PE added to the Last LN.
@@ -113,7 +103,6 @@ TABLE6 = Reported(
     unit="top-1 %",
     notes="Only the best combination (no, yes, yes) = 73.51 is restated; the others lie in 73.28-73.48.",
 )
-TABLE6_OTHERS_RANGE: tuple[float, float] = (73.28, 73.48)
 
 
 #: Every reference by the name specs use for it (``paper = "..."`` in the figure specs, ``pe_probe/figures/specs/*.toml``).

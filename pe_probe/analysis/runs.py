@@ -40,8 +40,10 @@ class RunResult:
     label: str | None = None
     path: Path | None = None
     history: pd.DataFrame | None = None  #: ``probe_history.csv`` (epoch, layer, metric, value), if recorded
-    ablation: pd.DataFrame | None = None  #: ``ablation.csv`` (hook, layer, intervention, metric, value), if computed
-    attribution: pd.DataFrame | None = None  #: ``attribution.csv`` (hook, layer, metric, value), if computed
+    #: ``ablation.csv`` (site, pe_kind, layer, intervention, metric, value), if computed
+    ablation: pd.DataFrame | None = None
+    #: ``attribution.csv`` (site, pe_kind, layer, metric, value), if computed
+    attribution: pd.DataFrame | None = None
     attention: pd.DataFrame | None = None  #: ``attention.csv`` (site, pe_kind, layer, head, metric, value), if computed
     shuffle: pd.DataFrame | None = None  #: ``shuffle.csv`` (block, metric, value), if computed
     resolution: pd.DataFrame | None = None  #: ``resolution.csv`` (img_size, site, pe_kind, layer, metric, value)

@@ -6,6 +6,8 @@ import argparse
 import json
 from typing import Any, Callable
 
+from ..core.causal import EFFECTS
+
 
 def parse_kv(items: list[str] | None, flag: str = "--model-kwargs") -> dict[str, Any]:
     """``["embed_dim=64", "mlp_ratio=2.0", "qkv_bias=false"]`` -> kwargs (values read as JSON, else strings).
@@ -48,7 +50,7 @@ def add_site_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sites", nargs="+", metavar="SITE",
                    help="PE sites to analyse: layers (-2 input, -1 Last LN, i block) or hook names "
                         "(blocks.3.hook_pe, hook_input_pe, hook_last_pe, hook_pos_embed); default: every site")
-    p.add_argument("--effect", choices=("direct", "total"), default="direct",
+    p.add_argument("--effect", choices=EFFECTS, default=EFFECTS[0],
                    help="direct: change only the term added at the site (default); total: also what later "
                         "blocks and the Last LN read from it (the PE chain)")
 

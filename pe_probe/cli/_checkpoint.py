@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import DataError
+from ..core.vocab import SPLITS
 from ._args import parse_kv
 
 
@@ -21,7 +22,7 @@ def add_checkpoint_args(p: argparse.ArgumentParser) -> None:
                         "file (pe-probe, timm, DeiT, LaPE, torchvision, open_clip/OpenAI CLIP)")
     p.add_argument("--data", help="data-set name for pe_probe.data.build_dataset (default: the run's data set)")
     p.add_argument("--data-dir", help="where the data set lives (default: the run's, for the run's data set)")
-    p.add_argument("--split", choices=("val", "train", "all"), default=None,
+    p.add_argument("--split", choices=SPLITS, default=None,
                    help="part of the data set: val, train, or all (every image of a plain folder of class "
                         "folders); default: all for a plain folder that is not the run's own data, else val")
     p.add_argument("--model", help="timm model name (e.g. deit_tiny_patch16_224); needed when the checkpoint "
@@ -39,10 +40,22 @@ def add_checkpoint_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
 
 
-def add_stream_args(p: argparse.ArgumentParser, batch_size: int = 64) -> None:
-    """``--batch-size``, ``--max-images``, ``--num-workers`` and ``--no-progress``."""
+def _max_images(text: str) -> int | None:
+    if text.lower() == "all":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of images or 'all', got {text!r}") from None
+
+
+def add_stream_args(p: argparse.ArgumentParser, batch_size: int = 64, max_images: int | None = None) -> None:
+    """``--batch-size``, ``--max-images`` (``all``: every image; default ``max_images``), ``--num-workers`` and
+    ``--no-progress``."""
     p.add_argument("--batch-size", type=int, default=batch_size)
-    p.add_argument("--max-images", type=int, default=None, help="stop after this many images")
+    p.add_argument("--max-images", type=_max_images, default=max_images, metavar="N|all",
+                   help="stop after this many images (default: " + ("every image" if max_images is None else
+                                                                     f"{max_images}; 'all': every image") + ")")
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -65,6 +78,27 @@ class Checkpoint:
         recorded = self.info.data
         return dict(data_dir=self.data_dir, mean=recorded.get("mean"), std=recorded.get("std"), split=self.split,
                     trained_on=recorded if self.info.format == "run" else None)
+
+    def normalization(self) -> str:
+        """Which mean/std the images are normalised with, in words: the checkpoint's recorded ones, or the data
+        set's own when the checkpoint records none (then numbers can differ from a copy that records them)."""
+        recorded = self.info.data
+        if recorded.get("mean") is not None and recorded.get("std") is not None:
+            return f"normalised with the checkpoint's recorded mean {_fmt(recorded['mean'])} std {_fmt(recorded['std'])}"
+        from ..core.errors import UnknownNameError
+        from ..data import dataset_info
+
+        in_chans = int(getattr(getattr(getattr(self.model, "patch_embed", None), "proj", None), "in_channels", 3))
+        try:
+            mean, std = dataset_info(self.data).normalization(in_chans)
+        except UnknownNameError:
+            return f"normalised with the {self.data} data set's own mean/std (the checkpoint records none)"
+        return (f"normalised with {self.data}'s own mean {_fmt(mean)} std {_fmt(std)}: the checkpoint records none "
+                "(a checkpoint trained with another normalisation gives other numbers)")
+
+
+def _fmt(values) -> str:
+    return "[" + ", ".join(f"{float(v):.4g}" for v in values) + "]"
 
 
 def load(args: argparse.Namespace) -> Checkpoint:

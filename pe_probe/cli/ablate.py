@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..core.causal import INTERVENTIONS
 from ._args import add_site_args, holding, parse_sites
 from ._checkpoint import add_checkpoint_args, add_stream_args, load
 
@@ -21,8 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_checkpoint_args(p)
     p.add_argument("--out", required=True, help="directory for ablation.csv and ablation.json")
     add_stream_args(p)
-    p.add_argument("--interventions", nargs="+", choices=("zero", "mean", "shuffle"),
-                   default=["zero", "mean", "shuffle"], help="default: all three")
+    p.add_argument("--interventions", nargs="+", choices=INTERVENTIONS, default=list(INTERVENTIONS),
+                   help=f"default: all of {', '.join(INTERVENTIONS)}")
     add_site_args(p)
     p.add_argument("--seed", type=int, default=0, help="seed of the shuffle permutation (default 0)")
     p.add_argument("--no-reuse-prefix", action="store_true",
@@ -44,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
     out = save_ablation(result, args.out)
     meta, frame = result.meta, result.frame()
     top1 = meta.get("intact_top1")
+    print(ckpt.normalization())
     print(f"ablated {meta['n_images']} images of {ckpt.data!r} with {meta['model']} (pe_mode={meta['pe_mode']}, "
           f"effect={meta['effect']}" + (f", intact top1 {top1:.4f}" if top1 is not None else "") + f") -> {out}")
     agree = frame[frame.metric == "agree"].pivot_table(index=["layer", "site"], columns="intervention",

@@ -4,7 +4,10 @@ tokens (captum)."""
 from __future__ import annotations
 
 import argparse
+import sys
+import warnings
 
+from ..core.causal import ATTRIBUTION_IMAGES, BASELINES, DEFAULT_BASELINE, TOKEN_BASELINES
 from ._args import add_site_args, holding, parse_sites
 from ._checkpoint import add_checkpoint_args, add_stream_args, load
 
@@ -31,14 +34,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_checkpoint_args(p)
     p.add_argument("--out", required=True, help="directory for attribution.csv and attribution.json")
-    add_stream_args(p, batch_size=16)
+    add_stream_args(p, batch_size=16, max_images=ATTRIBUTION_IMAGES)
     p.add_argument("--target", default=None,
                    help="class whose logit is attributed: an index, or 'label' (default: the predicted class)")
     add_site_args(p)
-    p.add_argument("--baseline", choices=("zero", "mean"), default="zero",
-                   help="the PE the path starts from: zeros (default) or its row mean (the PE without position; "
-                        "converges at the input site, where zeros do not)")
-    p.add_argument("--tokens", choices=("zero", "keep"), default="zero",
+    p.add_argument("--baseline", choices=BASELINES, default=DEFAULT_BASELINE,
+                   help=f"the PE the path starts from: its row mean (the PE without position; converges at the "
+                        f"input site, where zeros do not) or zeros (default: {DEFAULT_BASELINE})")
+    p.add_argument("--tokens", choices=TOKEN_BASELINES, default=TOKEN_BASELINES[0],
                    help="the token term the path starts from: zeros (default) or the intact tokens (PE alone)")
     p.add_argument("--n-steps", type=int, default=32, help="integration steps (Gauss-Legendre; default 32)")
     p.add_argument("--internal-batch-size", type=int, default=None,
@@ -53,18 +56,50 @@ def run(args: argparse.Namespace) -> int:
 
     target = parse_target(args.target)
     ckpt = load(args)
-    result = attribute(ckpt.model, ckpt.data, target, sites=parse_sites(args.sites), effect=args.effect,
-                       baseline=args.baseline, tokens=args.tokens, n_steps=args.n_steps,
-                       internal_batch_size=args.internal_batch_size, n_maps=args.n_maps, batch_size=args.batch_size,
-                       max_images=args.max_images, num_workers=args.num_workers, run=str(ckpt.path),
-                       progress=not args.no_progress, **ckpt.data_options())
+    with warnings.catch_warnings(record=True) as caught:  # one line each on stderr, as every CLI message
+        warnings.simplefilter("always", RuntimeWarning)
+        result = attribute(ckpt.model, ckpt.data, target, sites=parse_sites(args.sites), effect=args.effect,
+                           baseline=args.baseline, tokens=args.tokens, n_steps=args.n_steps,
+                           internal_batch_size=args.internal_batch_size, n_maps=args.n_maps, batch_size=args.batch_size,
+                           max_images=args.max_images, num_workers=args.num_workers, run=str(ckpt.path),
+                           progress=not args.no_progress, **ckpt.data_options())
+    for w in caught:
+        if issubclass(w.category, RuntimeWarning):
+            print(f"pe-probe attribute: warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     if not getattr(args, "writer", True):  # [issue 22] torchrun: rank 0 alone writes and prints
         return 0
     out = save_attribution(result, args.out)
-    meta, frame = result.meta, result.frame()
+    meta = result.meta
+    print(ckpt.normalization())
     print(f"attributed {meta['n_images']} images of {ckpt.data!r} with {meta['model']} (pe_mode={meta['pe_mode']}, "
-          f"baseline={meta['baseline']}, n_steps={meta['n_steps']}) -> {out}")
-    wide = frame.pivot_table(index=["layer", "site"], columns="metric", values="value", sort=False, dropna=False)
-    for (layer, hook), row in wide.iterrows():
-        print(f"  layer {int(layer):>3}  {hook:<22} pe_share {row['pe_share']:.4f}  rel_delta {row['rel_delta']:.2g}")
+          f"baseline={meta['baseline']}, tokens={meta['tokens']}, n_steps={meta['n_steps']}) -> {out}")
+    print(format_attribution(result.frame()))
     return 0
+
+
+#: ``rel_delta`` above this: the attributions at that site are incomplete (pe_probe.attribute warns too).
+_INCOMPLETE = 0.05
+
+
+def format_attribution(frame) -> str:
+    """The attribution as a table, one row per site: ``pe_share`` (the PE's part of the absolute attribution), the
+    signed sums, ``f(x) - f(baseline)`` and ``rel_delta``, sites whose attributions are incomplete marked."""
+    from ..analysis import site_table
+
+    table = site_table(frame)
+    width = max([18, *(len(s) for s in table["site"])])  # family sites: blocks.{l}.attn.hook_attn_bias, ...
+    kinds = "pe_kind" in table.columns
+    kind_head = f" {'pe_kind':<12}" if kinds else ""
+    lines = [f"{'layer':>5}  {'site':<{width}}{kind_head} {'pe_share':>8} {'pe_attr':>9} {'tok_attr':>9} "
+             f"{'f(x)-f(b)':>9} {'rel_delta':>9}"]
+    for row in table.itertuples(index=False):
+        flag = "  incomplete: raise --n-steps" if row.rel_delta > _INCOMPLETE else ""
+        share = "-" if row.pe_share != row.pe_share else f"{row.pe_share:.3f}"  # NaN when the tokens are kept
+        kind = f" {row.pe_kind:<12}" if kinds else ""
+        lines.append(f"{int(row.layer):>5}  {row.site:<{width}}{kind} {share:>8} {row.pe_attr:>+9.3f} "
+                     f"{row.tok_attr:>+9.3f} {row.fdiff:>+9.3f} {row.rel_delta:>9.2g}{flag}")
+    lines.append("layer: -2 the input, -1 the Last LN, i block i; pe_share: the PE's part of |attribution| "
+                 "(docs/causal.md; '-' where the tokens are kept)")
+    return "\n".join(lines)

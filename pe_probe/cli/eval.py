@@ -6,6 +6,8 @@ import argparse
 import sys
 import warnings
 
+from ..core.vocab import SPLITS
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``eval`` subcommand."""
@@ -20,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run", help="run directory written by pe-probe train")
     p.add_argument("--dataset", help="digits, cifar10, cifar100 or imagefolder (default: the run's)")
     p.add_argument("--data-dir", help="folder of the data set's files (default: the run's, for the run's data set)")
-    p.add_argument("--split", choices=("val", "train", "all"), default=None,
+    p.add_argument("--split", choices=SPLITS, default=None,
                    help="val: the validation split (val/, or the 10%% of each class held out of a plain folder); "
                         "train: the training split, no augmentation; all: every image of a plain folder of class "
                         "folders. Default: all for a plain folder that is not the run's own data, else val")

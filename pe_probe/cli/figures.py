@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..core.vocab import VERDICTS
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``figures`` subcommand."""
@@ -41,6 +43,6 @@ def run(args: argparse.Namespace) -> int:
         return 0
     verdicts = [c.verdict for c in result.claims]
     print(f"{len(result.rendered)} rendered, {len(result.skipped)} skipped, {len(result.failed)} failed; claims: "
-          + ", ".join(f"{verdicts.count(v)} {v}" for v in ("supported", "contradicted", "inconclusive"))
+          + ", ".join(f"{verdicts.count(v)} {v}" for v in VERDICTS)
           + f": {result.index}")
     return 1 if result.failed else 0

@@ -53,16 +53,15 @@ def run(args: argparse.Namespace) -> int:
         return 0
     out = save_report(report, args.out)
     frame = summary_frame(report)
-    corr = frame[frame.metric == "tok_pe_corr"]
     info = ckpt.info
     print(f"{path}: {info.model} ({info.model_source}), weights {info.weights_key or 'state dict'}, "
           f"pe_mode={report.meta['pe_mode']} ({info.scheme_source})"
           + (f", PE resampled {info.pos_embed_resampled['from']} -> {info.pos_embed_resampled['to']}"
              if info.pos_embed_resampled else ""))
+    print(ckpt.normalization())
     print(f"probed {report.meta['n_images']} images of {data!r} (split {report.meta.get('split', '-')}) with "
           f"{report.meta['model']} (pe_mode={report.meta['pe_mode']}, pe_derived={report.meta['pe_derived']}) -> {out}")
-    for layer, value in zip(corr.layer, corr.value):
-        print(f"  layer {int(layer):>3}  tok_pe_corr {value:+.4f}")
+    print(format_probe(frame))
     position = frame[frame.metric.isin(["pos_share", "pos_r2", "pos_acc"])]
     if len(position):
         wide = position.pivot_table(index="layer", columns="metric", values="value", sort=False)
@@ -74,3 +73,34 @@ def run(args: argparse.Namespace) -> int:
     if args.mpvg_check:
         print(f"mpvg constant-offset check: max |logit diff| = {mpvg_constant_offset_check(model.cpu()):.3g}")
     return 0
+
+
+#: Per-layer metrics the probe prints, when the report has them: the token-PE correlation and cosine (where a
+#: PE is received), the norms (every model has them).
+_LAYER_METRICS = ("tok_pe_corr", "tok_pe_cos_mean", "tok_norm_mean", "pe_norm_mean", "resid_norm_mean")
+#: The Last LN's numbers (layer -1), printed on one line.
+_LAST_METRICS = ("last_ln_beta_var", "last_ln_cos_before_after", "tok_pe_corr")
+
+
+def format_probe(frame) -> str:
+    """The numbers worth looking at, one line per layer, then the Last LN; a model with no layer-wise PE (no
+    token-PE correlation inside the blocks) says so and where its numbers are instead."""
+    wide = frame.pivot_table(index="layer", columns="metric", values="value", aggfunc="first")
+    blocks = wide[wide.index >= 0]
+    cols = [m for m in _LAYER_METRICS if m in blocks.columns and blocks[m].notna().any()]
+    lines = ["  layer  " + "  ".join(f"{c:>15}" for c in cols)]
+    for layer, row in blocks.iterrows():
+        lines.append(f"  {int(layer):>5}  " + "  ".join(f"{row[c]:>+15.4f}" if row[c] == row[c] else f"{'-':>15}"
+                                                        for c in cols))
+    if -1 in wide.index:
+        last = wide.loc[-1]
+        parts = [f"{m} {last[m]:+.4g}" for m in _LAST_METRICS if m in wide.columns and last[m] == last[m]]
+        if parts:
+            lines.append("  Last LN  " + "  ".join(parts))
+    if "tok_pe_corr" not in blocks.columns or blocks["tok_pe_corr"].isna().all():
+        kinds = [k for k in dict.fromkeys(frame["pe_kind"]) if k != "none"] if "pe_kind" in frame.columns else []
+        what = f" (PE kind {', '.join(kinds)}: ablate and attribute measure its sites)" if kinds else ""
+        lines.append(f"  no block receives a PE added to its tokens{what}, so there is no token-PE correlation inside "
+                     "the blocks: look at the norms per layer and the Last LN above, or compare with a layer-wise "
+                     "run (docs/probe.md)")
+    return "\n".join(lines)

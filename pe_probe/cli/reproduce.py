@@ -8,6 +8,7 @@ import dataclasses
 import os
 import shlex
 
+from ..core.vocab import VERDICTS
 from ._fields import add_fields, field_values, to_flags
 
 #: Hyperparameters reproduce passes through to every run (flags generated from the training config).
@@ -16,8 +17,8 @@ _HYPER = "hyperparameters for every run (unset: the recipe's)"
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``reproduce`` subcommand."""
-    from ..pipeline import PRESET_NAMES
-    from ..pipeline.run import DEFAULT_SEEDS, PROBE_EVERY, PROBE_IMAGES
+    from ..pipeline.presets import PRESET_NAMES
+    from ..pipeline.presets import DEFAULT_SEEDS, PROBE_EVERY, PROBE_IMAGES
     from ..training import HyperparameterOverrides
 
     p = sub.add_parser(
@@ -112,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
     verdicts = [c.verdict for c in fig.claims]
     print(f"reproduce: {len(res.trained)} trained, {len(res.reused)} reused, {len(fig.rendered)} figures/tables, "
           f"{len(fig.skipped)} skipped, {len(fig.failed)} failed in {res.seconds:.0f} s; claims: "
-          + ", ".join(f"{verdicts.count(v)} {v}" for v in ("supported", "contradicted", "inconclusive"))
+          + ", ".join(f"{verdicts.count(v)} {v}" for v in VERDICTS)
           + f" -> {fig.index}")
     return 1 if fig.failed else 0
 

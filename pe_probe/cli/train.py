@@ -15,12 +15,12 @@ from ._fields import add_fields, field_values
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``train`` subcommand."""
-    from ..training import HyperparameterOverrides, RunOptions, TrainConfig
+    from ..training import RECIPES, HyperparameterOverrides, RunOptions, TrainConfig
 
     p = sub.add_parser(
         "train", help="train a model into a run directory",
         description="Train a pe-probe ViT (or any timm model) with a named recipe; unset flags come from the recipe. "
-        "Recipes: deit, swin, t2t, vit_lite_cifar, digits (default for --dataset digits).",
+        f"Recipes: {', '.join(RECIPES)} (digits is the default for --dataset digits).",
     )
     groups = (
         (None, RunOptions),

@@ -32,7 +32,7 @@ def _knob(default: Any, kwarg: str, help: str) -> Any:
 
 @dataclass(frozen=True)
 class PEConfig:
-    """How the position embedding reaches the network (paper-notes, "The PE-delivery schemes").
+    """How the position embedding reaches the network (docs/science.md, "The four PE-delivery schemes").
 
     ``layerwise`` is fixed by the preset; every other field is a knob a user may override, under the
     constructor keyword in its metadata (``input_add`` is the keyword ``pe_input_add``, ...).
@@ -137,7 +137,7 @@ def _knobs() -> tuple[Knob, ...]:
 KNOBS: tuple[Knob, ...] = _knobs()
 KNOB_NAMES: tuple[str, ...] = tuple(k.kwarg for k in KNOBS)
 
-#: Named PE-delivery presets (paper-notes, table of schemes). Pooling defaults differ per preset.
+#: Named PE-delivery presets (docs/science.md, table of schemes). Pooling defaults differ per preset.
 PRESETS: dict[str, PEConfig] = {
     "default": PEConfig(layerwise=False, input_add=True, global_pool="token"),
     "lape": PEConfig(layerwise=True, input_add=False, layer0=True, hierarchical=True, global_pool="token"),

@@ -12,9 +12,9 @@ probing, figures, reproduction). Its files:
 ``eval.json``        every ``pe-probe eval`` result, one entry per data set and split
 ``probe/``           the saved probe report of the run (:class:`~pe_probe.core.report.ProbeReport`)
 ``probe_history.csv`` metrics of the probes taken during training (``epoch, layer, metric, value``)
-``ablation.csv``     the PE ablation of the run (``hook, layer, intervention, metric, value``), with
-                     ``ablation.json`` (what was run: images, effect, seed, cost)
-``attribution.csv``  the PE attribution of the run (``hook, layer, metric, value``), with
+``ablation.csv``     the PE ablation of the run (``site, pe_kind, layer, intervention, metric, value``),
+                     with ``ablation.json`` (what was run: images, effect, seed, cost)
+``attribution.csv``  the PE attribution of the run (``site, pe_kind, layer, metric, value``), with
                      ``attribution.json`` (what was run, and the per-token maps)
 ==================== ==========================================================================
 

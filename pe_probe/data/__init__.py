@@ -12,6 +12,7 @@ from typing import Any, Sequence
 from torch.utils.data import Dataset
 
 from ..core.errors import DataError
+from ..core.vocab import SPLITS
 from .registry import DATASETS, DatasetInfo, dataset_info
 from .signature import DataSignature
 from .transforms import AUG_KEYS, ConvertThen, build_transform
@@ -48,8 +49,6 @@ def build_dataset(
     one raises :class:`~pe_probe.data.scan.BadImagesError` naming it, or with ``skip_bad`` is left out (the
     data set's ``bad`` maps each to why; other data sets have an empty ``bad``).
     """
-    from .folders import SPLITS
-
     if split is None:
         if train is None:
             raise ValueError("build_dataset needs split='train'|'val'|'all' (or train=True/False)")

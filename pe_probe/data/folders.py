@@ -12,6 +12,7 @@ from torch.utils.data import Dataset, Subset
 from torchvision.datasets import ImageFolder
 
 from ..core.errors import DataError
+from ..core.vocab import SPLITS
 from .scan import IMAGE_EXTENSIONS, check_folder_images, list_images
 
 #: Fraction of each class held out for validation when an image folder has no ``val/`` split.
@@ -83,8 +84,6 @@ def _has_class_folders(folder: Path) -> bool:
     return folder.is_dir() and any(p.is_dir() and not p.name.startswith(".") for p in folder.iterdir())
 
 
-#: The parts of a data set ``build_dataset(split=...)`` reads.
-SPLITS = ("train", "val", "all")
 
 
 def folder_layout(data_dir: Path) -> str:
@@ -195,6 +194,31 @@ def folder_image_size(data_dir: str | os.PathLike | None) -> int | None:
     return None if size is None else max(size)
 
 
+#: Folder names that mark a data-set root (its splits), never a class: a class folder with one of these names,
+#: or holding one, means ``--data-dir`` points above the data set's root.
+SPLIT_FOLDER_NAMES = ("train", "val", "test", "validation")
+
+
+def check_class_folders(root: Path) -> None:
+    """:class:`DataError` (one line, naming the folder to use instead) unless ``root``, the folder of class
+    folders a split reads, holds at least two classes that look like classes: fewer than two
+    would train to 100 % on one label, and class folders named or holding ``train/``, ``val/``, ... are data-set
+    roots, so ``--data-dir`` is one level too high."""
+    classes = class_folders(root)
+    roots = [c for c in classes if c.lower() in SPLIT_FOLDER_NAMES
+             or any((root / c / s).is_dir() for s in SPLIT_FOLDER_NAMES)]
+    if roots:
+        hint = root / roots[0] if roots[0].lower() not in SPLIT_FOLDER_NAMES else root
+        raise DataError(f"{root}: class folder(s) {', '.join(roots[:3])} look like a data set's root (train/ or val/ "
+                        f"inside, or named so), not a class: is --data-dir one level too high? (try {hint})")
+    if len(classes) < 2:
+        what = f"one class folder ({classes[0]})" if classes else "no class folder"
+        inner = root / classes[0] if classes else root
+        deeper = inner.is_dir() and any(e.is_dir() for e in os.scandir(inner))
+        raise DataError(f"{root} holds {what}: a classifier needs at least two classes; point --data-dir at the "
+                        "folder whose subfolders are the classes" + (f" (try {inner})" if deeper else ""))
+
+
 def build_imagefolder(
     data_dir: Path, *, split: str, transform: Callable, in_chans: int, skip_bad: bool = False
 ) -> Dataset:
@@ -203,7 +227,7 @@ def build_imagefolder(
     ``split`` is ``train``, ``val`` or ``all`` (see :func:`split_root`). A single folder of class subfolders
     (or a ``train/`` without ``val/``) is split per class with a fixed seed: ``FOLDER_VAL_FRACTION`` of each
     class goes to validation, always the same files; ``all`` reads every image. ``train/`` and ``val/`` must
-    hold the same class folders. Every image file is checked first (:mod:`pe_probe.data.scan`): a file that
+    hold the same class folders, at least two (:func:`check_class_folders`). Every image file is checked first (:mod:`pe_probe.data.scan`): a file that
     is not a regular file or does not decode raises :class:`~pe_probe.data.scan.BadImagesError` naming it,
     or with ``skip_bad`` is left out (the data set's ``bad`` maps each to why). The data set has
     ``num_classes``, ``classes``, ``bad`` and ``signature`` (:class:`~pe_probe.data.signature.DataSignature`).
@@ -212,6 +236,7 @@ def build_imagefolder(
 
     loader = _Loader("L" if in_chans == 1 else "RGB")
     root, part = split_root(data_dir, split)
+    check_class_folders(root)
     if folder_layout(data_dir) == "train+val":
         check_same_classes(data_dir)
     try:

@@ -33,3 +33,22 @@ def axes_grid(nrows: int, ncols: int, axes=None, figure=None, panel_size: tuple[
     return np.asarray(figure.subplots(nrows, ncols, squeeze=False), dtype=object)
 
 
+
+
+def integer_ticks(ax, axis: str = "x"):
+    """Ticks at whole numbers only on ``axis`` (a layer or epoch axis: block 1.5 does not exist). Returns ``ax``."""
+    from matplotlib.ticker import MaxNLocator
+
+    (ax.xaxis if axis == "x" else ax.yaxis).set_major_locator(MaxNLocator(integer=True))
+    return ax
+
+
+def clipped(errorbar, low: float, high: float):
+    """An error-bar function like ``errorbar`` whose interval is cut to ``[low, high]``: for quantities that
+    cannot leave that range (agreement, accuracy, a share), where a t interval can."""
+
+    def bounds(values):
+        lo, hi = errorbar(values)
+        return max(lo, low), min(hi, high)
+
+    return bounds

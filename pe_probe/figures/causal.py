@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 
 from ..analysis.figure_data import FigureData
 from ..analysis.stats import ci_bounds
-from ._axes import current_ax
+from ._axes import clipped, current_ax
 
 #: How each ablation metric is named on an axis.
 ABLATION_YLABELS = {"agree": "predictions unchanged (fraction)", "top1": "top-1 accuracy (fraction)",
@@ -24,19 +24,22 @@ ATTRIBUTION_YLABELS = {"pe_share": "PE share of |attribution|", "rel_delta": "ca
 
 
 def site_lines(data: pd.DataFrame, ax=None, *, y: str = "value", hue: str = "series", units: str | None = "run",
-               ylabel: str = "", ylim: tuple[float, float] | None = None, log: bool = False):
+               ylabel: str = "", ylim: tuple[float, float] | None = None, log: bool = False,
+               bounds: tuple[float, float] | None = None):
     """One line per ``hue`` value through the mean of ``y`` at each PE site (rows: one per seed; x: the
     ``position`` column, labelled with ``site``), with the 95% t interval as error bars
     (:func:`pe_probe.analysis.stats.ci_bounds`, drawn by seaborn) and each ``units`` value (seed run) as a thin
-    line. Returns ``ax``."""
+    line. ``bounds``: the range the quantity cannot leave (a fraction: ``(0, 1)``); the intervals are cut to it.
+    Returns ``ax``."""
     ax = current_ax(ax)
+    errorbar = ci_bounds if bounds is None else clipped(ci_bounds, *bounds)
     order = list(dict.fromkeys(data[hue]))
     palette = {name: f"C{i}" for i, name in enumerate(order)}
     if len(data):
         if units is not None and data.groupby(hue)[units].nunique().max() > 1:
             sns.lineplot(data=data, x="position", y=y, hue=hue, units=units, estimator=None, palette=palette,
                          hue_order=order, linewidth=0.6, alpha=0.35, legend=False, ax=ax)
-        sns.lineplot(data=data, x="position", y=y, hue=hue, hue_order=order, palette=palette, errorbar=ci_bounds,
+        sns.lineplot(data=data, x="position", y=y, hue=hue, hue_order=order, palette=palette, errorbar=errorbar,
                      err_style="bars", err_kws={"capsize": 3}, marker="o", ax=ax)
         ticks = data.drop_duplicates("position").sort_values("position")
         ax.set_xticks(ticks["position"].to_numpy())
@@ -68,7 +71,7 @@ def draw_ablation(fd: FigureData, options: Mapping[str, Any], title: str) -> Fig
     bounded = metric in ("agree", "top1")
     for ax, kind in zip(axes, kinds):
         site_lines(data[data["intervention"] == kind], ax, ylabel=ABLATION_YLABELS.get(metric, metric),
-                   ylim=(-0.03, 1.03) if bounded else None)
+                   ylim=(-0.03, 1.03) if bounded else None, bounds=(0.0, 1.0) if bounded else None)
         ax.set_title(f"{kind} PE", fontsize=9)
     return fig
 
@@ -78,7 +81,8 @@ def draw_attribution(fd: FigureData, options: Mapping[str, Any], title: str) -> 
     data = fd.data
     fig = _figure(8.4, 3.8, title)
     ax_share, ax_delta = fig.subplots(1, 2)
-    site_lines(data[data["metric"] == "pe_share"], ax_share, ylabel=ATTRIBUTION_YLABELS["pe_share"], ylim=(-0.03, 1.03))
+    site_lines(data[data["metric"] == "pe_share"], ax_share, ylabel=ATTRIBUTION_YLABELS["pe_share"], ylim=(-0.03, 1.03),
+               bounds=(0.0, 1.0))
     ax_share.set_title("PE share", fontsize=9)
     delta = data[(data["metric"] == "rel_delta") & (data["value"] > 0)]
     site_lines(delta, ax_delta, ylabel=ATTRIBUTION_YLABELS["rel_delta"], log=True)

@@ -9,7 +9,7 @@ import pandas as pd
 import seaborn as sns
 
 from ..analysis.stats import ci_bounds
-from ._axes import current_ax
+from ._axes import current_ax, integer_ticks
 
 
 def correlation_lines(data: pd.DataFrame, ax=None, *, x: str = "layer", y: str = "value",
@@ -36,6 +36,8 @@ def correlation_lines(data: pd.DataFrame, ax=None, *, x: str = "layer", y: str =
     if zero_line:
         ax.axhline(0.0, color="0.7", linewidth=0.8, zorder=0)
     ax.set_xlabel(xlabel)
+    if x == "layer":
+        integer_ticks(ax)
     ax.set_ylabel(ylabel)
     if ylim is not None:
         ax.set_ylim(*ylim)

@@ -7,7 +7,7 @@ import numpy as np
 from ._axes import current_ax
 
 
-def pe_similarity_matrix(sim: np.ndarray, ax=None, *, title: str | None = None, cmap: str = "RdBu_r"):
+def pe_similarity_heatmap(sim: np.ndarray, ax=None, *, title: str | None = None, cmap: str = "RdBu_r"):
     """The (N, N) cosine similarity between PE rows, on a fixed [-1, 1] colour scale. Returns ``ax``."""
     ax = current_ax(ax)
     sim = np.asarray(sim, dtype=float)

@@ -24,7 +24,7 @@ from .causal import draw_ablation, draw_attribution
 from .correlation import correlation_lines
 from .heatmaps import heatmap_grid
 from .last_ln import last_ln_channels
-from .pe_similarity import pe_similarity_matrix, pe_similarity_row
+from .pe_similarity import pe_similarity_heatmap, pe_similarity_row
 from .tables import markdown_table
 from .token_norms import token_norm_grid
 
@@ -193,7 +193,7 @@ def draw_pe_similarity(fd: FigureData, options: Mapping[str, Any], title: str) -
     fig = _figure(2.4 * len(panels), 5.0)
     axes = np.asarray(fig.subplots(2, len(panels), squeeze=False))
     for j, p in enumerate(panels):
-        pe_similarity_matrix(p["map"], axes[0, j], title=f"layer {p['layer']}: PE cosine")
+        pe_similarity_heatmap(p["map"], axes[0, j], title=f"layer {p['layer']}: PE cosine")
         pe_similarity_row(p["map"], p["token"], p["grid"], axes[1, j], title=f"layer {p['layer']}: token {p['token']}")
     fig.colorbar(axes[0, -1].images[0], ax=list(axes.ravel()), shrink=0.6, label="cosine")
     fig.suptitle(_wrap(_titled(title, fd.subject), 2.4 * len(panels)), fontsize=10)
@@ -260,14 +260,14 @@ def draw_resolution_lines(fd: FigureData, options: Mapping[str, Any], title: str
 
 #: Every plot a spec can name.
 PLOTS: dict[str, Plot] = {p.name: p for p in (
-    Plot("accuracy_bars", "figure", fd_.accuracy_bars, draw_accuracy_bars,
+    Plot("accuracy_bars", "figure", fd_.accuracy_by_scheme, draw_accuracy_bars,
          {"digits": 2, "paper_label": "paper (DeiT-Ti, ImageNet-1K)"}),
     Plot("layer_maps", "figure", fd_.layer_map_panels, draw_map_grid,
          {"layers": [1, 4, 7, 9, 11], "patch_only": False, "paper_depth": 12}),
     Plot("correlation_lines", "figure", fd_.correlation_by_layer, draw_correlation_lines,
          {"patch_only": False, "paper_label": "paper (DeiT-Ti)", "paper_depth": 12}),
     Plot("last_ln_maps", "figure", fd_.last_ln_map_panels, draw_last_ln_maps, {"patch_only": False}),
-    Plot("last_ln_params", "figure", fd_.last_ln_channels, draw_last_ln_params,
+    Plot("last_ln_params", "figure", fd_.last_ln_by_channel, draw_last_ln_params,
          {"cosine_metric": "last_ln_cos_before_after", "cosine_paper_series": ["pvg_token", "pvg"]}),
     Plot("token_norms", "figure", fd_.token_norm_panels, draw_token_norms, {"n_images": 3}),
     Plot("pe_similarity", "figure", fd_.pe_similarity_panels, draw_pe_similarity,

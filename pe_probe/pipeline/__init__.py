@@ -1,15 +1,36 @@
-"""Reproduction pipeline: presets of runs, training, probing and rendering in one call."""
+"""Reproduction pipeline: presets of runs, training, probing and rendering in one call.
 
-from .attention import attention_run, position_tests, resolution_run, resolution_sweep, shuffle_run
-from .causal import ablate, ablate_run, attribute, attribute_run
-from .history import ProbeHistory, read_history, train
-from .presets import PRESET_NAMES, QUICK, RunPlan, ablation_plans, preset_plans, table5_layers
-from .run import ReproduceResult, find_runs, probe_run, render_figures, reproduce
+Names are loaded on first use: the presets (:mod:`.presets`) import no torch, so ``pe-probe reproduce --help``
+lists them without loading torch.
+"""
 
-__all__ = [
-    "attention_run", "position_tests", "resolution_run", "resolution_sweep", "shuffle_run",
-    "ablate", "ablate_run", "attribute", "attribute_run",
-    "ProbeHistory", "read_history", "train",
-    "PRESET_NAMES", "QUICK", "ReproduceResult", "RunPlan", "ablation_plans", "find_runs", "render_figures", "preset_plans",
-    "probe_run", "reproduce", "table5_layers",
-]
+from __future__ import annotations
+
+import importlib
+
+#: Public names -> the module (relative to this package) that defines them.
+_LAZY = {
+    "attention_run": "attention", "position_tests": "attention", "resolution_run": "attention",
+    "resolution_sweep": "attention", "shuffle_run": "attention",
+    "ablate": "causal", "ablate_run": "causal", "attribute": "causal", "attribute_run": "causal",
+    "ProbeHistory": "history", "read_history": "history",
+    "train": "training",
+    "DEFAULT_SEEDS": "presets", "PRESET_NAMES": "presets", "QUICK": "presets", "RunPlan": "presets",
+    "ablation_plans": "presets", "preset_plans": "presets", "table5_layers": "presets",
+    "ReproduceResult": "run", "find_runs": "run", "plan_runs": "run", "probe_run": "run", "render_figures": "run",
+    "reproduce": "run",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -69,23 +69,24 @@ def _cached(rd: RunDir, cls, path, recompute: bool, measure):
     return result
 
 
-def _model_and_data(rd: RunDir, data_dir, model):
+def _model_and_data(rd: RunDir, data_dir, model, load=None):
     from .causal import _run_data
 
-    loaded, data = _run_data(rd, data_dir)
+    loaded, data = _run_data(rd, data_dir, load=load)
     return (loaded if model is None else model), data
 
 
 @locked_on("run_dir")  # the run is not trained or evaluated while its caches are written
 def attention_run(run_dir: str | os.PathLike | RunDir, *, data_dir: str | os.PathLike | None = None,
                   max_images: int | None = RUN_ATTENTION_IMAGES, recompute: bool = False, progress: bool = True,
-                  model: nn.Module | None = None) -> AttentionResult:
+                  model: nn.Module | None = None, load=None) -> AttentionResult:
     """The attention statistics of a run: read from ``RUN/attention.csv`` if saved, else measured on the first
-    ``max_images`` validation images and saved there. ``model``: the run's model when already loaded."""
+    ``max_images`` validation images and saved there. ``model``: the run's model when already loaded; ``load``: a loader of the run, called only if a
+    measurement is needed (so a caller's model is loaded once, if at all)."""
     rd = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
 
     def measure():
-        m, data = _model_and_data(rd, data_dir, model)
+        m, data = _model_and_data(rd, data_dir, model, load)
         return attention_stats(m, data.pop("data"), max_images=max_images, run=rd.name, progress=progress, **data)
 
     return _cached(rd, AttentionResult, rd.attention_path, recompute, measure)
@@ -94,13 +95,13 @@ def attention_run(run_dir: str | os.PathLike | RunDir, *, data_dir: str | os.Pat
 @locked_on("run_dir")
 def shuffle_run(run_dir: str | os.PathLike | RunDir, *, data_dir: str | os.PathLike | None = None,
                 max_images: int | None = None, recompute: bool = False, progress: bool = True,
-                model: nn.Module | None = None) -> ShuffleResult:
+                model: nn.Module | None = None, load=None) -> ShuffleResult:
     """The patch-shuffle test of a run: read from ``RUN/shuffle.csv`` if saved, else measured on its validation
     images (seed :data:`RUN_SHUFFLE_SEED`, the default block sizes) and saved there."""
     rd = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
 
     def measure():
-        m, data = _model_and_data(rd, data_dir, model)
+        m, data = _model_and_data(rd, data_dir, model, load)
         return patch_shuffle(m, data.pop("data"), seed=RUN_SHUFFLE_SEED, max_images=max_images, run=rd.name,
                              progress=progress, **data)
 
@@ -110,7 +111,7 @@ def shuffle_run(run_dir: str | os.PathLike | RunDir, *, data_dir: str | os.PathL
 @locked_on("run_dir")
 def resolution_run(run_dir: str | os.PathLike | RunDir, *, data_dir: str | os.PathLike | None = None,
                    max_images: int | None = None, recompute: bool = False, progress: bool = True,
-                   model: nn.Module | None = None) -> ResolutionResult:
+                   model: nn.Module | None = None, load=None) -> ResolutionResult:
     """The resolution sweep of a run: read from ``RUN/resolution.csv`` if saved, else measured on its
     validation images at :func:`run_sizes` of its training size and saved there."""
     rd = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
@@ -118,7 +119,7 @@ def resolution_run(run_dir: str | os.PathLike | RunDir, *, data_dir: str | os.Pa
     def measure():
         from ..families import family_for
 
-        m, data = _model_and_data(rd, data_dir, model)
+        m, data = _model_and_data(rd, data_dir, model, load)
         fam = family_for(m)
         sizes = run_sizes(int(fam.img_size[0]), int(fam.img_size[0] // fam.grid[0]))
         return resolution_sweep(m, data.pop("data"), sizes, max_images=max_images, run=rd.name, progress=progress,
@@ -128,10 +129,10 @@ def resolution_run(run_dir: str | os.PathLike | RunDir, *, data_dir: str | os.Pa
 
 
 def position_tests(run: RunDir, data_dir, max_images: int | None, recompute: bool,
-                   model: nn.Module | None = None) -> dict:
+                   model: nn.Module | None = None, load=None) -> dict:
     """The run's attention, shuffle and resolution frames for figures (each computed once, then read back)."""
     att_images = RUN_ATTENTION_IMAGES if max_images is None else min(max_images, RUN_ATTENTION_IMAGES)
-    kw = dict(data_dir=data_dir, recompute=recompute, progress=False, model=model)
+    kw = dict(data_dir=data_dir, recompute=recompute, progress=False, model=model, load=load)
     return {"attention": attention_run(run, max_images=att_images, **kw).frame(),
             "shuffle": shuffle_run(run, max_images=max_images, **kw).frame(),
             "resolution": resolution_run(run, max_images=max_images, **kw).frame()}

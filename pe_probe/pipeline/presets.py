@@ -1,8 +1,9 @@
 """Which runs each reproduction preset trains: the paper's comparisons as data.
 
 A preset is a list of :class:`RunPlan` (a run name plus its PE knobs). The recipe (model size, epochs,
-optimizer) comes from the data set unless the caller overrides it, so the same run list serves the quick
-CPU reproduction on digits and the paper's GPU recipes on CIFAR-100 or ImageNet.
+optimizer) is the training code's choice for the data set (:func:`pe_probe.training.resolve_run`) unless the
+caller overrides it, so the same run list serves the quick CPU reproduction on digits and the paper's GPU
+recipes on CIFAR-100 or ImageNet; the Table 5 runs are placed on the blocks of the model that recipe builds.
 """
 
 from __future__ import annotations
@@ -40,8 +41,10 @@ QUICK: tuple[RunPlan, ...] = (
 
 
 def table5_layers(depth: int) -> tuple[int, ...]:
-    """The paper's pos_5, pos_8, pos_11 of a 12-block DeiT, mapped onto a ``depth``-block model."""
-    return tuple(sorted({max(1, round(x * (depth - 1) / 11)) for x in (5, 8, 11)}))
+    """The paper's pos_5, pos_8, pos_11 of a 12-block DeiT, mapped onto a ``depth``-block model: blocks of
+    ``1..depth-1`` (the blocks an MPVG model feeds a PE), so every Table 5 run is valid for its model (7 blocks:
+    3, 4, 6; none for a 1-block model)."""
+    return tuple(sorted({max(1, round(x * (depth - 1) / 11)) for x in (5, 8, 11)} & set(range(1, depth))))
 
 
 def ablation_plans(depth: int) -> tuple[RunPlan, ...]:
@@ -61,6 +64,17 @@ def ablation_plans(depth: int) -> tuple[RunPlan, ...]:
 
 
 PRESET_NAMES = ("quick", "ablations", "paper")
+
+#: Seeds per run when ``seeds`` is not given: three for the quick preset (intervals need at least two), one for
+#: the GPU-sized presets (pass ``seeds`` to get intervals there too).
+DEFAULT_SEEDS = {"quick": 3, "ablations": 1, "paper": 1}
+#: Probing during training in reproduce: every this many epochs (and the last), on this many validation images.
+PROBE_EVERY, PROBE_IMAGES = 4, 128
+#: Epochs of the quick preset on digits (the digits recipe has 20). The slowest learners, Default and GAP, reach
+#: 67-86 % top-1 after 12 epochs, 89-92 % after 20 and 93-96 % after 24 (seeds 1-2), so accuracy differences at
+#: fewer epochs measure speed of convergence more than the scheme. 3 seeds x 8 runs at 24 epochs take about 7-8
+#: minutes on a quiet 2-core CPU (BENCHMARKS.md, section 4). An explicit ``epochs`` wins.
+QUICK_DIGITS_EPOCHS = 24
 
 
 def preset_plans(preset: str, depth: int) -> tuple[RunPlan, ...]:

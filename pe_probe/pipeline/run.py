@@ -6,6 +6,7 @@ This is the top layer: it only calls the public API of the layers below (train, 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import multiprocessing
@@ -14,7 +15,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from tqdm.auto import tqdm
 
@@ -28,17 +29,15 @@ from ..core.report import ProbeReport
 from ..core.rundir import RunDir
 from ..figures.render import RenderResult, render_all
 from ..figures.spec import resolve_specs
-from ..models import VARIANT_ARGS
 from ..probing import probe
 from ..probing.distributed import is_main  # [issue 22]
-from ..training import TrainConfig, load_run
-from ..training.config import check_run_options, recipe_for
-from ..training.recipes import DEFAULT_RECIPE_FOR_DATASET, get_recipe
+from ..training import Run, TrainConfig, load_run, resolve_run
+from ..training.config import check_run_options
 from .attention import position_tests
 from .causal import RUN_ATTRIBUTION_IMAGES, ablate_run, attribute_run
-from .history import train
-from .presets import RunPlan, preset_plans
+from .presets import DEFAULT_SEEDS, PROBE_EVERY, PROBE_IMAGES, QUICK_DIGITS_EPOCHS, RunPlan, preset_plans
 from .spread import main_locked_on, spread_over_ranks  # [issue 22]
+from .training import train
 
 log = logging.getLogger(__name__)
 
@@ -52,26 +51,6 @@ class ReproduceResult:
     reused: list[str] = field(default_factory=list)
     figures: RenderResult | None = None
     seconds: float = 0.0
-
-
-#: Seeds per run when ``seeds`` is not given: three for the quick preset (intervals need at least two), one for
-#: the GPU-sized presets (pass ``seeds`` to get intervals there too).
-DEFAULT_SEEDS = {"quick": 3, "ablations": 1, "paper": 1}
-#: Probing during training in reproduce: every this many epochs (and the last), on this many validation images.
-PROBE_EVERY, PROBE_IMAGES = 4, 128
-#: Epochs of the quick preset on digits (the digits recipe has 20). The slowest learners, Default and GAP, reach
-#: 67-86 % top-1 after 12 epochs, 89-92 % after 20 and 93-96 % after 24 (seeds 1-2), so accuracy differences at
-#: fewer epochs measure speed of convergence more than the scheme. 3 seeds x 8 runs at 24 epochs take about 7-8
-#: minutes on a quiet 2-core CPU (BENCHMARKS.md, section 4). An explicit ``epochs`` wins.
-QUICK_DIGITS_EPOCHS = 24
-
-
-def _recipe_depth(dataset: str, recipe: str | None, model: str | None, model_kwargs: dict) -> int:
-    """Number of blocks the runs will have (needed to place the Table 5 runs)."""
-    r = get_recipe(recipe or DEFAULT_RECIPE_FOR_DATASET.get(dataset, "digits"))
-    name = model or r.model
-    kwargs = {**(r.model_kwargs if name == r.model else {}), **model_kwargs}
-    return int(kwargs.get("depth", VARIANT_ARGS.get(name, {}).get("depth", 12)))
 
 
 @dataclass(frozen=True)
@@ -101,26 +80,36 @@ def plan_runs(
 ) -> list[PlannedRun]:
     """Every run ``reproduce`` trains: each run of ``preset`` once per seed (``seed``, ``seed + 1``, ...), in
     ``out/runs/<name>-seed<k>``, with the same options; ``overrides`` are TrainConfig hyperparameters (e.g.
-    ``epochs``). Checks names and numbers; writes nothing."""
+    ``epochs``). The recipe, model and depth are the training code's own
+    (:func:`~pe_probe.training.resolve_run`), asked once for the preset (the Table 5 runs are placed on the
+    model's blocks) and once for each planned run, so every run is checked before any is trained. Writes
+    nothing."""
     if preset == "paper" and dataset == "digits":
         raise DataError("the paper preset runs the paper's recipes: pass --dataset cifar100 or imagefolder "
                         "with --data-dir")
     n = DEFAULT_SEEDS.get(preset, 1) if seeds is None else seeds
-    if preset == "quick" and dataset == "digits" and recipe in (None, "digits"):
-        overrides.setdefault("epochs", QUICK_DIGITS_EPOCHS)
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"seeds={seeds!r} must be a positive integer")
     model_kwargs = dict(model_kwargs or {})
-    plans: Sequence[RunPlan] = preset_plans(preset, _recipe_depth(dataset, recipe, model, model_kwargs))
+    common = dict(dataset=dataset, data_dir=data_dir, recipe=recipe, model=model, model_kwargs=model_kwargs,
+                  device=device, probe_every=probe_every, probe_images=probe_images)
+    base = resolve_run(TrainConfig(out=str(out), **common, **overrides))
+    if preset == "quick" and base.dataset == "digits" and base.recipe.name == "digits":
+        overrides.setdefault("epochs", QUICK_DIGITS_EPOCHS)
+    if base.depth is None:
+        raise ValueError(f"{base.model} is not a pe-probe model: reproduce trains the pe_* models (--model)")
+    plans: Sequence[RunPlan] = preset_plans(preset, base.depth)
     runs_dir = Path(out) / "runs"
     planned = []
     for plan in plans:
         for k in range(seed, seed + n):
-            cfg = TrainConfig(out=str(runs_dir / f"{plan.name}-seed{k}"), dataset=dataset, data_dir=data_dir,
-                              recipe=recipe, model=model, model_kwargs=model_kwargs, device=device, seed=k,
-                              probe_every=probe_every, probe_images=probe_images, **overrides, **plan.options)
+            cfg = TrainConfig(out=str(runs_dir / f"{plan.name}-seed{k}"), seed=k, **common, **overrides, **plan.options)
             check_run_options(cfg)  # every number checked here, so that --plan prints no command that fails
-            recipe_for(cfg)
+            if k == seed:
+                try:
+                    resolve_run(cfg)  # the run as the training code will build it
+                except ValueError as exc:
+                    raise ValueError(f"preset {preset!r} run {plan.name}: {exc}") from None
             planned.append(PlannedRun(RunDir(cfg.out), plan.label, cfg))
     return planned
 
@@ -271,20 +260,24 @@ def run_one(config: TrainConfig, *, data_dir: str | os.PathLike | None = None, m
     run = RunDir(config.out)
     if not run.is_complete():
         train(config.replace(resume=run.is_run(), progress=False, verbose=verbose))
-    probe_run(run, data_dir=data_dir, max_images=max_images, progress=False)
+    load = functools.cache(functools.partial(load_run, run.path))  # the model is loaded once, if at all
+    probe_run(run, data_dir=data_dir, max_images=max_images, progress=False, load=load)
     if causal_tests:
-        _causal(run, data_dir, max_images, recompute=False)
+        _causal(run, data_dir, max_images, recompute=False, load=load)
     return run.name
 
 
-def _causal(run: RunDir, data_dir, max_images: int | None, recompute: bool) -> dict:
+def _causal(run: RunDir, data_dir, max_images: int | None, recompute: bool,
+            load: Callable[[], Run] | None = None) -> dict:
     """The run's ablation and attribution frames, and its attention, patch-shuffle and resolution frames
-    (:func:`~pe_probe.pipeline.attention.position_tests`), each computed once, then read from the run directory."""
+    (:func:`~pe_probe.pipeline.attention.position_tests`), each computed once, then read from the run directory;
+    ``load``: the caller's loader of the run (its model is loaded once, if at all)."""
     return {
-        **position_tests(run, data_dir, max_images, recompute),
-        "ablation": ablate_run(run, data_dir=data_dir, max_images=max_images, recompute=recompute, progress=False),
+        **position_tests(run, data_dir, max_images, recompute, load=load),
+        "ablation": ablate_run(run, data_dir=data_dir, max_images=max_images, recompute=recompute, progress=False,
+                               load=load),
         "attribution": attribute_run(
-            run, data_dir=data_dir, recompute=recompute, progress=False,
+            run, data_dir=data_dir, recompute=recompute, progress=False, load=load,
             max_images=RUN_ATTRIBUTION_IMAGES if max_images is None else min(max_images, RUN_ATTRIBUTION_IMAGES),
         ).frame,
     }
@@ -308,10 +301,12 @@ def probe_run(
     reprobe: bool = False,
     progress: bool = True,
     decode: bool = True,
+    load: Callable[[], Run] | None = None,
 ) -> ProbeReport:
     """The probe report of a run: loaded from ``RUN/probe`` if saved, else probed on the run's
     validation data and saved there (with its ``metrics.csv``). ``decode``: also the position decoders
-    (``pe_probe.probe(decode=True)``), which the ``position_decoding`` figure shows."""
+    (``pe_probe.probe(decode=True)``), which the ``position_decoding`` figure shows. ``load``: returns the
+    loaded run (default: :func:`~pe_probe.training.load_run`)."""
     rd = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     probe_dir = contained(rd.path, RunDir.PROBE)  # never read or written through a link out of the run
     if probe_dir.is_dir() and not reprobe:
@@ -319,7 +314,7 @@ def probe_run(
             return ProbeReport.load(probe_dir)
         except Exception as exc:  # a stale, damaged or mixed (interrupted) report is rebuilt, not fatal
             log.warning("re-probing %s: saved probe results unreadable (%s)", rd.path, exc)
-    run = load_run(rd.path)
+    run = load() if load is not None else load_run(rd.path)
     data = run.config["data"]
     report = probe(
         run.model, data["dataset"], data_dir=data_dir or data.get("data_dir"), mean=data.get("mean"),
@@ -373,11 +368,12 @@ def render_figures(
     reprobe = reprobe and not spread
     runs = []
     for d in tqdm(complete, desc="probe runs", unit="run", disable=not progress):
-        report = probe_run(d, data_dir=data_dir, max_images=max_images, reprobe=reprobe, progress=False)
+        load = functools.cache(functools.partial(load_run, d.path))  # the model is loaded once, if at all
+        report = probe_run(d, data_dir=data_dir, max_images=max_images, reprobe=reprobe, progress=False, load=load)
         causal = {}
         if causal_tests:  # RUN/ablation.csv and RUN/attribution.csv, computed once like the probe report
             try:
-                causal = _causal(d, data_dir, max_images, recompute=reprobe)
+                causal = _causal(d, data_dir, max_images, recompute=reprobe, load=load)
             except CheckpointError as exc:  # e.g. a copied run with its saved probe but without its weights
                 log.warning("%s: no causal tests (%s); the figures that need them skip this run", d.path, exc)
         runs.append(RunResult.from_dir(d, report=report, label=(labels or {}).get(d.name), **causal))

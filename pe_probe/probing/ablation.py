@@ -18,7 +18,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..core import hook_points as H
-from ..core.causal import INTERVENTIONS, AblationResult
+from ..core.causal import ABLATION_METRICS, INTERVENTIONS, AblationResult
 from ..core.errors import DataError, UnknownNameError
 from ..models.foreign import convert_model
 from .distributed import all_reduce_numbers, collective_errors, open_sharded  # [issue 22] torch.distributed
@@ -143,8 +143,9 @@ def run_ablation(
     rows = []
     for site, kind in pairs:
         t = tallies[(site.name, kind)]
-        values = ([("top1", t.correct / t.n)] if labelled else []) + [("agree", t.agree / t.n), ("kl", t.kl / t.n)]
-        rows += [(site.name, site.kind, site.layer, kind, name, float(v)) for name, v in values]
+        values = {"top1": t.correct / t.n if labelled else None, "agree": t.agree / t.n, "kl": t.kl / t.n}
+        rows += [(site.name, site.kind, site.layer, kind, name, float(values[name])) for name in ABLATION_METRICS
+                 if values[name] is not None]  # top1 only with labelled data
     meta = build_meta(
         view, n_images, run,
         effect=effect, interventions=interventions, sites=[s.name for s in runner.sites], seed=seed,

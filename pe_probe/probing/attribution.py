@@ -29,7 +29,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..core.causal import BASELINES, TOKEN_BASELINES, AttributionResult
+from ..core.causal import (ATTRIBUTION_IMAGES, ATTRIBUTION_METRICS, BASELINES, DEFAULT_BASELINE, TOKEN_BASELINES,
+                           AttributionResult)
 from ..core.errors import DataError, UnknownNameError
 from ..models.foreign import convert_model
 from .distributed import all_reduce_numbers, collective_errors, gather_first, open_sharded  # [issue 22]
@@ -126,13 +127,13 @@ def run_attribution(
     *,
     sites: Sequence[str | int] | None = None,
     effect: str = "direct",
-    baseline: str = "zero",
+    baseline: str = DEFAULT_BASELINE,
     tokens: str = "zero",
     n_steps: int = 32,
     method: str = "gausslegendre",
     internal_batch_size: int | None = None,
     batch_size: int = 16,
-    max_images: int | None = None,
+    max_images: int | None = ATTRIBUTION_IMAGES,
     n_maps: int = 4,
     warn_rel_delta: float = 0.05,
     data_dir: str | os.PathLike | None = None,
@@ -147,7 +148,11 @@ def run_attribution(
     """Integrated gradients of the target logit with respect to each site's PE term and its token term.
 
     ``target``: None (the intact model's predicted class), a class index, or ``"label"``. The path goes from
-    (tokens ``tokens``, PE ``baseline``) to the intact (tokens, PE) at one site, everything else the same image.
+    (tokens ``tokens``, PE ``baseline``; default the row mean, :data:`~pe_probe.core.causal.DEFAULT_BASELINE`)
+    to the intact (tokens, PE) at one site, everything else the same image. A site without a row mean (a rotary
+    site: ``"mean"`` not in its ``Site.interventions``) starts from the PE off instead, listed in
+    ``meta["zero_baseline"]``. ``max_images``: the first
+    :data:`~pe_probe.core.causal.ATTRIBUTION_IMAGES` images unless given (None: every image).
     Per site, over all images: ``pe_attr`` / ``tok_attr`` (mean over images of the signed sums;
     ``pe_attr + tok_attr - delta = f(x) - f(baseline)``), ``pe_abs`` / ``tok_abs`` (means of the sums of absolute
     values), ``pe_share = sum pe_abs / (sum pe_abs + sum tok_abs)`` (NaN with ``tokens="keep"``), ``fdiff``
@@ -188,6 +193,9 @@ def run_attribution(
         mean=mean, std=std, num_workers=num_workers, split=split, trained_on=trained_on)
     if total is not None and max_images is not None:
         total = min(total, max_images)
+    # "mean": the row mean where the site has one (its family lists "mean" among Site.interventions); a rotation
+    # has none (a mean of rotations is no rotation), so such a site starts from the PE off (meta["zero_baseline"])
+    bases = {s.name: baseline if baseline == "zero" or "mean" in s.interventions else "zero" for s in runner.sites}
     h, w = view.grid
     keys = ("pe_attr", "tok_attr", "pe_abs", "tok_abs", "fdiff", "fdiff_abs", "delta_abs")
     sums = {s.name: dict.fromkeys(keys, 0.0) | {"delta_abs_max": 0.0} for s in runner.sites}
@@ -203,7 +211,7 @@ def run_attribution(
                 tgt = _targets(target, runner, images, labels)
                 take = max(0, min(b, n_maps - n_images))
                 for site in runner.sites:
-                    a_tok, a_pe, delta = site_attributions(runner, site, images, tgt, baseline=baseline, tokens=tokens,
+                    a_tok, a_pe, delta = site_attributions(runner, site, images, tgt, baseline=bases[site.name], tokens=tokens,
                                                            n_steps=n_steps, method=method,
                                                            internal_batch_size=internal_batch_size)
                     tok_sum, pe_sum = a_tok.reshape(b, -1).sum(1), a_pe.reshape(b, -1).sum(1)
@@ -240,11 +248,12 @@ def run_attribution(
             fdiff=s["fdiff"] / n_images, delta_abs_mean=s["delta_abs"] / n_images, delta_abs_max=s["delta_abs_max"],
             rel_delta=s["delta_abs"] / s["fdiff_abs"] if s["fdiff_abs"] > 0 else float("nan"),
         )
-        rows += [(site.name, site.kind, site.layer, k, float(v)) for k, v in values.items()]
+        rows += [(site.name, site.kind, site.layer, k, float(values[k])) for k in ATTRIBUTION_METRICS]
         if values["rel_delta"] > warn_rel_delta:
             warnings.warn(f"{site.name}: sum |delta| / sum |f(x) - f(baseline)| = {values['rel_delta']:.3g} with "
                           f"n_steps={n_steps}: the attributions there are not complete; raise n_steps (the input site "
-                          "may need 128 or more) and, there, use baseline='mean' or tokens='keep'", RuntimeWarning,
+                          "may need 128 or more)" + ("" if bases[site.name] == "mean" or tokens == "keep" else
+                                                     " and, there, use baseline='mean' or tokens='keep'"), RuntimeWarning,
                           stacklevel=3)
     n_sites = len(runner.sites)
     meta = build_meta(
@@ -252,6 +261,7 @@ def run_attribution(
         target="predicted" if target is None else target, effect=effect, baseline=baseline, tokens=tokens,
         n_steps=n_steps, method=method, sites=[s.name for s in runner.sites], n_maps=min(n_maps, n_images),
         tokens_kept=[s.name for s in runner.sites if s.tok is None],
+        zero_baseline=[name for name, b in bases.items() if b != baseline],
         input_pe=view.input_pe,
         cost=dict(forwards_per_image=1 + n_sites * (n_steps + 4), backwards_per_image=n_sites * n_steps),
         seconds=time.perf_counter() - t0,

@@ -1,4 +1,4 @@
-"""Exact checks of claims about trained checkpoints (paper-notes, "Observations worth testing")."""
+"""Exact checks of claims about trained checkpoints (docs/science.md, "pe-probe's own observations")."""
 
 from __future__ import annotations
 
@@ -30,11 +30,11 @@ def mpvg_constant_offset_check(
     adds ``W @ c`` to the copy's head bias and compares logits on ``images`` (default: ``n_images`` standard
     normal images from ``seed``). A result at float rounding level (~1e-5) confirms that at inference MPVG
     computes the same function as that PVG. ``model`` may be a run directory (loaded with
-    ``pe_probe.load_model``). Raises :class:`~pe_probe.core.errors.CheckpointError` for models without a Last-LN PE
+    :func:`pe_probe.load_model`; the random images then have the run's input size and channels). Raises :class:`~pe_probe.core.errors.CheckpointError` for models without a Last-LN PE
     or with a non-linear head.
     """
     if isinstance(model, (str, os.PathLike)):
-        from ..training.rundir import load_model
+        from ..training.checkpoints import load_model
 
         model = load_model(model)
     if not isinstance(model, PEVisionTransformer) or model.pe_config.last_ln_pe is None:

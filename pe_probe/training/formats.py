@@ -227,6 +227,10 @@ def read_weights(file: Path, *, use_ema: bool) -> tuple[dict[str, torch.Tensor],
             raise CheckpointError(f"{file} has no EMA weights (no {' or '.join(EMA_KEYS)}); load it without --ema")
     elif not _is_state_dict(ckpt):
         key = next((k for k in WEIGHT_KEYS if isinstance(ckpt.get(k), dict)), None)
+        ema = next((k for k in EMA_KEYS if ckpt.get(k) is not None), None)
+        if key is None and ema is not None:
+            raise CheckpointError(f"{file} holds only EMA weights ({ema}), no trained ones "
+                                  f"({' or '.join(WEIGHT_KEYS)}): load them with --ema (use_ema=True)")
         if key is None:
             raise CheckpointError(f"{file} holds no weights pe-probe knows: top-level keys "
                                   f"{sorted(map(str, ckpt))[:8]}; expected a state dict, or a checkpoint with {', '.join(WEIGHT_KEYS + EMA_KEYS)}")
@@ -274,7 +278,7 @@ def _create(name: str, kwargs: dict) -> nn.Module:
 
 
 def _run_source(path: Path, model: str | None, use_ema: bool) -> _Source:
-    from .evaluate import run_signature
+    from .evaluation import run_signature
 
     rd = RunDir(path)
     config = rd.read_config()
@@ -401,8 +405,12 @@ def _file_source(file: Path, model: str | None, use_ema: bool) -> _Source:
         raise CheckpointError(f"{file} does not name its model (no args.model); pass the timm model name with "
                               "--model NAME (load_checkpoint(path, model=...))")
     size = _image_size(args.get("input_size")) or _image_size(args.get("img_size"))
-    recorded = {"img_size": size[0] if size[0] == size[1] else list(size)} if size else {}
-    return _Source(fmt, file, sd, key, name, name_source, recorded, None, size, {},
+    # timm's train.py records its --model-kwargs (a dict) and, when given, --mean / --std in args
+    recorded = dict(args["model_kwargs"]) if isinstance(args.get("model_kwargs"), dict) else {}
+    if size:
+        recorded["img_size"] = size[0] if size[0] == size[1] else list(size)
+    data = {k: [float(v) for v in args[k]] for k in ("mean", "std") if isinstance(args.get(k), (list, tuple))}
+    return _Source(fmt, file, sd, key, name, name_source, recorded, None, size, data,
                    lambda n, extra: _create(n, {**recorded, **extra}))
 
 
@@ -487,6 +495,21 @@ def _pos_embed_grid(model: nn.Module, sd: dict, file: Path, resample: bool,
 
     pe, own = sd.get("pos_embed"), getattr(model, "pos_embed", None)
     patch_embed = getattr(model, "patch_embed", None)
+    proj = sd.get("patch_embed.proj.weight")
+    ph, pw = (int(v) for v in patch_embed.patch_size) if patch_embed is not None else (None, None)
+    if patch_embed is not None and isinstance(proj, torch.Tensor) and proj.ndim == 4 and tuple(proj.shape[-2:]) != (ph, pw):
+        # another patch size, not another image size: the knob that fits is patch_size (and the image size
+        # that gives the checkpoint's grid with it)
+        cp = tuple(int(v) for v in proj.shape[-2:])
+        prefix = 0 if getattr(model, "no_embed_class", False) else int(getattr(model, "num_prefix_tokens", 0))
+        n = pe.shape[1] - prefix if isinstance(pe, torch.Tensor) and pe.ndim == 3 else 0
+        side = math.isqrt(n) if n > 0 and math.isqrt(n) ** 2 == n else None
+        fix = f"patch_size={cp[0] if cp[0] == cp[1] else list(cp)}"
+        if side is not None and side * cp[0] != int(patch_embed.img_size[0]):
+            fix += f" --model-arg img_size={side * cp[0]}"
+        raise CheckpointError(
+            f"{file} was trained with {cp[0]}x{cp[1]} patches (patch_embed.proj.weight), the model has {ph}x{pw}: "
+            f"build it with the checkpoint's patch size (--model-arg {fix})")
     if (not isinstance(own, torch.Tensor) or pe is None or patch_embed is None or pe.ndim != 3
             or pe.shape == own.shape or pe.shape[-1] != own.shape[-1]):
         return None

@@ -1,6 +1,6 @@
 """The training loop: timm's AdamW, cosine schedule with warm-up, mixup/cutmix, label smoothing, RandAugment.
 
-One function, :func:`train`, runs single-process on CPU or CUDA (bf16 autocast) and multi-process under
+One function, :func:`run_training`, runs single-process on CPU or CUDA (bf16 autocast) and multi-process under
 torchrun with DistributedDataParallel. Every input is checked before the run directory is created.
 """
 
@@ -30,21 +30,19 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from .._version import __version__
-from ..core.errors import CheckpointError, DataError, PEProbeError, UnknownNameError
+from ..core.errors import CheckpointError, DataError, PEProbeError
 from ..core.io import is_temp
 from ..core.locks import LOCK_FILE
-from ..core.model_kwargs import check_model_kwargs
-from ..core.pe import KNOB_NAMES, resolve_pe_config
 from ..core.rundir import RunDir
 from ..data import build_dataset, dataset_info
 from ..data.workers import default_num_workers
-from ..models import VARIANT_ARGS
 from ..models.limits import check_buildable
 from .checkpoints import load_state, load_state_dict_checked, rng_state, save_state, save_weights, set_rng_state
-from .config import RUNTIME_FIELDS, TrainConfig, check_run_options, recipe_for
+from .config import RUNTIME_FIELDS, TrainConfig, check_run_options
 from .distributed import DistEnv, all_gather, all_sum, barrier, init_distributed, shutdown
-from .evaluate import autocast_for, run_eval
+from .evaluation import autocast_for, run_eval
 from .recipes import Recipe
+from .resolve import resolve_run
 from .sampler import EpochSampler, SeededItems, _mix
 
 
@@ -67,23 +65,6 @@ class Plan:
 
 
 # ---------------------------------------------------------------------------------------------- planning
-def _pe_kwargs(cfg: TrainConfig, kwargs: dict, model_name: str) -> dict:
-    """The model kwargs with every PE knob resolved (pe_* models) or a clear error (other timm models)."""
-    given = cfg.given()  # the PE knobs the user set (PEKnobs)
-    if model_name not in VARIANT_ARGS:
-        bad = sorted(k for k in given if k != "global_pool")
-        if bad:
-            raise ValueError(f"{model_name} is not a pe-probe model: the PE knobs {bad} apply to pe_* models only")
-        return {**kwargs, **given}
-    names = ("pe_mode", *KNOB_NAMES)
-    merged = {**{k: kwargs[k] for k in names if k in kwargs}, **given}
-    mode = merged.pop("pe_mode", "default")
-    pe = resolve_pe_config(mode, **merged)
-    out = {k: v for k, v in kwargs.items() if k not in names}
-    out.update(pe_mode=mode, **pe.to_kwargs())
-    return out
-
-
 def _image_format(model_name: str, kwargs: dict) -> tuple[int, int]:
     """``(img_size, in_chans)`` of the model to build, from its kwargs or timm's default config."""
     cfg = timm.models.get_pretrained_cfg(model_name)
@@ -97,23 +78,12 @@ def _image_format(model_name: str, kwargs: dict) -> tuple[int, int]:
 
 
 def plan_run(cfg: TrainConfig, env: DistEnv) -> Plan:
-    """Resolve the recipe, check names and data, build the data sets and the model. Writes nothing."""
-    recipe = recipe_for(cfg)
-    model_name = cfg.model or recipe.model
-    if model_name is None:
-        raise ValueError(f"recipe {recipe.name!r} has no default model; name one with --model")
-    if not timm.is_model(model_name):
-        raise UnknownNameError(
-            f"unknown model {model_name!r}; pe-probe's models: {', '.join(VARIANT_ARGS)} (or any timm model)"
-        )
-    dataset = cfg.dataset or recipe.dataset
+    """Resolve the run (:func:`~pe_probe.training.resolve.resolve_run`: recipe, model, kwargs, depth), check the
+    data, build the data sets and the model. Writes nothing."""
+    resolved = resolve_run(cfg)
+    recipe, model_name, dataset = resolved.recipe, resolved.model, resolved.dataset
     info = dataset_info(dataset)
-
-    kwargs = dict(recipe.model_kwargs) if model_name == recipe.model else {}
-    kwargs.update(check_model_kwargs(cfg.model_kwargs, "model_kwargs"))
-    kwargs = _pe_kwargs(cfg, kwargs, model_name)
-    kwargs.setdefault("drop_path_rate", recipe.drop_path_rate)
-    check_buildable(model_name, kwargs, where="model_kwargs")  # names, types and size, before any data is read
+    kwargs = dict(resolved.model_kwargs)
     img_size, in_chans = _image_format(model_name, kwargs)
 
     aug = {}
@@ -126,6 +96,8 @@ def plan_run(cfg: TrainConfig, env: DistEnv) -> Plan:
     val_set = build_dataset(dataset, train=False, augment=False, skip_bad=cfg.skip_bad, **common)
     bad = {**getattr(train_set, "bad", {}), **getattr(val_set, "bad", {})}
     num_classes = int(train_set.num_classes)
+    if num_classes < 2:  # image folders say which folder to use instead (pe_probe.data.folders)
+        raise DataError(f"{dataset} has {num_classes} class: a classifier needs at least two")
     if kwargs.setdefault("num_classes", num_classes) != num_classes:
         raise ValueError(f"model_kwargs num_classes={kwargs['num_classes']} but {dataset} has {num_classes} classes")
     kwargs.update(img_size=img_size, in_chans=in_chans)
@@ -137,7 +109,7 @@ def plan_run(cfg: TrainConfig, env: DistEnv) -> Plan:
         )
 
     _seed_everything(cfg.seed)  # the same initial weights on every process and every attempt
-    check_buildable(model_name, kwargs, where="model_kwargs")
+    check_buildable(model_name, kwargs, where="model_kwargs")  # again, with the data set's classes and image size
     try:
         model = timm.create_model(model_name, pretrained=False, **kwargs)
     except (TypeError, ValueError, AssertionError, RuntimeError, KeyError) as exc:
@@ -205,12 +177,13 @@ def _merge_resume(cfg: TrainConfig, stored: dict, run: RunDir) -> TrainConfig:
 EpochCallback = Callable[..., Any]
 
 
-def train(config: TrainConfig | None = None, /, *, callbacks: Sequence[EpochCallback] = (), **options: Any) -> Path:
+def run_training(config: TrainConfig | None = None, /, *, callbacks: Sequence[EpochCallback] = (),
+                 **options: Any) -> Path:
     """Train a model and return its run directory (``config.json``, ``model.safetensors``, ``metrics.jsonl``,
     ``state.pt``, and ``summary.json`` once complete).
 
     Pass a :class:`TrainConfig`, keyword options (its field names), or both (options override the config):
-    ``pe_probe.train(out="runs/mpvg", pe_mode="mpvg")`` trains the ``digits`` recipe's tiny ViT on CPU.
+    ``run_training(out="runs/mpvg", pe_mode="mpvg")`` trains the ``digits`` recipe's tiny ViT on CPU.
     With ``resume=True`` an existing run continues from its last saved state with its stored configuration.
     Bad input raises a :class:`~pe_probe.core.errors.PEProbeError` subclass or ``ValueError`` before anything is
     written; a NaN loss raises :class:`TrainingDivergedError` naming the step. ``callbacks`` run at the end of
@@ -219,7 +192,7 @@ def train(config: TrainConfig | None = None, /, *, callbacks: Sequence[EpochCall
     """
     cfg = config if config is not None else TrainConfig()
     if not isinstance(cfg, TrainConfig):
-        raise ValueError(f"train() takes a TrainConfig or keyword options, not {type(cfg).__name__}")
+        raise ValueError(f"run_training() takes a TrainConfig or keyword options, not {type(cfg).__name__}")
     if options:
         cfg = cfg.replace(**options)
     if cfg.out is None:

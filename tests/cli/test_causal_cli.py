@@ -142,3 +142,54 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, fake_data, command, args, ma
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"pe-probe {command}: error:") and match in err and "\n" not in err
     assert not (tmp_path / "out").exists()
+
+
+def test_attribute_defaults_and_its_table(tmp_path, fake_data, capsys):
+    # by default: the row-mean baseline (it converges) and a bounded number of images; one table row per site
+    write_run(tmp_path / "run")
+    assert main(["attribute", str(tmp_path / "run"), "--out", str(tmp_path / "out"), "--no-progress", "--device",
+                 "cpu", "--n-steps", "4", "--batch-size", "5"]) == 0
+    meta = json.loads((tmp_path / "out" / "attribution.json").read_text())
+    assert meta["baseline"] == "mean" and meta["n_images"] == 10  # the fake data set's 10 < 32
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("normalised with the checkpoint's recorded mean [0.5, 0.5, 0.5]")
+    start = next(i for i, line in enumerate(lines) if line.split()[:1] == ["layer"])
+    header, rows = lines[start], lines[start + 1:-1]
+    assert header.split()[:4] == ["layer", "site", "pe_kind", "pe_share"]
+    frame = pd.read_csv(tmp_path / "out" / "attribution.csv")
+    sites = list(dict.fromkeys(frame.site))
+    assert [r.split()[2] for r in rows] == list(frame.groupby("site", sort=False).pe_kind.first())
+    assert [r.split()[1] for r in rows] == sites == ["hook_input_pe", "blocks.1.hook_pe", "blocks.2.hook_pe",
+                                                      "blocks.3.hook_pe"]  # pvg: 4 sites, 4 rows
+    assert not any("nan" in r for r in rows)
+    share = frame[(frame.metric == "pe_share") & (frame.site == "blocks.2.hook_pe")].value.item()
+    assert f"{share:.3f}" in rows[2]
+    assert main(["attribute", str(tmp_path / "run"), "--out", str(tmp_path / "all"), "--no-progress", "--device",
+                 "cpu", "--n-steps", "2", "--max-images", "all", "--sites", "1"]) == 0
+    assert json.loads((tmp_path / "all" / "attribution.json").read_text())["n_images"] == 10
+
+
+def test_attribute_api_defaults_to_a_bounded_number_of_images():
+    from pe_probe.core.causal import ATTRIBUTION_IMAGES, DEFAULT_BASELINE
+
+    model = timm.create_model("pe_deit_tiny_patch16_224", pretrained=False, **dict(TINY, pe_mode="pvg")).eval()
+    x = torch.randn(ATTRIBUTION_IMAGES + 8, 3, 16, 16)
+    attr = pe_probe.attribute(model, x, sites=[1], n_steps=2, progress=False)
+    assert attr.meta["n_images"] == ATTRIBUTION_IMAGES == 32 and attr.meta["baseline"] == DEFAULT_BASELINE == "mean"
+
+
+def test_attribute_table_fits_family_sites():
+    # family sites have longer names than blocks.{l}.hook_pe and sites with tokens kept have no PE share:
+    # every row is one site, its columns line up with the header, and a NaN share prints as '-'
+    from pe_probe.cli.attribute import format_attribution
+    from pe_probe.core.causal import ATTRIBUTION_METRICS, AttributionResult
+
+    sites = [("hook_input_pe", "absolute", -2, 0.25), ("blocks.11.attn.hook_attn_bias", "attn_bias", 11, float("nan"))]
+    rows = [(s, k, l, m, share if m == "pe_share" else 0.5) for s, k, l, share in sites for m in ATTRIBUTION_METRICS]
+    lines = format_attribution(AttributionResult(rows).frame()).splitlines()
+    header, body = lines[0], lines[1:-1]
+    assert [r.split()[:4] for r in body] == [["-2", "hook_input_pe", "absolute", "0.250"],
+                                             ["11", "blocks.11.attn.hook_attn_bias", "attn_bias", "-"]]
+    ends = [header.index(c) + len(c) for c in ("pe_share", "rel_delta")]
+    for r in body:
+        assert r[ends[0] - 1] != " " and r[ends[1] - 1] != " "  # right-aligned under their headers

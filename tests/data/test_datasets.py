@@ -121,3 +121,34 @@ def test_dataset_info_normalization():
     assert info.num_classes == 10 and info.normalization(3)[0] == info.mean * 3
     assert len(dataset_info("cifar100").normalization(1)[0]) == 1
     assert dataset_info("imagefolder").num_classes is None
+
+
+@pytest.mark.parametrize("layout", ["plain", "train+val"])
+def test_one_class_is_refused_in_one_line_naming_the_fix(tmp_path, layout):
+    # one class would train to "100 % top-1" on a single label
+    data = tmp_path / "data"
+    for root in ([data] if layout == "plain" else [data / "train", data / "val"]):
+        _make_folder(root, classes=("cat",))
+    with pytest.raises(DataError, match="holds one class folder \\(cat\\): a classifier needs at least two") as exc:
+        build_dataset("imagefolder", data_dir=data, train=True, img_size=8)
+    assert "\n" not in str(exc.value)
+    # the folder above the classes, given one level too high, is named
+    _make_folder(tmp_path / "wrapped" / "imgs")
+    with pytest.raises(DataError, match=f"try {tmp_path / 'wrapped' / 'imgs'}"):
+        build_dataset("imagefolder", data_dir=tmp_path / "wrapped", split="all", img_size=8)
+
+
+def test_a_data_set_root_as_a_class_is_refused(tmp_path):
+    # --data-dir one level above the data set: its only "class" holds train/ and val/
+    _make_folder(tmp_path / "cifar" / "train")
+    _make_folder(tmp_path / "cifar" / "val")
+    _make_folder(tmp_path / "other", n=2)  # a second "class", so the class count alone would pass
+    with pytest.raises(DataError, match=f"look like a data set's root.*try {tmp_path / 'cifar'}"):
+        build_dataset("imagefolder", data_dir=tmp_path, train=True, img_size=8)
+    # train/ whose classes are split folders again (train/train/<class>)
+    _make_folder(tmp_path / "nested" / "train" / "train")
+    _make_folder(tmp_path / "nested" / "train" / "val")
+    with pytest.raises(DataError, match="class folder\\(s\\) train, val look like"):
+        build_dataset("imagefolder", data_dir=tmp_path / "nested", train=True, img_size=8)
+    # two real classes pass
+    assert build_dataset("imagefolder", data_dir=tmp_path / "cifar", train=True, img_size=8).num_classes == 3

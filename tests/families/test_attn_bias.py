@@ -418,7 +418,7 @@ def test_attribution_path_ends_at_the_hand_edited_model(key, images):
     x = _like(model, images[:4])
     intact = _logits(model, x)
     pred = intact.argmax(-1)
-    result = pe_probe.attribute(model, x, n_steps=32, progress=False, batch_size=4)
+    result = pe_probe.attribute(model, x, baseline="zero", n_steps=32, progress=False, batch_size=4)
     for l in (0, MODELS[key][2] - 1):
         ref = _logits(no_bias(model, l), x)
         drop = float((intact.gather(1, pred[:, None]) - ref.gather(1, pred[:, None])).mean())
@@ -525,7 +525,7 @@ def test_levit_through_the_api(distilled, images64):
     intact = _logits(model, images64)
     assert pe_probe.probe(model, images64[:4], progress=False) is not None
     result = pe_probe.ablate(model, images64, ["zero"], progress=False)
-    attr = pe_probe.attribute(model, images64[:4], n_steps=32, progress=False, batch_size=4)
+    attr = pe_probe.attribute(model, images64[:4], baseline="zero", n_steps=32, progress=False, batch_size=4)
     pred = intact[:4].argmax(-1)
     for l in (0, 1):
         ref = _logits(levit_copy(model, lambda i, a, l=l: a.attention_biases.zero_() if i == l else None), images64)

@@ -234,7 +234,7 @@ def test_attribution_ends_at_the_hand_edited_model_and_is_complete():
     m, x = twins(scale=3.0), images(4)
     with torch.no_grad():
         drop = logit_drop(m(x), pe_off_copy(m, [0])(x))
-    frame = as_frame(pe_probe.attribute(m, x, sites=["pos_block.0.hook_peg"], tokens="keep", n_steps=32,
+    frame = as_frame(pe_probe.attribute(m, x, sites=["pos_block.0.hook_peg"], baseline="zero", tokens="keep", n_steps=32,
                                         progress=False))
     assert metric(frame, "fdiff") == pytest.approx(drop, rel=1e-4, abs=1e-5)
     assert metric(frame, "pe_attr") == pytest.approx(drop, rel=0.02)

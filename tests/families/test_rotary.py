@@ -328,6 +328,14 @@ def test_probe_ablate_attribute_run(key, images):
         set(frame["intervention"]) == {"zero", "shuffle"}
     attr = pe_probe.attribute(model, images[:2], n_steps=4, progress=False, batch_size=2, warn_rel_delta=float("inf"))
     assert attr is not None
+    # the default row-mean baseline: a rotation has no row mean, so the rope sites start from the identity
+    # rotation (the PE off) and say so; an absolute pos_embed keeps its row mean
+    rope = [s.name for s in family_for(model).sites() if s.kind == "rotary"]
+    assert attr.meta["baseline"] == "mean" and attr.meta["zero_baseline"] == rope and rope
+    zero = pe_probe.attribute(model, images[:2], baseline="zero", sites=rope[:1], n_steps=4, progress=False,
+                              batch_size=2, warn_rel_delta=float("inf"))
+    assert zero.meta["zero_baseline"] == []
+    assert [r for r in zero.rows if r[3] == "fdiff"] == [r for r in attr.rows if r[0] == rope[0] and r[3] == "fdiff"]
 
 
 @pytest.mark.parametrize("key", ["rope_axial", "rope_mixed"])
@@ -339,7 +347,7 @@ def test_attribution_path_ends_at_the_hand_edited_model(key, images):
     x = images[:4]
     intact = _logits(model, x)
     pred = intact.argmax(-1)
-    result = pe_probe.attribute(model, x, n_steps=32, progress=False, batch_size=4)
+    result = pe_probe.attribute(model, x, baseline="zero", n_steps=32, progress=False, batch_size=4)
     for block in (0, 1):
         ref = _logits(no_rope(model, block), x)
         drop = float((intact.gather(1, pred[:, None]) - ref.gather(1, pred[:, None])).mean())

@@ -386,7 +386,7 @@ def test_attribution_ends_at_the_hand_edited_model_and_is_complete(case):
     # Hiera max-pools its queries: the integrand has kinks and Gauss-Legendre converges as 1/n (measured
     # rel_delta 0.05 at 64 steps, 0.016 at 128); the others are smooth
     steps = 128 if case.startswith("hiera") else 32
-    frame = as_frame(pe_probe.attribute(m, x, tokens="keep", n_steps=steps, progress=False))
+    frame = as_frame(pe_probe.attribute(m, x, baseline="zero", tokens="keep", n_steps=steps, progress=False))
     assert metric(frame, "fdiff") == pytest.approx(drop, rel=1e-4, abs=1e-5)
     assert metric(frame, "pe_attr") == pytest.approx(drop, rel=0.05)
     assert abs(drop) > 0.01

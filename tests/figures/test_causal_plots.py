@@ -48,3 +48,28 @@ def test_draw_functions_make_one_panel_per_intervention_and_two_for_attribution(
     att = pd.concat([_data().assign(metric="pe_share"), _data().assign(metric="rel_delta")])
     fig = draw_attribution(FigureData(data=att), {"max_rel_delta": 0.05}, "T")
     assert fig.axes[1].get_yscale() == "log" and fig.axes[0].get_ylim()[1] > 1
+
+
+def test_intervals_of_a_fraction_stay_in_0_1_and_layer_ticks_are_whole():
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from pe_probe.analysis.stats import ci_bounds
+    from pe_probe.figures.causal import site_lines
+    from pe_probe.figures.correlation import correlation_lines
+
+    # agreement 1.0, 0.9, 0.2 over three seeds: the t interval runs far past 1 and below 0
+    data = pd.DataFrame({"position": [0, 0, 0], "site": ["input"] * 3, "value": [1.0, 0.9, 0.2],
+                         "series": ["a"] * 3, "run": ["s0", "s1", "s2"]})
+    lo, hi = ci_bounds(data["value"])
+    assert lo < 0 and hi > 1
+    _, ax = plt.subplots()
+    site_lines(data, ax, bounds=(0.0, 1.0))
+    ys = [y for line in ax.get_lines() for y in line.get_ydata()]
+    assert min(ys) >= 0.0 and max(ys) <= 1.0
+    _, ax = plt.subplots()
+    layers = pd.DataFrame({"layer": [1, 2, 3, 1, 2, 3], "value": [-0.1, -0.2, -0.3, -0.2, -0.3, -0.4],
+                           "series": ["a"] * 6, "run": ["s0"] * 3 + ["s1"] * 3})
+    correlation_lines(layers, ax)
+    ax.figure.canvas.draw()
+    assert all(float(t).is_integer() for t in ax.get_xticks())

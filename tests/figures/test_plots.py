@@ -18,7 +18,7 @@ from pe_probe.figures import (  # noqa: E402
     last_ln_channels,
     map_heatmap,
     markdown_table,
-    pe_similarity_matrix,
+    pe_similarity_heatmap,
     pe_similarity_row,
     token_norm_grid,
 )
@@ -150,10 +150,10 @@ def test_token_norm_grid_images():
     assert grid[0, 3].images[0].get_clim() == (0.0, 5.0)
 
 
-def test_pe_similarity_matrix_and_row():
+def test_pe_similarity_heatmap_and_row():
     sim = np.corrcoef(np.random.default_rng(1).normal(size=(6, 5)))
     _, (a1, a2) = plt.subplots(1, 2)
-    pe_similarity_matrix(sim, a1)
+    pe_similarity_heatmap(sim, a1)
     np.testing.assert_allclose(a1.images[0].get_array(), sim)
     pe_similarity_row(sim, 4, (2, 3), a2)
     np.testing.assert_allclose(a2.images[0].get_array(), sim[4].reshape(2, 3))
@@ -161,7 +161,7 @@ def test_pe_similarity_matrix_and_row():
     with pytest.raises(ValueError, match="grid"):
         pe_similarity_row(sim, 0, (4, 4), a2)
     with pytest.raises(ValueError, match="square"):
-        pe_similarity_matrix(sim[:3], a1)
+        pe_similarity_heatmap(sim[:3], a1)
 
 
 def test_markdown_table_formats_numbers_and_missing():

@@ -60,10 +60,33 @@ def test_resume_after_a_kill_between_history_and_state_keeps_each_epoch_once(tmp
 
 
 def test_probe_every_needs_the_public_train_and_valid_numbers(tmp_path):
-    from pe_probe.training import train as loop_train
+    from pe_probe.training import run_training
 
     with pytest.raises(ValueError, match="pe_probe.train"):
-        loop_train(out=tmp_path / "a", **TINY_RUN, probe_every=1)
+        run_training(out=tmp_path / "a", **TINY_RUN, probe_every=1)
     with pytest.raises(ValueError, match="probe_images=0"):
         pe_probe.train(out=tmp_path / "b", **TINY_RUN, probe_every=1, probe_images=0)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_figures_load_each_runs_model_once(tmp_path, monkeypatch):
+    # probing, ablating and attributing a run for the figures all need its model: it is read from disk once
+    import pe_probe.pipeline.causal as causal_mod
+    import pe_probe.pipeline.run as run_mod
+    from pe_probe.training import load_run
+
+    run = pe_probe.train(out=tmp_path / "runs" / "pvg", pe_mode="pvg", **{**TINY_RUN, "epochs": 1})
+    loads = []
+
+    def counting(path, *args, **kwargs):
+        loads.append(str(path))
+        return load_run(path, *args, **kwargs)
+
+    monkeypatch.setattr(run_mod, "load_run", counting)
+    monkeypatch.setattr(causal_mod, "load_run", counting)
+    result = pe_probe.render_figures(tmp_path / "runs", tmp_path / "figs", max_images=16, progress=False)
+    assert loads == [str(run)] and not result.failed
+    assert (run / "probe").is_dir() and (run / "ablation.csv").is_file() and (run / "attribution.csv").is_file()
+    loads.clear()
+    pe_probe.render_figures(tmp_path / "runs", tmp_path / "figs2", max_images=16, progress=False)
+    assert loads == []  # everything read back from the run directory

@@ -379,7 +379,7 @@ def test_delta_shrinks_with_steps_and_flags_the_input_singularity():
     assert rel(inp, n_steps=256, baseline="mean") < 1e-4
     assert rel(inp, n_steps=256, tokens="keep") < 1e-4
     with pytest.warns(RuntimeWarning, match="hook_input_pe"):
-        attribute(g, x, sites=["hook_input_pe"], n_steps=16, progress=False)
+        attribute(g, x, sites=["hook_input_pe"], n_steps=16, baseline="zero", progress=False)
 
 
 def test_last_site_attribution_has_the_linear_known_answer():
@@ -404,7 +404,7 @@ def test_last_site_attribution_has_the_linear_known_answer():
 def test_attribute_frame_and_maps():
     m = strong_pe("pvg")
     with pytest.warns(RuntimeWarning, match="hook_input_pe"):  # (tokens 0, PE 0) at the input: ill-posed
-        a = attribute(m, images(5), batch_size=2, n_steps=8, n_maps=3, progress=False)
+        a = attribute(m, images(5), batch_size=2, n_steps=8, n_maps=3, baseline="zero", progress=False)
     assert list(a.frame.columns) == ["site", "pe_kind", "layer", "metric", "value"]
     assert list(dict.fromkeys(a.frame.site)) == ["hook_input_pe", "blocks.1.hook_pe", "blocks.2.hook_pe",
                                                  "blocks.3.hook_pe"]

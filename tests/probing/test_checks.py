@@ -1,4 +1,4 @@
-"""The MPVG constant-offset observation (paper-notes): MPVG + linear head == PVG with a shifted head bias."""
+"""The MPVG constant-offset observation (docs/science.md): MPVG + linear head == PVG with a shifted head bias."""
 
 from __future__ import annotations
 

@@ -171,3 +171,18 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, args, match, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("pe-probe probe: error:") and match in err and "\n" not in err
+
+
+def test_a_non_layerwise_run_prints_the_numbers_worth_looking_at(tmp_path, fake_data, capsys):
+    kw = dict(TINY, pe_mode="default", global_pool="avg")
+    write_run(tmp_path / "run", kw)
+    assert main(["probe", str(tmp_path / "run"), "--out", str(tmp_path / "rep"), "--no-progress", "--device",
+                 "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "no block receives a PE" in out and "Last LN  last_ln_beta_var" in out
+    assert "normalised with the checkpoint's recorded mean [0.5, 0.5, 0.5]" in out
+    frame = pe_probe.summary_frame(ProbeReport.load(tmp_path / "rep"))
+    norms = frame[(frame.metric == "tok_norm_mean") & (frame.layer >= 0)]
+    rows = [line for line in out.splitlines() if line.strip()[:1].isdigit()]
+    assert len(rows) == len(norms) == TINY["depth"]  # one line per block, with its number
+    assert all(f"{v:+.4f}" in row for v, row in zip(norms.value, rows))

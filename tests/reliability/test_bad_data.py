@@ -127,3 +127,13 @@ def test_scan_finds_the_same_on_threads_and_accepts_a_file_whose_extension_lies(
     scan.clear_cache()
     four = scan.scan_images(files, threads=4)
     assert set(one) == set(four) == planted and one == four
+
+
+@pytest.mark.parametrize("where", ["one class", "above the root"])
+def test_train_refuses_one_class_or_a_misplaced_root_before_writing(where, tmp_path, capsys):
+    data = make_folder(tmp_path / "data", classes=("a",) if where == "one class" else ("a", "b"))
+    arg = data if where == "one class" else tmp_path  # tmp_path/data holds train/ and val/: one level too high
+    before = listing(tmp_path)
+    needle = "a classifier needs at least two classes" if where == "one class" else "one level too high"
+    _one_line_exit_2(folder_train_args(arg, tmp_path / "run"), capsys, needle)
+    assert listing(tmp_path) == before

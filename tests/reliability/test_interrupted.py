@@ -61,7 +61,7 @@ def test_temporary_files_of_a_killed_write_are_removed_by_the_next_writer(digits
 
 def test_a_killed_training_run_resumes(tmp_path):
     out = tmp_path / "run"
-    script = ("import os, signal, sys\nfrom pe_probe.training import train\n"
+    script = ("import os, signal, sys\nfrom pe_probe import train\n"
               "def kill(epoch, **_):\n    if epoch == 2:\n        os.kill(os.getpid(), signal.SIGKILL)\n"
               f"train(out=sys.argv[1], callbacks=[kill], **{dict(TINY_RUN, epochs=3)!r})\n")
     _killed(script, out)

@@ -29,7 +29,7 @@ def pause(epoch, **_):
         print("paused", flush=True)
         while not Path(sys.argv[2]).exists():
             time.sleep(0.05)
-from pe_probe.training import train
+from pe_probe import train
 train(out=sys.argv[1], callbacks=[pause], **{opts})
 """.replace("{opts}", repr(TINY_RUN))
 

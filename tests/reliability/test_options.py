@@ -100,7 +100,7 @@ def test_a_fresh_run_failing_before_it_saved_anything_leaves_no_directory(tmp_pa
         raise RuntimeError("stopped at the end of epoch 1")
 
     with pytest.raises(RuntimeError, match="epoch 1"):
-        pe_probe.training.train(out=tmp_path / "run", callbacks=[fail], **TINY_RUN)
+        pe_probe.train(out=tmp_path / "run", callbacks=[fail], **TINY_RUN)
     assert listing(tmp_path) == []  # config.json was written, then removed with the directory
     pe_probe.train(out=tmp_path / "run", **TINY_RUN)  # so the same command simply runs again
     assert (tmp_path / "run" / "summary.json").is_file()

@@ -329,3 +329,42 @@ def test_malicious_pickle_never_runs(tmp_path, how):
         with pytest.raises(CheckpointError, match=r"system.*nothing was loaded"):
             pe_probe.load_checkpoint(path, TIMM_NAME, **TIMM_ARCH)
     assert not marker.exists()
+
+
+# ---------------------------------------------------------------------------------------------- hints
+def test_another_patch_size_names_patch_size_not_img_size(tmp_path):
+    # 16 px in 4x4 patches (a 4x4 grid); DeiT's default build has 16x16 patches at 224 px
+    save_file(sd_of(timm_model()), str(tmp_path / "w.safetensors"))
+    with pytest.raises(CheckpointError, match=r"trained with 4x4 patches.*the model has 16x16.*"
+                                              r"--model-arg patch_size=4 --model-arg img_size=16\)") as exc:
+        pe_probe.load_checkpoint(tmp_path / "w.safetensors", TIMM_NAME, num_classes=5, depth=2, embed_dim=32,
+                                 num_heads=2)
+    assert "\n" not in str(exc.value)
+    # the hint's knobs are the fix (img_size alone, the old hint, would not be)
+    model, _ = pe_probe.load_checkpoint(tmp_path / "w.safetensors", TIMM_NAME, **{**TIMM_ARCH, "num_classes": 5})
+    assert torch.equal(logits(model, X16), logits(timm_model(), X16))
+    with pytest.raises(CheckpointError, match="patch_size=4"):
+        pe_probe.load_checkpoint(tmp_path / "w.safetensors", TIMM_NAME, img_size=64, num_classes=5, depth=2,
+                                 embed_dim=32, num_heads=2)
+
+
+def test_an_ema_only_checkpoint_names_ema(tmp_path):
+    torch.save({"model_ema": sd_of(timm_model()), "epoch": 3}, tmp_path / "ema.pth")
+    with pytest.raises(CheckpointError, match=r"holds only EMA weights \(model_ema\).*--ema") as exc:
+        pe_probe.load_checkpoint(tmp_path / "ema.pth", TIMM_NAME, **TIMM_ARCH)
+    assert "expected a state dict" not in str(exc.value)  # no contradiction: the weights are there, as EMA
+    model, info = pe_probe.load_checkpoint(tmp_path / "ema.pth", TIMM_NAME, use_ema=True, **TIMM_ARCH,
+                                           num_classes=5)
+    assert info.weights_key == "model_ema" and torch.equal(logits(model, X16), logits(timm_model(), X16))
+
+
+def test_timm_train_py_checkpoint_honours_its_model_kwargs_and_mean(tmp_path):
+    # timm's train.py saves {"arch", "state_dict", "args"}; args hold --model-kwargs as a dict, --mean/--std
+    src = timm_model()
+    args = argparse.Namespace(model=TIMM_NAME, input_size=None, img_size=16, num_classes=5, mean=[0.1, 0.2, 0.3],
+                              std=[0.5, 0.5, 0.5], model_kwargs={"patch_size": 4, "embed_dim": 32, "depth": 2,
+                                                                 "num_heads": 2})
+    torch.save({"arch": TIMM_NAME, "state_dict": sd_of(src), "epoch": 9, "args": args}, tmp_path / "last.pth.tar")
+    model, info = pe_probe.load_checkpoint(tmp_path / "last.pth.tar")  # no --model, no --model-arg
+    assert torch.equal(logits(model, X16), logits(src, X16)) and len(model.blocks) == 2
+    assert info.data["mean"] == [0.1, 0.2, 0.3] and info.data["std"] == [0.5, 0.5, 0.5]

@@ -210,3 +210,11 @@ def test_mpvg_without_a_last_ln_pe_is_built_as_asked(tmp_path):
     model = pe_probe.load_model(out)
     assert model.pe_config.last_ln_pe is None and model.last_pe_norm is None
     assert not any(k.startswith("last_pe_norm") for k in load_file(str(out / "model.safetensors")))
+
+
+def test_mpvg_constant_offset_check_takes_the_run_directory(run_dir):
+    # the README's call on a run directory: the same number as on the model loaded from it
+    from_dir = pe_probe.mpvg_constant_offset_check(run_dir)
+    from_str = pe_probe.mpvg_constant_offset_check(str(run_dir))
+    from_model = pe_probe.mpvg_constant_offset_check(pe_probe.load_model(run_dir))
+    assert from_dir == from_str == from_model and from_dir < 1e-4

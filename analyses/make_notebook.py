@@ -1,4 +1,4 @@
-"""Regenerate notebooks/explore.ipynb from the cells below (keeps the notebook reviewable as code)."""
+"""Regenerate analyses/explore.ipynb from the cells below (keeps the notebook reviewable as code)."""
 
 from pathlib import Path
 
