@@ -153,7 +153,7 @@ def fake_resolution(seed: int, depth: int = DEPTH, sizes=(9, 12, 15)) -> pd.Data
     rows = []
     for size in sizes:
         rows.append((size, "", "none", -3, "top1", float(rng.uniform(0.5, 1))))
-        rows += [(size, f"blocks.{l}.hook_pe", "layerwise", l, "tok_pe_corr", float(rng.uniform(-1, 1)))
+        rows += [(size, f"blocks.{l}.hook_resid_pre", "none", l, "pos_share", float(rng.uniform(0, 1)))
                  for l in range(depth)]
     return pd.DataFrame(rows, columns=["img_size", "site", "pe_kind", "layer", "metric", "value"])
 

@@ -209,7 +209,8 @@ def draw_table(fd: FigureData, options: Mapping[str, Any], title: str) -> str:
 #: Axis labels of the attention and input-side metrics (docs/probe.md defines them).
 _LABELS = {"attn_distance": "mean attention distance (patches)", "attn_entropy": "attention entropy (nats)",
            "attn_prefix_share": "attention to prefix tokens", "logit_pos_share": "share of logit power with the PE",
-           "agree": "predictions unchanged", "top1": "top-1"}
+           "agree": "predictions unchanged", "top1": "top-1",
+           "pos_share": "position share of the token variance", "tok_pe_corr": "Pearson r (token map vs PE map)"}
 
 
 def _integer_ticks(ax) -> None:
@@ -280,7 +281,7 @@ PLOTS: dict[str, Plot] = {p.name: p for p in (
     Plot("attribution", "figure", fd_.attribution_by_layer, draw_attribution, {"max_rel_delta": 0.05}),
     Plot("attention_lines", "figure", at_.attention_by_layer, draw_layer_lines, {"metric": "attn_distance"}),
     Plot("shuffle_lines", "figure", at_.shuffle_by_block, draw_shuffle_lines, {"metric": "agree"}),
-    Plot("resolution_lines", "figure", at_.resolution_by_size, draw_resolution_lines, {"metric": "tok_pe_corr"}),
+    Plot("resolution_lines", "figure", at_.resolution_by_size, draw_resolution_lines, {"metric": "pos_share"}),
     Plot("accuracy_table", "table", fd_.accuracy_table, draw_table,
          {"backbones": ["DeiT-Ti", "DeiT-S", "DeiT-B"], "digits": 2}),
     Plot("ablation_table", "table", fd_.ablation_table, draw_table, {"paper_rows": True, "digits": 2},

@@ -38,7 +38,8 @@ def _resolution(seed: int) -> pd.DataFrame:
     for size in (8, 12, 16):
         rows.append((size, "", "none", WHOLE_MODEL, "top1", 0.5 + 0.01 * size + 0.01 * seed))
         for l in range(DEPTH):
-            rows.append((size, f"blocks.{l}.hook_pe", "layerwise", l, "tok_pe_corr", -0.1 * l))
+            rows.append((size, f"blocks.{l}.hook_resid_pre", "none", l, "pos_share", 0.1 * l))
+        rows.append((size, "hook_last_ln_in", "none", -1, "pos_share", 0.9))  # the Last LN: not averaged
     return pd.DataFrame(rows, columns=list(RESOLUTION_COLUMNS))
 
 
@@ -76,8 +77,8 @@ def test_shuffle_and_resolution_figures(runs, tmp_path):
     res = pd.read_csv(tmp_path / "resolution.csv")
     top = res[(res.series == "lape") & (res.metric == "top1") & (res.img_size == 12)]
     np.testing.assert_allclose(sorted(top["value"]), [0.62, 0.63, 0.64])
-    corr = res[(res.series == "lape") & (res.metric == "tok_pe_corr") & (res.img_size == 8)]
-    np.testing.assert_allclose(corr["value"], -0.1 * np.mean(range(DEPTH)))  # averaged over the layers
+    corr = res[(res.series == "lape") & (res.metric == "pos_share") & (res.img_size == 8)]
+    np.testing.assert_allclose(corr["value"], 0.1 * np.mean(range(DEPTH)))  # averaged over the blocks only
     assert set(res.loc[res.native, "img_size"]) == {12}  # the runs were trained at 12 px
     assert (tmp_path / "resolution.png").is_file()
 
