@@ -141,7 +141,7 @@ class RunJob:
     def __call__(self) -> str:
         """Run in the job (every task)."""
         from ..core.rundir import RunDir
-        from .history import train
+        from .training import train
         from .run import run_one
 
         rank, world = _export_torch_distributed()

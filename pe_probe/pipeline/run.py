@@ -24,7 +24,7 @@ from ..analysis.runs import RunResult
 from ..core import signals
 from ..core.errors import CheckpointError, DataError
 from ..core.io import contained
-from ..core.locks import locked_on
+from ..core.locks import LOCK_FILE, locked_on
 from ..core.report import ProbeReport
 from ..core.rundir import RunDir
 from ..figures.render import RenderResult, render_all
@@ -153,6 +153,7 @@ def reproduce(
     bar = tqdm(total=len(planned), initial=len(result.reused), desc=f"reproduce[{preset}]", unit="run",
                disable=not progress)
     made_runs_dir = not result.runs_dir.exists()
+    new_runs = [p.run for p in pending if not p.run.path.exists()]
     try:
         if jobs == 1:
             for p in pending:
@@ -176,6 +177,11 @@ def reproduce(
                 raise
             pool.shutdown(wait=True)
     except BaseException:
+        for run in new_runs:  # a worker stopped while it held a new run's lock leaves only the lock file
+            with contextlib.suppress(OSError):
+                if {p.name for p in run.path.iterdir()} <= {LOCK_FILE}:
+                    (run.path / LOCK_FILE).unlink(missing_ok=True)
+                    run.path.rmdir()
         if made_runs_dir:  # every run failed before it saved anything (bad data): leave no empty folder
             with contextlib.suppress(OSError):
                 result.runs_dir.rmdir()

@@ -8,6 +8,7 @@ import pickle
 
 import numpy as np
 import pytest
+import torch
 
 import pe_probe
 
@@ -23,8 +24,10 @@ def test_probe_of_per_layer_state_families_and_empty_shards_equals_one_process(t
         res = pickle.load(f)
     models = {**zoo_models(), "mpvg": model_and_data()[0]}
     assert set(res) == {(name, n) for name in models for n in (5, 20)}
+    torch.set_num_threads(1)  # as the torchrun workers (OMP_NUM_THREADS=1): float32 partial sums round alike
     for (name, n), (meta, arrays) in res.items():
-        one = pe_probe.probe(models[name], zoo_images(n, models[name]), batch_size=8, n_norm_maps=12, progress=False)
+        one = pe_probe.probe(models[name], zoo_images(n, models[name]), batch_size=8, n_norm_maps=12, progress=False,
+                             decompose=False)  # left out under a process group
         assert meta["n_images"] == one.meta["n_images"] == n, name
         assert meta["n_norm_maps"] == one.meta["n_norm_maps"], name
         assert set(arrays) == set(one.arrays), name

@@ -291,12 +291,12 @@ def test_cli_decode_flag_saves_the_decoders(tmp_path, capsys):
     model = timm.create_model("deit_tiny_patch16_224", pretrained=False, img_size=32, depth=2, num_classes=7)
     ckpt = tmp_path / "deit.safetensors"
     save_file(model.state_dict(), str(ckpt))
-    folder = tmp_path / "imgs" / "a"
-    folder.mkdir(parents=True)
     from PIL import Image
 
     g = np.random.default_rng(0)
-    for i in range(10):
+    for i in range(10):  # two classes: a folder of one class is refused (issue 23)
+        folder = tmp_path / "imgs" / "ab"[i % 2]
+        folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray(g.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(folder / f"{i}.png")
     args = ["probe", str(ckpt), "--model", "deit_tiny_patch16_224", "--model-arg", "img_size=32", "--model-arg",
             "depth=2", "--data", "imagefolder", "--data-dir", str(tmp_path / "imgs"), "--no-progress", "--device", "cpu"]
