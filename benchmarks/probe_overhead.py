@@ -68,11 +68,13 @@ TINY_KWARGS = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2
 
 
 def build_model(name: str, pe_mode: str, tiny: bool) -> torch.nn.Module:
-    """The benchmarked model, seeded, in eval mode."""
+    """The benchmarked model, seeded, in eval mode: a pe_* model with ``pe_mode``, or any other timm model
+    (``--model vit_small_patch16_rope_224``, ``beit_base_patch16_224``, ...: random weights, its own PE family)."""
     torch.manual_seed(0)
+    kwargs = {"pe_mode": pe_mode} if name.startswith("pe_") else {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # MPVG with a class token warns; not the case by default
-        return timm.create_model(name, pe_mode=pe_mode, **(TINY_KWARGS if tiny else {})).eval()
+        return timm.create_model(name, pretrained=False, **kwargs, **(TINY_KWARGS if tiny else {})).eval()
 
 
 def hook_cache(model: torch.nn.Module, batches: Iterable[torch.Tensor], names: list[str]) -> dict[str, list]:
