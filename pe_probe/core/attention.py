@@ -73,7 +73,8 @@ class ShuffleResult(Result):
 class ResolutionResult(Result):
     """What :func:`pe_probe.resolution_sweep` returns: rows ``(img_size, site, pe_kind, layer, metric, value)``
     (the probe's tidy rows at each input size, and ``top1`` at layer :data:`WHOLE_MODEL`), and ``meta``
-    (``sizes``, ``native``, and per size what was done to the model: ``grid``, ``pe_resampled``)."""
+    (``run``, ``sizes``, ``n_images``, and ``per_size``: what was done to the model at each size, ``grid``,
+    ``pe_resampled``, and ``top1`` with labels)."""
 
     rows: list
     meta: dict[str, Any] = field(default_factory=dict)

@@ -94,6 +94,11 @@ class PEVisionTransformer(VisionTransformer):
         self.pos_embed.zero_()
         self.pos_embed[0, self.num_prefix_tokens:] = table
 
+    def set_input_size(self, img_size=None, patch_size=None) -> None:  # noqa: D102 - timm's, sin-cos rebuilt
+        super().set_input_size(img_size=img_size, patch_size=patch_size)
+        if getattr(self, "pe_config", None) is not None and self.pe_config.pe_type == "sincos":
+            self._fill_sincos()  # a fixed table is rebuilt for the new grid, not resampled
+
     def init_weights(self, mode: str = "", needs_reset: bool = True) -> None:  # noqa: D102 - timm's
         super().init_weights(mode, needs_reset=needs_reset)
         if getattr(self, "pe_config", None) is not None and self.pe_config.pe_type == "sincos":

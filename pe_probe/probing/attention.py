@@ -252,7 +252,7 @@ def capture_attention(model: nn.Module, images: torch.Tensor, *, logits: bool = 
     out: dict[int, torch.Tensor] = {}
 
     def sink(l, lg, p):
-        out[l] = (lg if logits else p).detach().clone()
+        out[l] = (lg if logits else p).detach()
 
     with eval_inference(model), attention_logits(mods, sink):
         fam.run(images)

@@ -140,9 +140,6 @@ def at_resolution(model: nn.Module, img_size: int | tuple[int, int]) -> tuple[nn
     new = copy.deepcopy(model)
     rows_before = None if getattr(model, "pos_embed", None) is None else int(model.pos_embed.shape[1])
     new.set_input_size(img_size=size)
-    cfg = getattr(new, "pe_config", None)
-    if cfg is not None and cfg.pe_type == "sincos":
-        new._fill_sincos()  # a fixed table is rebuilt for the new grid, not resampled
     rows_after = None if getattr(new, "pos_embed", None) is None else int(new.pos_embed.shape[1])
     grid = [int(g) for g in new.patch_embed.grid_size]
     info = {"img_size": list(size), "grid": grid,
