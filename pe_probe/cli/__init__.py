@@ -14,6 +14,7 @@ import traceback
 import warnings
 
 from ..core.errors import PEProbeError
+from ..core.io import usable_tempdir
 from ..core.signals import Terminated, exit_code, terminate_as_interrupt
 
 #: Subcommand modules, in the order ``pe-probe --help`` lists them.
@@ -75,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("default")
         try:
+            usable_tempdir()  # under `ulimit -f 0` torch's import would fail before any file of ours is written
             with terminate_as_interrupt():  # SIGTERM (kill, timeout, schedulers) is handled like Ctrl-C
                 rc = args.func(args)
         except KeyboardInterrupt as exc:  # also Terminated: the clean-up of an interrupt has run

@@ -4,8 +4,6 @@ tokens (captum)."""
 from __future__ import annotations
 
 import argparse
-import sys
-import warnings
 
 from ..core.causal import ATTRIBUTION_IMAGES, BASELINES, DEFAULT_BASELINE, TOKEN_BASELINES
 from ._args import add_site_args, holding, parse_sites
@@ -56,18 +54,13 @@ def run(args: argparse.Namespace) -> int:
 
     target = parse_target(args.target)
     ckpt = load(args)
-    with warnings.catch_warnings(record=True) as caught:  # one line each on stderr, as every CLI message
-        warnings.simplefilter("always", RuntimeWarning)
-        result = attribute(ckpt.model, ckpt.data, target, sites=parse_sites(args.sites), effect=args.effect,
-                           baseline=args.baseline, tokens=args.tokens, n_steps=args.n_steps,
-                           internal_batch_size=args.internal_batch_size, n_maps=args.n_maps, batch_size=args.batch_size,
-                           max_images=args.max_images, num_workers=args.num_workers, run=str(ckpt.path),
-                           progress=not args.no_progress, **ckpt.data_options())
-    for w in caught:
-        if issubclass(w.category, RuntimeWarning):
-            print(f"pe-probe attribute: warning: {w.message}", file=sys.stderr)
-        else:
-            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    # its warnings (incomplete attributions) are held by the command: printed after the result is written, one
+    # line each, and not at all when it fails
+    result = attribute(ckpt.model, ckpt.data, target, sites=parse_sites(args.sites), effect=args.effect,
+                       baseline=args.baseline, tokens=args.tokens, n_steps=args.n_steps,
+                       internal_batch_size=args.internal_batch_size, n_maps=args.n_maps, batch_size=args.batch_size,
+                       max_images=args.max_images, num_workers=args.num_workers, run=str(ckpt.path),
+                       progress=not args.no_progress, **ckpt.data_options())
     if not getattr(args, "writer", True):  # [issue 22] torchrun: rank 0 alone writes and prints
         return 0
     out = save_attribution(result, args.out)

@@ -55,12 +55,9 @@ def run(args: argparse.Namespace) -> int:
             result = evaluate(loaded, dataset=args.dataset, data_dir=args.data_dir, split=args.split,
                               batch_size=args.batch_size, device=args.device, num_workers=args.num_workers,
                               download=args.download, skip_bad=args.skip_bad)
-        for w in caught:
-            if issubclass(w.category, DataWarning):
-                if writer:
-                    print(f"pe-probe eval: warning: {w.message}", file=sys.stderr)
-            else:
-                warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+        for w in caught:  # re-issued: the command holds warnings until it has written eval.json (none on failure)
+            if writer or not issubclass(w.category, DataWarning):
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         if not writer:
             return 0
         run_dir.record_eval(result)

@@ -76,6 +76,28 @@ def _size_limited() -> bool:
     return soft != resource.RLIM_INFINITY
 
 
+def usable_tempdir() -> None:
+    """Let :func:`tempfile.gettempdir` answer under a file-size limit (``ulimit -f 0``).
+
+    Python's search writes a 4-byte probe file into each candidate folder and gives up when the write fails, so
+    under a zero limit every ``import torch`` (which asks for the folder at import time) raises "No usable
+    temporary directory". When the limit is set, the first writable candidate is taken without the probe: the
+    write that then fails is pe-probe's own, and it names its file (``File too large: PATH``).
+    """
+    import tempfile
+
+    try:
+        tempfile.gettempdir()
+    except OSError:
+        if not _size_limited():
+            raise
+        for cand in tempfile._candidate_tempdir_list():  # noqa: SLF001 - the same candidates, in the same order
+            if os.path.isdir(cand) and os.access(cand, os.W_OK | os.X_OK):
+                tempfile.tempdir = cand
+                return
+        raise
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -77,3 +77,32 @@ def test_a_file_size_limit_in_ablate_names_the_file_and_keeps_the_previous_pair(
     assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1, proc.stderr
     assert "File too large: " in proc.stderr and "ablation." in proc.stderr
     assert {p: (out / p).read_bytes() for p in listing(out)} == before
+
+
+@pytest.mark.slow
+def test_a_zero_file_size_limit_in_eval_names_eval_json_and_keeps_the_previous_one(digits_run, capsys):
+    # FS05: under `ulimit -f 0` torch's import used to fail first ("No usable temporary directory"); and the
+    # training-split warning must not print before the error line
+    assert main(["eval", str(digits_run), "--device", "cpu", "--split", "train"]) == 0
+    before = (digits_run / "eval.json").read_bytes()
+    proc = subprocess.run(pe_probe_cmd("eval", digits_run, "--device", "cpu", "--split", "train"), env=env(),
+                          capture_output=True, text=True, timeout=300, preexec_fn=_limited(0))
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.splitlines() == [f"pe-probe eval: error: File too large: {digits_run / 'eval.json'}"]
+    assert (digits_run / "eval.json").read_bytes() == before
+
+
+@pytest.mark.slow
+def test_a_file_size_limit_in_attribute_prints_no_warning_before_its_error(digits_run, tmp_path, capsys):
+    # FS04: n_steps=2 makes the attributions incomplete (a RuntimeWarning), which must not precede the error
+    out = tmp_path / "o"
+    argv = ["attribute", str(digits_run), "--out", str(out), "--max-images", "4", "--n-steps", "2", "--no-progress",
+            "--device", "cpu"]
+    assert main(argv) == 0
+    assert "warning: hook_input_pe" in capsys.readouterr().err  # the warning, after the result
+    before = {p: (out / p).read_bytes() for p in listing(out)}
+    proc = subprocess.run(pe_probe_cmd(*argv), env=env(), capture_output=True, text=True, timeout=300,
+                          preexec_fn=_limited(1024))
+    assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1, proc.stderr
+    assert "File too large: " in proc.stderr and "attribution." in proc.stderr
+    assert {p: (out / p).read_bytes() for p in listing(out)} == before
