@@ -17,7 +17,7 @@ import numpy as np
 
 from .errors import DataError, UnknownNameError
 from .hook_points import LAST
-from .io import atomic_path, write_json, write_text
+from .io import _json_default, atomic_path, write_json, write_text
 from .locks import folder_lock
 
 META_FILE, FRAME_FILE, ARRAYS_FILE = "meta.json", "metrics.csv", "arrays.npz"
@@ -135,6 +135,7 @@ class ProbeReport:
         """A content hash of ``meta`` (without its ``report_id``) and every array: equal reports, equal ids."""
         h = hashlib.sha256()
         meta = {k: v for k, v in self.meta.items() if k != ID_KEY}
+        meta = json.loads(json.dumps(meta, default=_json_default))  # as meta.json holds it (numpy scalars: numbers)
         h.update(json.dumps(meta, sort_keys=True, default=str).encode())
         for key in sorted(self.arrays):
             arr = np.ascontiguousarray(self.arrays[key])
@@ -171,8 +172,10 @@ class ProbeReport:
     def load(cls, directory: str | os.PathLike) -> "ProbeReport":
         """Read a report written by :meth:`save` (no pickle).
 
-        Raises :class:`~pe_probe.core.errors.DataError` when a file is missing or unreadable, or when
-        ``meta.json`` and ``arrays.npz`` come from different reports.
+        Raises :class:`~pe_probe.core.errors.DataError` when a file is missing or unreadable, when
+        ``meta.json`` and ``arrays.npz`` come from different reports, when their contents no longer hash to the
+        report id they carry (edited or damaged: wrong types in ``meta.json``, arrays of other shapes), or when a
+        metadata entry has the wrong JSON type.
         """
         directory = Path(directory)
         for name in (META_FILE, ARRAYS_FILE):
@@ -196,6 +199,29 @@ class ProbeReport:
             raise DataError(f"{directory}: meta.json (report {meta.get(ID_KEY)}) and arrays.npz (report {stored}) "
                             "come from different probe runs; probe again")
         try:
-            return cls(meta, arrays)
+            report = cls(meta, arrays)
         except ValueError as exc:
             raise DataError(f"{directory}: {exc}") from None
+        if stored is None or report.report_id() != stored:
+            raise DataError(f"{directory}: meta.json and arrays.npz do not hash to their report id "
+                            f"{stored or '(none)'} (edited or damaged); probe again")
+        for key, (test, what) in _META_TYPES.items():
+            if not test(meta[key]):
+                raise DataError(f"{directory / META_FILE}: {key} must be {what}, got {meta[key]!r}; probe again")
+        return report
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+#: The JSON types of the metadata the analyses compute with (checked by :meth:`ProbeReport.load`).
+_META_TYPES = {
+    "depth": (_is_int, "an integer"),
+    "embed_dim": (_is_int, "an integer"),
+    "n_images": (_is_int, "an integer"),
+    "num_prefix_tokens": (_is_int, "an integer"),
+    "grid": (lambda v: isinstance(v, list) and len(v) == 2 and all(map(_is_int, v)), "a list of two integers"),
+    "receiving_blocks": (lambda v: isinstance(v, list) and all(map(_is_int, v)), "a list of integers"),
+    "pe_derived": (lambda v: isinstance(v, bool), "true or false"),
+}
