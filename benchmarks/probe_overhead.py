@@ -161,8 +161,14 @@ class _OpCount(torch.utils._python_dispatch.TorchDispatchMode):
 def op_counts(model: torch.nn.Module, data: torch.Tensor, strategy: str, dtype: str = "float32",
               batch: int = 2) -> dict[str, float]:
     """Aten ops per batch: ``forward`` (``model(x)``) and ``stats`` (a probe call's ops minus the forward's), as
-    (3 batches - 1 batch) / 2 so that once-per-call work (hooks, report) drops out."""
-    x = data[:3 * batch]
+    (1 + 2K batches - 1 batch) / 2K so that once-per-call work (hooks, report) drops out and the float64 step,
+    which runs once per ring of K batches (``RunningStats.flush``), is counted at its amortised share."""
+    from pe_probe.probing.accumulate import RING_IMAGES
+    k = min(16, max(1, RING_IMAGES // batch))  # batches per ring (Partials.slots)
+    n = 1 + 2 * k
+    if len(data) < n * batch:
+        data = data.repeat((n * batch + len(data) - 1) // len(data), 1, 1, 1)
+    x = data[:n * batch]
     dev = x.device
 
     def count(fn) -> int:
@@ -172,10 +178,10 @@ def op_counts(model: torch.nn.Module, data: torch.Tensor, strategy: str, dtype: 
         return c.n
 
     with torch.inference_mode():
-        fwd = (count(lambda: [model(b) for b in x.split(batch)]) - count(lambda: model(x[:batch]))) / 2
-    run = lambda n: pe_probe.probe(model, x[:n * batch], batch_size=batch, progress=False,  # noqa: E731
-                                   strategy=strategy)
-    probe_ops = (count(lambda: run(3)) - count(lambda: run(1))) / 2
+        fwd = (count(lambda: [model(b) for b in x.split(batch)]) - count(lambda: model(x[:batch]))) / (n - 1)
+    run = lambda i: pe_probe.probe(model, x[:i * batch], batch_size=batch, progress=False,  # noqa: E731
+                                   strategy=strategy, decompose=False)  # issue 21's statistics only
+    probe_ops = (count(lambda: run(n)) - count(lambda: run(1))) / (n - 1)
     return {"forward": fwd, "stats": probe_ops - fwd}
 
 
@@ -280,6 +286,7 @@ def attribution(model: torch.nn.Module, data: torch.Tensor, batch_size: int, str
     acc = {"forward": 0.0, "in_hook": 0.0, "batch_step": 0.0}
     in_update = [False]
     orig_layer, orig_update, orig_forward = RunningStats._layer, RunningStats.update, model.forward
+    orig_flush = RunningStats.flush
     own_forward = model.__dict__.get("forward")  # an instance-level forward to put back, if the model had one
 
     def layer(self, *a, **k):
@@ -298,6 +305,14 @@ def attribution(model: torch.nn.Module, data: torch.Tensor, batch_size: int, str
             in_update[0] = False
             acc["batch_step"] += clock() - t0
 
+    def flush(self, *a, **k):  # the float64 step of the last ring runs when the report reads the state
+        t0 = clock()
+        try:
+            return orig_flush(self, *a, **k)
+        finally:
+            if not in_update[0]:
+                acc["batch_step"] += clock() - t0
+
     def forward(*a, **k):
         t0 = clock()
         try:
@@ -305,11 +320,12 @@ def attribution(model: torch.nn.Module, data: torch.Tensor, batch_size: int, str
         finally:
             acc["forward"] += clock() - t0
 
-    RunningStats._layer, RunningStats.update, model.forward = layer, update, forward
+    RunningStats._layer, RunningStats.update, RunningStats.flush, model.forward = layer, update, flush, forward
     try:
-        pe_probe.probe(model, data, batch_size=batch_size, progress=False, strategy=strategy)
+        pe_probe.probe(model, data, batch_size=batch_size, progress=False, strategy=strategy,
+                       decompose=False)  # issue 21: the statistics alone (position analyses off)
     finally:
-        RunningStats._layer, RunningStats.update = orig_layer, orig_update
+        RunningStats._layer, RunningStats.update, RunningStats.flush = orig_layer, orig_update, orig_flush
         if own_forward is None:
             del model.forward  # back to the class's method
         else:

@@ -57,24 +57,45 @@ class Scratch:
 
 
 class Partials:
-    """One batch's per-layer reductions, written in place (``out=``) into buffers reused batch after batch.
+    """Per-layer reductions of the last few batches, written in place (``out=``) into buffers reused batch after batch.
 
-    Rows follow :attr:`RunningStats.layers` (``tok_sum`` (L + 1, T, D), ``tok_norm``/``resid_norm``
-    (L + 1, B, T)) and :attr:`RunningStats.pe_layers` (``dot``/``chan`` (P, B, T), ``pes``: the PE tensors).
-    Writing into fixed buffers keeps the probe's allocations out of the forward pass after the first
-    batch, and the float64 step reads whole stacks instead of stacking per-layer tensors.
+    A ring of ``slots`` batches of B images: ``tok_norm``/``resid_norm`` (slots, L + 1, B, T) in the order of
+    :attr:`RunningStats.layers`, ``dot``/``chan`` (slots, P, B, T) in the order of :attr:`RunningStats.pe_layers`,
+    for the Last LN ``out_norm`` (slots, B, T) and the pooled vectors ``pool`` (slots, 3, B, D), and the float64
+    row norms and row sums of the batch's PEs ``pe_norm``/``pe_rowsum`` (slots, P, 1, T), so the PEs may change
+    from batch to batch. Batch k of a run of batches is written into slot ``hi``; the float64 step
+    (:meth:`RunningStats.flush`) then turns the pending slots ``lo:hi`` into float64 sums all at once, so its few
+    dozen small ops are paid once per ``slots`` batches instead of once per batch. ``tok_sum`` (L + 1, T, D) and
+    the PE sum are added to the state every batch (one op each). A batch with a PE per image is finished on its
+    own (after the pending slots). Writing into fixed buffers keeps the probe's allocations out of the forward
+    pass after the first batch.
     """
 
-    def __init__(self, L: int, P: int, B: int, T: int, D: int, dtype: torch.dtype, device: torch.device) -> None:
+    def __init__(self, L: int, P: int, B: int, T: int, D: int, dtype: torch.dtype, device: torch.device,
+                 slots: int = 1, state_device: torch.device | None = None) -> None:
         e = lambda *shape: torch.empty(shape, dtype=dtype, device=device)  # noqa: E731
+        e64 = lambda *shape: torch.empty(shape, dtype=torch.float64, device=state_device or device)  # noqa: E731
         self.key = (B, T, D, device)
-        self.dtype = dtype
-        self.tok_sum, self.tok_norm, self.resid_norm = e(L, T, D), e(L, B, T), e(L, B, T)
-        self.dot, self.chan = e(P, B, T), e(P, B, T)
+        self.dtype, self.B, self.slots = dtype, B, slots
+        self.tok_sum = e(L, T, D)
+        self.tok_norm, self.resid_norm = e(slots, L, B, T), e(slots, L, B, T)
+        self.dot, self.chan = e(slots, P, B, T), e(slots, P, B, T)
+        self.out_norm, self.pool = e(slots, B, T), e(slots, 3, B, D)
+        self.pe_norm, self.pe_rowsum = e64(slots, P, 1, T), e64(slots, P, 1, T)  # a PE shared by the batch (Q = 1)
         self.pes: list[torch.Tensor | None] = [None] * P
         self.pe_stack: torch.Tensor | None = None  # the stacked path's (P, Q, T, D) PEs of the batch
-        # per-layer rows as views made once (indexing per batch would dispatch an op per row and layer)
-        self.rows = {k: list(getattr(self, k).unbind(0)) for k in ("tok_sum", "tok_norm", "resid_norm", "dot", "chan")}
+        self.lo = self.hi = 0  # pending slots lo:hi (written, not yet in the float64 state)
+        # per-slot and per-layer views made once (indexing per batch would dispatch an op per row and layer)
+        keys = ("tok_norm", "resid_norm", "dot", "chan", "out_norm", "pool", "pe_norm", "pe_rowsum")
+        self.slot = [{k: getattr(self, k)[i] for k in keys} for i in range(slots)]
+        tok_rows = list(self.tok_sum.unbind(0))
+        self.rows = [{"tok_sum": tok_rows, **{k: list(self.slot[i][k].unbind(0)) for k in keys[:4]}}
+                     for i in range(slots)]
+
+
+#: Images per ring of :class:`Partials` (the float64 step runs once per ``min(16, max(1, RING_IMAGES // B))``
+#: batches of B images).
+RING_IMAGES = 512
 
 
 def _as(x: torch.Tensor, dtype: torch.dtype, device: torch.device | None = None) -> torch.Tensor:
@@ -222,8 +243,7 @@ class RunningStats:
                              "(receiving_blocks / last_ln_pe)")
         self.n_images = 0
         self.n_maps = 0
-        self.state: dict[str, torch.Tensor] | None = None
-        self._pe_cache: tuple[list[torch.Tensor], PETerms] | None = None  # (the PEs, their terms)
+        self._state: dict[str, torch.Tensor] | None = None
         self._row = {l: i for i, l in enumerate(self.layers)}
         self._pe_row = {l: j for j, l in enumerate(self.pe_layers)}
         self._parts: Partials | None = None  # reductions of the batch in progress
@@ -232,22 +252,33 @@ class RunningStats:
         self._pe_sel: slice | torch.Tensor | None = None  # the rows of :attr:`layers` that have a PE
         self._ba: torch.Tensor | None = None  # (2, 3) stacked moments of the two pooled cosines (state views)
 
+    @property
+    def state(self) -> dict[str, torch.Tensor] | None:
+        """The float64 accumulators (None before the first batch), complete: reading them runs :meth:`flush` first."""
+        self.flush()
+        return self._state
+
+    @state.setter
+    def state(self, value: dict[str, torch.Tensor] | None) -> None:
+        self._state = value
+
     def stacked(self, device: torch.device) -> bool:
         """Whether batches on ``device`` are reduced by the stacked strategy (see :data:`STRATEGIES`)."""
         if self.strategy == "auto":
             self.strategy = "layer" if device.type == "cpu" else "stacked"
         return self.strategy == "stacked" and self.uniform
 
-    def _pe_rows(self, x: torch.Tensor) -> torch.Tensor:
-        """The rows of a (L, ...) per-layer stack that belong to :attr:`pe_layers` (a view when they are consecutive)."""
+    def _pe_rows(self, x: torch.Tensor, dim: int = 0) -> torch.Tensor:
+        """The rows (along ``dim``) of a per-layer stack that belong to :attr:`pe_layers` (a view when they are
+        consecutive)."""
         if self._pe_sel is None:
             idx = [self._row[l] for l in self.pe_layers]
             consecutive = idx == list(range(idx[0], idx[0] + len(idx)))
             self._pe_sel = slice(idx[0], idx[-1] + 1) if consecutive else torch.tensor(idx, device=x.device)
         sel = self._pe_sel
         if isinstance(sel, slice):
-            return x if sel == slice(0, x.shape[0]) else x[sel]
-        return x.index_select(0, _as(sel, sel.dtype, x.device))
+            return x if sel == slice(0, x.shape[dim]) else x.narrow(dim, sel.start, sel.stop - sel.start)
+        return x.index_select(dim, _as(sel, sel.dtype, x.device))
 
     # ------------------------------------------------------------------ hook names this needs
     def hook_names(self) -> list[str]:
@@ -265,7 +296,7 @@ class RunningStats:
         if device.type == "mps":  # no float64 there
             device = torch.device("cpu")
         if not self.uniform:
-            self.state = {}  # filled per layer as shapes are seen (_reduce_layer)
+            self._state = {}  # filled per layer as shapes are seen (_reduce_layer)
             return
         T, D, K = self.view.num_tokens, self.view.embed_dim, self.n_norm_maps
         N = T - self.view.num_prefix_tokens
@@ -274,7 +305,7 @@ class RunningStats:
         corr = z(P, 5)
         corr[:, 3], corr[:, 4] = math.inf, -math.inf
         self._ba = z(2, 3)
-        self.state = {
+        self._state = {
             "tok_sum": z(L, T, D), "tok_norm_sum": z(L, T), "resid_norm_sum": z(L, T),
             "pe_sum": z(P, T, D), "pe_norm_sum": z(P, T), "cos_tok_sum": z(P, T), "cos_mom": z(P, 3), "corr_mom": corr,
             "out_norm_sum": z(T), "cos_ba_mom": self._ba[0], "cos_ba_ln_mom": self._ba[1], "norm_before": z(K, N), "norm_after": z(K, N),
@@ -282,43 +313,28 @@ class RunningStats:
 
     def state_device(self) -> torch.device:
         """The device of the float64 accumulators (CPU before the first batch)."""
-        return next(iter(self.state.values())).device if self.state else torch.device("cpu")
+        return next(iter(self._state.values())).device if self._state else torch.device("cpu")
 
     def state_nbytes(self) -> int:
         """Bytes held by the accumulators (fixed once the first batch has been seen)."""
         return 0 if self.state is None else sum(t.numel() * t.element_size() for t in self.state.values())
 
     # ------------------------------------------------------------------ streaming
-    def _pe_side(self, pes: list[torch.Tensor], B: int, stack: torch.Tensor | None = None) -> PETerms:
-        """The image-independent side of the PE layers' PEs (``stack``: their (P, Q, T, D) stack when already made).
-
-        Reused when every PE is the very tensor of the previous batch (derived PEs, parameters); otherwise
-        recomputed on the device in a fixed number of stacked operations. There is no comparison of
-        contents: ``torch.equal`` would read its answer back to the host, a sync per batch on a GPU.
-        """
-        hit = self._pe_cache
-        if hit is not None and len(hit[0]) == len(pes) and all(a is b for a, b in zip(hit[0], pes)):
-            terms = hit[1]
-        else:
-            if stack is None:
-                same_q = all(pe.shape[0] == pes[0].shape[0] for pe in pes)
-                stack = torch.stack(pes if same_q else [pe.expand(B, -1, -1) for pe in pes])
-            terms = pe_terms(_as(stack, stack.dtype, self.state_device()))
-        self._pe_cache = (list(pes), terms)
-        return terms
-
     def _partials(self, tok: torch.Tensor) -> Partials:
         """The batch's partial buffers for activations like ``tok`` (reused while B, T, D and device stay; their
         dtype is that of the first activations seen)."""
         B, T, D = tok.shape
         parts = self._parts
         if parts is None or parts.key != (B, T, D, tok.device):
-            parts = self._parts = Partials(len(self.layers), len(self.pe_layers), B, T, D, tok.dtype, tok.device)
+            self.flush()  # the pending batches of the previous size first
+            slots = min(16, max(1, RING_IMAGES // B))
+            parts = self._parts = Partials(len(self.layers), len(self.pe_layers), B, T, D, tok.dtype, tok.device,
+                                           slots, self.state_device())
         return parts
 
     def _reduce(self, l: int, tok: torch.Tensor, resid: torch.Tensor, pe: torch.Tensor | None) -> None:
         """The passes over layer ``l``'s (B, T, D) ``tok`` and ``resid`` (and its (1 or B, T, D) ``pe``)."""
-        if self.state is None:
+        if self._state is None:
             self._init(tok.device)
         self._batch = tok.shape[0]
         if not self.uniform:
@@ -326,7 +342,7 @@ class RunningStats:
             return
         parts = self._partials(tok)
         tok, resid = _as(tok, parts.dtype), _as(resid, parts.dtype)  # no copy unless a layer differs from the first
-        i, rows = self._row[l], parts.rows
+        i, rows = self._row[l], parts.rows[parts.hi]
         torch.sum(tok, 0, out=rows["tok_sum"][i])
         _norms_into(tok, rows["tok_norm"][i], self._scratch)
         _norms_into(resid, rows["resid_norm"][i], self._scratch)
@@ -349,28 +365,29 @@ class RunningStats:
         resid = _working(torch.stack([store[n[0]] for n in names]))  # (L, B, T, D)
         tok = _working(torch.stack([store[n[1]] for n in names]))
         L, B, T, D = tok.shape
-        if self.state is None:
+        if self._state is None:
             self._init(tok.device)
         self._batch = B
         parts = self._partials(tok[0]) if self._parts is None or self._parts.key != (B, T, D, tok.device) else self._parts
         tok, resid = _as(tok, parts.dtype), _as(resid, parts.dtype)
+        slot = parts.slot[parts.hi]
         torch.sum(tok, 1, out=parts.tok_sum)
-        torch.linalg.vector_norm(tok, dim=-1, out=parts.tok_norm)
-        torch.linalg.vector_norm(resid, dim=-1, out=parts.resid_norm)
+        torch.linalg.vector_norm(tok, dim=-1, out=slot["tok_norm"])
+        torch.linalg.vector_norm(resid, dim=-1, out=slot["resid_norm"])
         if self.pe_layers:
             pes = [store[names[self._row[l]][2]] for l in self.pe_layers]
             same_q = all(pe.shape[0] == pes[0].shape[0] for pe in pes)
             pe = _as(torch.stack(pes if same_q else [p.expand(B, -1, -1) for p in pes]), tok.dtype, tok.device)
             tok_pe = self._pe_rows(tok)  # (P, B, T, D)
-            torch.sum(torch.mul(tok_pe, pe), -1, out=parts.dot)  # NaN rows are masked later
-            torch.sum(tok_pe, -1, out=parts.chan)
+            torch.sum(torch.mul(tok_pe, pe), -1, out=slot["dot"])  # NaN rows are masked later
+            torch.sum(tok_pe, -1, out=slot["chan"])
             parts.pes, parts.pe_stack = pes, pe
 
     def _reduce_layer(self, l: int, tok: torch.Tensor, resid: torch.Tensor) -> None:
         """The universal sums of layer ``l`` straight into float64 state entries of its own shape (families whose
         token count or width changes along the depth: ``tok_sum@{l}`` (T_l, D_l), ``tok_norm_sum@{l}``,
         ``resid_norm_sum@{l}`` (T_l))."""
-        s = self.state
+        s = self._state
         key = f"tok_sum@{l}"
         if key not in s:
             dev = tok.device if tok.device.type != "mps" else torch.device("cpu")
@@ -388,42 +405,99 @@ class RunningStats:
         pe = _working(store[names[2]]) if len(names) > 2 else None
         self._reduce(l, _working(store[names[1]]), _working(store[names[0]]), pe)
 
-    def _finish(self, B: int) -> None:
-        """Turn the partials of every layer of a B-image batch into float64 sums (stacked over layers)."""
-        s, parts = self.state, self._parts
+    def _end_batch(self, B: int) -> None:
+        """Close the batch in progress (uniform state): add its token and PE sums, write its PE row norms and row
+        sums into its ring slot and move the ring on, running the float64 step on the pending slots when the
+        ring is full (see :class:`Partials`). A batch with a PE per image is finished at once, after the pending
+        slots. Computed on the device every batch, so nothing compares PEs (which would read back to the host)."""
+        s, parts = self._state, self._parts
         dev = s["tok_sum"].device
-        f64 = lambda x: _as(x, torch.float64, dev)  # noqa: E731  (no op when it already is)
         s["tok_sum"] += _as(parts.tok_sum, parts.tok_sum.dtype, dev)
-        tok_norm = f64(parts.tok_norm)  # (L + 1, B, T)
-        s["tok_norm_sum"] += tok_norm.sum(1)
-        s["resid_norm_sum"] += f64(parts.resid_norm).sum(1)
         if self.pe_layers:
-            pt = self._pe_side(parts.pes, B, parts.pe_stack)
-            scale = B if pt.norm.shape[1] == 1 else 1  # a PE shared by the batch counts once per image
-            s["pe_sum"].add_(pt.sum, alpha=scale)
-            s["pe_norm_sum"].add_(pt.norm_sum, alpha=scale)
-            rows = pt.rows.unsqueeze(1)  # (P, 1, T)
-            pe_norm = pt.norm  # (P, 1 or B, T)
-            pe_mean, pe_var = pt.mean, pt.var  # (P, 1 or B)
-            entries = pt.entries.unsqueeze(1)
-            tn = self._pe_rows(tok_norm)  # (P, B, T)
+            pes, stack = parts.pes, parts.pe_stack
+            parts.pes, parts.pe_stack = [None] * len(pes), None  # the PE tensors are not kept past the batch
+            if any(pe.shape[0] != 1 for pe in pes):  # a PE per image: this batch on its own
+                k = parts.hi
+                self.flush()  # the pending batches first (they end before slot k)
+                if stack is None or stack.shape[1] != B:
+                    stack = torch.stack([pe.expand(B, -1, -1) for pe in pes])
+                pt = pe_terms(_as(stack, stack.dtype, dev))
+                s["pe_sum"] += pt.sum
+                s["pe_norm_sum"] += pt.norm_sum
+                rows = pt.rows.view(1, -1, 1, pt.rows.shape[-1])
+                self._finish(k, k + 1, (rows, pt.norm.unsqueeze(0), pt.mean.unsqueeze(0), pt.var.unsqueeze(0),
+                                        pt.entries.view(1, -1, 1)))
+                return
+            stack = torch.stack(pes) if stack is None else stack  # (P, 1, T, D)
+            stack = _as(stack, stack.dtype, dev)
+            slot = parts.slot[parts.hi]
+            torch.linalg.vector_norm(stack, dim=-1, dtype=torch.float64, out=slot["pe_norm"])
+            torch.sum(stack, -1, dtype=torch.float64, out=slot["pe_rowsum"])
+            s["pe_sum"].unsqueeze(1).add_(stack, alpha=B)  # a PE shared by the batch counts once per image
+        parts.hi += 1
+        if parts.hi == parts.slots:
+            self.flush()
+
+    def flush(self) -> None:
+        """Run the float64 step on the batches still pending in the ring of partials (:class:`Partials`), so that
+        :attr:`state` is complete. Reading :attr:`state` or :meth:`arrays` calls it; no host read."""
+        parts = self._parts
+        if parts is None or parts.hi == parts.lo:
+            return
+        with _one_cpu_thread(parts.tok_norm), torch.autocast(parts.tok_norm.device.type, enabled=False), \
+                torch.inference_mode():
+            self._finish(parts.lo, parts.hi)
+        parts.lo = parts.hi = 0
+
+    def _finish(self, lo: int, hi: int, pe: tuple[torch.Tensor, ...] | None = None) -> None:
+        """Turn the partials of ring slots ``lo:hi`` (batches of B images) into float64 sums, all layers and all
+        those batches at once: the same sums as batch by batch, added in another order (float64 rounding).
+
+        ``pe``: the PE side of a batch with a PE per image, (rows (1, P, 1, T), norms (1, P, B, T), mean and
+        variance (1, P, B), entries (1, P, 1)); otherwise it comes from the ring (Q = 1)."""
+        s, parts = self._state, self._parts
+        S, n = hi - lo, (hi - lo) * parts.B  # batches and images
+        dev = s["tok_sum"].device
+        whole = lo == 0 and hi == parts.slots
+        f64 = lambda x: _as(x if whole else x[lo:hi], torch.float64, dev)  # noqa: E731  (no op when it already is)
+        tok_norm = f64(parts.tok_norm)  # (S, L + 1, B, T)
+        s["tok_norm_sum"] += tok_norm.sum((0, 2))
+        s["resid_norm_sum"] += f64(parts.resid_norm).sum((0, 2))
+        if self.pe_layers:
+            if pe is None:  # the PE terms of every pending batch (pe_terms, per slot)
+                pe_norm, rowsum = f64(parts.pe_norm), f64(parts.pe_rowsum)  # (S, P, 1, T)
+                s["pe_norm_sum"].add_(pe_norm.sum((0, 2)), alpha=parts.B)  # a PE shared by the batch: once per image
+                rows = torch.isfinite(pe_norm)  # prefix rows without a PE row are NaN (derived PEs only)
+                entries = rows.sum(-1, dtype=torch.float64) * parts.tok_sum.shape[-1]  # (S, P, 1)
+                pe_mean = torch.where(rows, rowsum, 0.0).sum(-1) / entries  # (S, P, 1)
+                pe_var = torch.where(rows, pe_norm * pe_norm, 0.0).sum(-1) / entries - pe_mean * pe_mean
+            else:
+                rows, pe_norm, pe_mean, pe_var, entries = pe
+            tn = self._pe_rows(tok_norm, 1)  # (S, P, B, T); rows (S, P, 1, T), pe_norm (S, P, 1 or B, T)
             dot = f64(parts.dot)
             keep = lambda x: torch.where(rows, x, 0.0)  # noqa: E731  (rows without a PE drop out)
-            cos = keep(dot / (tn * pe_norm))  # (P, B, T): cos(tok[b, t], pe[t])
-            s["cos_tok_sum"] += cos.sum(1)
+            cos = keep(dot / (tn * pe_norm))  # (S, P, B, T): cos(tok[b, t], pe[t])
+            s["cos_tok_sum"] += cos.sum((0, 2))
             # moments: one stacked in-place add per moment tensor (indexing columns would cost ops per column)
-            s["cos_mom"].add_(torch.stack([rows.sum((1, 2), dtype=cos.dtype) * B, cos.sum((1, 2)),
-                                           (cos * cos).sum((1, 2))], 1))
-            tok_mean = keep(f64(parts.chan)).sum(2) / entries  # (P, B), over the rows x D entries
-            tok_var = keep(tn.square()).sum(2) / entries - tok_mean.square()
-            cov = keep(dot).sum(2) / entries - tok_mean * pe_mean
-            r = cov / torch.sqrt(tok_var * pe_var)  # (P, B): per-image Pearson correlation
+            s["cos_mom"].add_(torch.stack([rows.sum((0, 2, 3), dtype=cos.dtype) * parts.B, cos.sum((0, 2, 3)),
+                                           (cos * cos).sum((0, 2, 3))], 1))
+            tok_mean = keep(f64(parts.chan)).sum(3) / entries  # (S, P, B), over the rows x D entries
+            tok_var = keep(tn.square()).sum(3) / entries - tok_mean.square()
+            cov = keep(dot).sum(3) / entries - tok_mean * pe_mean
+            r = cov / torch.sqrt(tok_var * pe_var)  # (S, P, B): per-image Pearson correlation
             mom = s["corr_mom"]  # (P, 5): count, sum, sum of squares, min, max
-            mom[:, :3].add_(torch.stack([torch.full_like(r[:, 0], B), r.sum(1), (r * r).sum(1)], 1))
+            mom[:, :3].add_(torch.stack([torch.full_like(mom[:, 0], n), r.sum((0, 2)), (r * r).sum((0, 2))], 1))
             mn, mx = mom[:, 3], mom[:, 4]
-            torch.minimum(mn, torch.amin(r, 1), out=mn)
-            torch.maximum(mx, torch.amax(r, 1), out=mx)
-        parts.pes, parts.pe_stack = [None] * len(parts.pes), None  # the PE tensors are not kept past the batch
+            torch.minimum(mn, torch.amin(r, (0, 2)), out=mn)
+            torch.maximum(mx, torch.amax(r, (0, 2)), out=mx)
+        if self.last_ln:
+            s["out_norm_sum"] += f64(parts.out_norm).sum((0, 1))
+            # cos(pooled x_L, pooled Last-LN output with / without the PE), both at once: (S, 2, B)
+            pool = f64(parts.pool)  # (S, 3, B, D)
+            norm = torch.linalg.vector_norm(pool, dim=-1)  # (S, 3, B)
+            cos = (pool[:, 1:] * pool[:, :1]).sum(-1) / (norm[:, 1:] * norm[:, :1])
+            self._ba.add_(torch.stack([torch.full_like(self._ba[:, 0], n), cos.sum((0, 2)), (cos * cos).sum((0, 2))],
+                                      1))
 
     def feed(self) -> BatchFeed:
         """A store for :func:`~pe_probe.probing.hooks.recording` that reduces each block as the forward pass fills it.
@@ -453,10 +527,9 @@ class RunningStats:
                     self._layer(l, store)
         if not self.last_ln:  # no norm on every token before pooling: the blocks' statistics only
             B = self._batch
-            with _one_cpu_thread(store.get(H.block_hook(v.depth - 1, H.RESID_PRE), torch.empty(0))), \
-                    torch.autocast(self.state_device().type, enabled=False):
-                if self.uniform:
-                    self._finish(B)
+            if self.uniform:
+                with _one_cpu_thread(self._parts.tok_norm), torch.autocast(self.state_device().type, enabled=False):
+                    self._end_batch(B)
             self.n_images += B
             return
         last = layer_hooks(LAST, self.has_pe[LAST])
@@ -466,42 +539,51 @@ class RunningStats:
             self._reduce(LAST, ln_out, x_l, last_pe)
         B, npt = x_l.shape[0], v.num_prefix_tokens
         out = ln_out if last_pe is None else ln_out + last_pe
-        out_norm = _norms(out)
         pooled = v.pool(x_l), v.pool(out), v.pool(ln_out)  # the model's own pooling (class token, mean, map, ...)
         take = max(0, min(self.n_norm_maps - self.n_maps, B))
         maps = (_norms(x_l[:take, npt:], self._scratch), _norms(out[:take, npt:])) if take else ()
+        if self.uniform:  # into the ring: the float64 step runs once per few batches (_end_batch, flush)
+            parts = self._parts
+            slot = parts.slot[parts.hi]
+            _norms_into(_as(out, parts.dtype), slot["out_norm"], self._scratch)
+            torch.stack([_as(p, parts.dtype) for p in pooled], out=slot["pool"])
+        else:
+            out_norm = _norms(out)
         # the small float64 step (a few dozen short operations) on one thread, never autocast
         with _one_cpu_thread(x_l), torch.autocast(x_l.device.type, enabled=False):
+            s = self._state
             if self.uniform:
-                self._finish(B)
-            s = self.state
-            if "out_norm_sum" not in s:  # per-layer state: the Last-LN entries once its shape is known
-                K, N = self.n_norm_maps, out.shape[1] - npt
-                z = lambda *shape: torch.zeros(shape, dtype=torch.float64, device=s[f"tok_sum@{LAST}"].device)  # noqa: E731
-                self._ba = z(2, 3)
-                s.update(out_norm_sum=z(out.shape[1]), cos_ba_mom=self._ba[0], cos_ba_ln_mom=self._ba[1],
-                         norm_before=z(K, N), norm_after=z(K, N))
-            dev = s["out_norm_sum"].device
-            f64 = lambda x: _as(x, torch.float64, dev)  # noqa: E731
-            s["out_norm_sum"] += f64(out_norm).sum(0)
-            # cos(pooled x_L, pooled Last-LN output with / without the PE), both at once: (2, B)
-            pool = f64(torch.stack(pooled))  # (3, B, D)
-            norm = torch.linalg.vector_norm(pool, dim=-1)  # (3, B)
-            cos = (pool[1:] * pool[0]).sum(-1) / (norm[1:] * norm[0])
-            self._ba.add_(torch.stack([torch.full_like(cos[:, 0], B), cos.sum(1), (cos * cos).sum(1)], 1))
+                self._end_batch(B)
+            else:
+                if "out_norm_sum" not in s:  # per-layer state: the Last-LN entries once its shape is known
+                    K, N = self.n_norm_maps, out.shape[1] - npt
+                    z = lambda *shape: torch.zeros(shape, dtype=torch.float64, device=s[f"tok_sum@{LAST}"].device)  # noqa: E731
+                    self._ba = z(2, 3)
+                    s.update(out_norm_sum=z(out.shape[1]), cos_ba_mom=self._ba[0], cos_ba_ln_mom=self._ba[1],
+                             norm_before=z(K, N), norm_after=z(K, N))
+                dev = s["out_norm_sum"].device
+                f64 = lambda x: _as(x, torch.float64, dev)  # noqa: E731
+                s["out_norm_sum"] += f64(out_norm).sum(0)
+                # cos(pooled x_L, pooled Last-LN output with / without the PE), both at once: (2, B)
+                pool = f64(torch.stack(pooled))  # (3, B, D)
+                norm = torch.linalg.vector_norm(pool, dim=-1)  # (3, B)
+                cos = (pool[1:] * pool[0]).sum(-1) / (norm[1:] * norm[0])
+                self._ba.add_(torch.stack([torch.full_like(cos[:, 0], B), cos.sum(1), (cos * cos).sum(1)], 1))
             if take:
-                s["norm_before"][self.n_maps:self.n_maps + take] = f64(maps[0])
-                s["norm_after"][self.n_maps:self.n_maps + take] = f64(maps[1])
+                dev = s["norm_before"].device
+                s["norm_before"][self.n_maps:self.n_maps + take] = _as(maps[0], torch.float64, dev)
+                s["norm_after"][self.n_maps:self.n_maps + take] = _as(maps[1], torch.float64, dev)
                 self.n_maps += take
             self.n_images += B
 
     # ------------------------------------------------------------------ results
     def arrays(self) -> dict[str, np.ndarray]:
         """Means and moments as float64 numpy arrays, keyed as :class:`pe_probe.core.report.ProbeReport` stores them."""
-        if self.state is None or self.n_images == 0:
+        self.flush()
+        if self._state is None or self.n_images == 0:
             raise ValueError("no images were probed")
         n = float(self.n_images)
-        s = {k: t.detach().cpu().numpy() for k, t in self.state.items()}
+        s = {k: t.detach().cpu().numpy() for k, t in self._state.items()}
         out: dict[str, np.ndarray] = {}
         for i, l in enumerate(self.layers):
             if not self.uniform:

@@ -200,3 +200,17 @@ def test_no_host_sync_for_other_pe_families(name, strategy):
     assert report.meta["n_images"] == 12
     for k, v in ref.arrays.items():
         np.testing.assert_allclose(report.arrays[k], v, rtol=1e-5, atol=1e-6, err_msg=k, equal_nan=True)
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_ring_of_batches_gives_the_batch_by_batch_sums(strategy, monkeypatch):
+    """The float64 step run once per ring of batches (several wraps, a smaller last batch) equals it run after
+    every batch (a ring of one slot) to float64 rounding (1e-12 relative): only the order of float64 adds differs."""
+    from pe_probe.probing import accumulate
+    m, x = build(CONFIGS["pvg-token-lastpe"]), torch.cat([images()] * 3)  # 57 images: 28 batches of 2, then 1
+    ring = probe(m, x, batch_size=2, progress=False, n_norm_maps=4, strategy=strategy, decompose=False)
+    monkeypatch.setattr(accumulate, "RING_IMAGES", 1)  # one slot: the step after every batch
+    each = probe(m, x, batch_size=2, progress=False, n_norm_maps=4, strategy=strategy, decompose=False)
+    assert set(ring.arrays) == set(each.arrays)
+    for k, v in each.arrays.items():
+        np.testing.assert_allclose(ring.arrays[k], v, rtol=1e-12, atol=1e-13, err_msg=k, equal_nan=True)
