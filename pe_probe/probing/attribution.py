@@ -188,7 +188,7 @@ def run_attribution(
     runner = find_sites(model, effect, sites)
     view = runner.view
     # [issue 22] under torch.distributed: this rank's exact shard of the first max_images images
-    batches, total, max_images = open_sharded(
+    batches, total, max_images, _ = open_sharded(
         data, view, batch_size=batch_size, max_images=max_images, data_dir=None if data_dir is None else str(data_dir),
         mean=mean, std=std, num_workers=num_workers, split=split, trained_on=trained_on)
     if total is not None and max_images is not None:

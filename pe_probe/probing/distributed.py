@@ -6,11 +6,13 @@ the images, exact combination of the running sums, one writer.
   image is read exactly once (no padding duplicates, unlike ``DistributedSampler``), and every batch is the
   very batch one process would have fed the model, so per-batch float32 partials are bit-identical and only
   the order in which float64 batch sums are added differs (relative differences around 1e-16).
-- **Combining** (:func:`all_reduce_state`, :func:`reduce_running_stats`, :func:`all_reduce_numbers`,
-  :func:`gather_first`): float64 sums and counts are all-reduced with SUM (counts are integers far below
-  2**53, so exact); the min/max columns of moments (``[count, sum, sumsq, min, max]``, keys ending in
-  ``_mom``) with MIN/MAX; "the first K images" (norm maps, attribution maps) are gathered in rank order,
-  which with contiguous shards are the first K images of the data set.
+- **Combining** (:func:`all_reduce_state`, :func:`reduce_running_stats`, :func:`reduce_position`,
+  :func:`all_reduce_numbers`, :func:`gather_first`): float64 sums and counts are all-reduced with SUM (counts
+  are integers far below 2**53, so exact); the min/max columns of moments (``[count, sum, sumsq, min, max]``,
+  keys ending in ``_mom``) with MIN/MAX; "the first K images" (norm maps, attribution maps) are gathered in
+  rank order, which with contiguous shards are the first K images of the data set. The position analyses
+  assign images to their sets and samples by global index (:func:`open_sharded` gives each rank its first),
+  so their states add up the same way; their fits run once the states are combined.
 - **Failures** (:func:`collective_errors`): every rank leaves a measuring loop through one exchange; when
   any rank raised, every rank raises (the failing one its own error, the others :class:`PeerFailedError`
   carrying the failing rank's one-line message), so no rank waits forever in a collective.
@@ -129,9 +131,10 @@ def batch_shard(n: int, batch_size: int, rank: int, world_size: int) -> range:
 
 
 def open_sharded(data: Any, view, *, batch_size: int, max_images: int | None,
-                 **options: Any) -> tuple[Any, int | None, int | None]:
+                 **options: Any) -> tuple[Any, int | None, int | None, int]:
     """:func:`pe_probe.probing.inputs.open_data`, then this rank's exact shard (:func:`batch_shard`) of the first
-    ``max_images`` images. Returns ``(batches, images this rank reads or None, max_images left to apply)``.
+    ``max_images`` images. Returns ``(batches, images this rank reads or None, max_images left to apply, global
+    index of this rank's first image)`` (the last is 0 without a process group).
 
     Without a process group this is ``open_data`` itself. Under one, ``data`` must be a tensor, a ``Dataset``,
     a data-set name or a ``DataLoader`` over a map-style data set read in order (its own sampler would decide
@@ -142,12 +145,12 @@ def open_sharded(data: Any, view, *, batch_size: int, max_images: int | None,
     batches, total = open_data(data, view, batch_size=batch_size, **options)
     rank, world = rank_world()
     if world == 1:
-        return batches, total, max_images
+        return batches, total, max_images, 0
     if isinstance(data, torch.Tensor):
         n = len(data) if max_images is None else min(len(data), max_images)
         r = batch_shard(n, batch_size, rank, world)
         part = data[r.start:r.stop]
-        return (part[i:i + batch_size] for i in range(0, len(part), batch_size)), len(part), None
+        return (part[i:i + batch_size] for i in range(0, len(part), batch_size)), len(part), None, r.start
     loader = batches
     if not isinstance(loader, DataLoader) or isinstance(loader.dataset, IterableDataset) \
             or loader.batch_size is None or not isinstance(loader.sampler, SequentialSampler):
@@ -163,7 +166,7 @@ def open_sharded(data: Any, view, *, batch_size: int, max_images: int | None,
     sharded = DataLoader(part, batch_size=loader.batch_size, shuffle=False, num_workers=loader.num_workers,
                          collate_fn=loader.collate_fn, pin_memory=loader.pin_memory,
                          worker_init_fn=loader.worker_init_fn, timeout=loader.timeout)
-    return sharded, len(r), None
+    return sharded, len(r), None, r.start
 
 
 # ---------------------------------------------------------------------------------------------------- combining
@@ -283,6 +286,29 @@ def reduce_running_stats(stats) -> None:
         if rows:
             stats.state[m][:n_maps] = torch.cat(rows)[:n_maps].to(stats.state[m].device)
     stats.n_images, stats.n_maps = total, n_maps
+
+
+@torch.inference_mode()
+def reduce_position(pos) -> None:
+    """Combine a :class:`~pe_probe.probing.position.PositionProbe` over the ranks, in place, before its fits: every
+    rank first gets the same per-row accumulators (non-uniform families create a row's on the first batch that
+    reaches it, so a rank that read no image has none: :meth:`~pe_probe.probing.position.PositionProbe.add_rows`
+    adds the missing ones, empty), then every float64 state entry is all-reduced with SUM
+    (:func:`all_reduce_state`). Every entry is a sum over images assigned by their global index; the decoders'
+    bounded sample (``sample.x``, image k in slot k, zeros where a rank did not read image k) is filled by
+    exactly one rank per slot, so its sum is the single-process sample exactly. The ridge solve and the logistic
+    fit then run on the combined state, identically on every rank. The identity with one process."""
+    if rank_world()[1] == 1 or not pos.enabled:
+        return
+    rows: dict[int, tuple[int, int]] = {}
+    for part in gather_objects(pos.row_shapes()):
+        for i, shape in part.items():
+            rows.setdefault(i, shape)
+    pos.add_rows(rows)
+    specs = gather_objects([(k, tuple(t.shape)) for k, t in pos.state.items()])
+    if any(spec != specs[0] for spec in specs):  # a defect, not bad input: the collectives would mix entries
+        raise RuntimeError("the position states differ between the ranks after aligning their rows")
+    all_reduce_state(pos.state)
 
 
 def _align_state_keys(stats) -> None:

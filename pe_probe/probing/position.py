@@ -89,25 +89,23 @@ class VarianceDecomposition:
         z = lambda *s: torch.zeros(s, dtype=F64, device=device)  # noqa: E731
         self.state = {"tok_sum": z(n_layers, n_tokens, dim), "sq_sum": z(n_layers), "img_sq": z(n_layers),
                       "count": z(n_layers), "pe_sum": z(n_tokens, dim), "pe_count": z(1)}
-        self._shift: dict[int, torch.Tensor] = {}
         self._buf: dict[tuple, torch.Tensor] = {}
 
     @torch.inference_mode()
     def update(self, i: int, x: torch.Tensor) -> None:
         """Add row ``i``'s (B, N, D) patch tokens (prefix tokens already removed).
 
-        The full-size passes run in the activations' dtype on ``y = x - c``, with ``c`` a per-row shift (the
-        first batch's channel means, kept outside ``state``: the sums are of ``x`` itself, whatever the shift),
-        so float32 rounding scales with the tokens' spread, not with their offset; the small sums over
-        tokens and images are then taken to float64: ``sum_i x = sum_i y + B c``, ``R_i = sum_t y + N c``,
-        ``sum x^2 = sum y^2 + 2 c . sum y + B N |c|^2``.
+        The full-size passes run in the activations' dtype on ``y = x - c``, with ``c`` a shift (the channel
+        means of the batch's first image: the sums are of ``x`` itself, whatever the shift), so float32 rounding
+        scales with the tokens' spread, not with their offset; the small sums over tokens and images are then
+        taken to float64: ``sum_i x = sum_i y + B c``, ``R_i = sum_t y + N c``,
+        ``sum x^2 = sum y^2 + 2 c . sum y + B N |c|^2``. The shift depends on the batch alone, so a batch adds
+        the same float64 partials wherever it is read (one process, or any rank of a sharded probe).
         """
         s = self.state
         if not x.is_floating_point() or x.dtype not in (torch.float32, torch.float64):
             x = x.float()
-        shift = self._shift.get(i)
-        if shift is None:
-            shift = self._shift[i] = x.mean((0, 1), dtype=F64)
+        shift = x[0].mean(0, dtype=F64)
         B, N, _ = x.shape
         y = torch.sub(x, shift.to(x.dtype), out=self._scratch(x))
         dev = s["tok_sum"].device
@@ -495,6 +493,7 @@ class _Row:
     def __init__(self, var, ridge, sample, ablated_ridge, ablated_sample) -> None:
         self.var, self.ridge, self.sample = var, ridge, sample
         self.ablated_ridge, self.ablated_sample = ablated_ridge, ablated_sample
+        self.shape: tuple[int, int] = (0, 0)  # (N, D) of the row's patch tokens
 
     def items(self):
         return [(k, getattr(self, k)) for k in ("var", "ridge", "sample", "ablated_ridge", "ablated_sample")]
@@ -623,11 +622,26 @@ class PositionProbe:
         mk_r = lambda: PositionRidge(1, grid, D, seed=self.seed, device=dev) if dec else None  # noqa: E731
         mk_s = lambda: PositionSample(1, self.decode_images, N, D, seed=self.seed, device=dev) if dec else None  # noqa: E731
         row = _Row(VarianceDecomposition(1, N, D, dev) if self.decompose else None, mk_r(), mk_s(), mk_r(), mk_s())
+        row.shape = (N, D)
         if self._batch is not None:
             for acc in (row.ridge, row.sample):
                 if acc is not None:
                     acc.begin(*self._batch)
         return row
+
+    def row_shapes(self) -> dict[int, tuple[int, int]]:
+        """Non-uniform families: report row -> (N, D) of the rows whose accumulators exist (created by the first
+        batch that reaches them); empty for uniform families (their state is fixed at construction)."""
+        return {i: row.shape for i, row in self._rowacc.items()}
+
+    def add_rows(self, shapes: dict[int, tuple[int, int]]) -> None:
+        """Create the (empty) accumulators of the rows in ``shapes`` (row -> (N, D), :meth:`row_shapes`) that do not
+        exist yet, after the last batch: so that every worker of a sharded probe holds the same state entries
+        (and ``skipped`` notes) before the states are added up, also a worker that read no image."""
+        self._batch = None  # no batch is open: a new row starts empty
+        for i, (N, D) in sorted(shapes.items()):
+            if i not in self._rowacc:
+                self._rowacc[i] = self._new_row(i, int(N), int(D))
 
     def _consume(self, name: str, x: torch.Tensor) -> bool:
         i = self._row.get(name)

@@ -14,7 +14,7 @@ from ..core.report import META_KEYS, SCHEMA_VERSION, ProbeReport
 from ..models.foreign import convert_model
 from .accumulate import RunningStats
 from .adapter import AdapterKind, ModelView, view_model
-from .distributed import collective_errors, open_sharded, rank_world, reduce_running_stats  # [issue 22]
+from .distributed import collective_errors, open_sharded, reduce_position, reduce_running_stats  # [issue 22]
 from .hooks import eval_inference, fill_derived, recording
 from .inputs import iter_images
 from .position import PositionProbe
@@ -128,16 +128,13 @@ def probe(
     stats = RunningStats(view, n_norm_maps=n_norm_maps, strategy=strategy)
     names = stats.hook_names()
     source: dict = {}
-    # [issue 22] under torch.distributed: this rank's exact shard of the first max_images images
-    batches, total, max_images = open_sharded(
+    # [issue 22] under torch.distributed: this rank's exact shard of the first max_images images, from image `start`
+    batches, total, max_images, start = open_sharded(
         data, view, batch_size=batch_size, max_images=max_images, data_dir=None if data_dir is None else str(data_dir),
         mean=mean, std=std, num_workers=num_workers, split=split, trained_on=trained_on, source=source)
     if total is not None and max_images is not None:
         total = min(total, max_images)
     # --- position per layer (issue 19): its own hooks and accumulators, fed beside RunningStats ---------
-    not_combined = rank_world()[1] > 1 and (decompose or decode)
-    if not_combined:  # the position sums are not yet all-reduced over ranks: measured in one process only
-        decompose = decode = False
     pos = PositionProbe(view, decompose=decompose, decode=decode, decode_images=decode_images)
     pos.setup_ablated()  # the PE-ablated copy for decode, taken before any hook exists
     pos_names, pos_feed = (pos.hook_names() if pos.enabled else []), pos.feed()
@@ -152,7 +149,7 @@ def probe(
         bar = tqdm(total=total, unit="img", desc="probe", disable=not progress, leave=False)
         try:
             for images in iter_images(batches, view, max_images):
-                first = stats.n_images
+                first = start + stats.n_images  # the batch's first GLOBAL image index (sets, samples, permutations)
                 pos.begin(pos_feed, first, len(images))  # position
                 feed.reset(derived)
                 view.run(images)
@@ -167,10 +164,10 @@ def probe(
             feed.reset()
             dict.clear(pos_feed)  # position: no activation outlives the call
     reduce_running_stats(stats)  # [issue 22] float64 sums, exact counts and the first maps over the ranks
+    reduce_position(pos)  # [issue 22] the position sums and the decoders' sample, before their fits (arrays())
     if stats.n_images == 0:
         raise DataError("the data yielded no images")
     computed = build_meta(view, stats.n_images, run, n_norm_maps=stats.n_maps, **source,
                           position={"decompose": decompose, "decode": decode, "decode_images": decode_images,
-                                    **pos.meta(), **({"not_combined": "the position analyses run in one process "
-                                                      "only (not under torchrun)"} if not_combined else {})})
+                                    **pos.meta()})
     return ProbeReport({**extra_meta, **computed}, {**stats.arrays(), **pos.arrays()})  # position: its arrays

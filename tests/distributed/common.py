@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -62,3 +63,41 @@ def zoo_images(n: int, model) -> torch.Tensor:
     """``n`` random images of the size ``model`` takes (16 px for the pe_probe model, else 32 px)."""
     px = 16 if type(model).__name__ == "PEVisionTransformer" else 32
     return torch.randn(n, 3, px, px, generator=torch.Generator().manual_seed(n))
+
+
+#: Report arrays whose leading entries (along the first axis) are counts: identical under sharding, not only close.
+COUNT_COLUMNS = {"cos_moments": 1, "corr_img": 1, "last_cos": 1, "pos_var": 2, "logit_total": 1}
+
+
+def assert_report_equal(meta: dict, arrays: dict, one, what: str = "") -> None:
+    """A report measured under a process group (``meta``, ``arrays``) equals the single-process report ``one``:
+    the same metadata of the position analyses and the same arrays; counts identical, float64 sums to 1e-12
+    relative. Arrays that are differences of sums are compared to 1e-12 of the sums they come from: ``pos_var``
+    / ``pe_pos`` (``SS_resid = SS_total - SS_pos - SS_img``, 0 up to rounding where a stage has one token) to
+    1e-12 of the array's largest entry, the ridge R^2 rows (``1 - SSE / SST``, near 0 for the controls) to 1e-12
+    absolute. The logistic classifier's accuracies are fit on the very same sample: identical."""
+    assert meta["n_images"] == one.meta["n_images"], what
+    assert meta.get("n_norm_maps") == one.meta.get("n_norm_maps"), what
+    assert meta["position"] == one.meta["position"], what  # options, pe_term, logits, skipped
+    assert "not_combined" not in meta["position"], what
+    assert set(arrays) == set(one.arrays), (what, sorted(set(arrays) ^ set(one.arrays)))
+    for key, want in one.arrays.items():
+        got, name = arrays[key], key.split("@")[0]
+        assert got.shape == want.shape, (what, key)
+        msg = f"{what} {key}"
+        if name in COUNT_COLUMNS:
+            assert np.array_equal(got[:COUNT_COLUMNS[name]], want[:COUNT_COLUMNS[name]]), msg
+        if name == "logit_parts":
+            assert np.array_equal(got[:, 0], want[:, 0]), msg  # per component: how many images had it
+        if name.startswith("decode_acc"):
+            assert np.array_equal(got, want), msg
+            continue
+        atol: float | np.ndarray = 0.0
+        if name in ("pos_var", "pe_pos"):
+            atol = 1e-12 * float(np.abs(want).max())
+        elif name.startswith("decode_r2"):
+            atol = np.array([[0.0], [1e-12], [1e-12]])  # alphas: relative; R^2 rows: absolute
+        both_nan = np.isnan(got) & np.isnan(want)  # a logit component the model has not
+        err = np.where(both_nan, 0.0, np.abs(got - want))
+        bad = ~(err <= 1e-12 * np.abs(want) + atol)
+        assert not bad.any(), f"{msg}: {bad.sum()} entries differ, worst {err[bad].max():.3g} at {want[bad].max():.3g}"

@@ -33,8 +33,7 @@ def run(tmp_path_factory):
 @pytest.mark.slow
 def test_torchrun_probe_writes_the_single_process_report_once(run, tmp_path, capsys):
     one, two = tmp_path / "one", tmp_path / "two"
-    assert main(["probe", str(run), "--out", str(one), "--max-images", "333", "--no-progress",
-                 "--no-decompose"]) == 0  # under torchrun the position analyses are left out (not combined yet)
+    assert main(["probe", str(run), "--out", str(one), "--max-images", "333", "--no-progress"]) == 0
     proc = torchrun("-m", "pe_probe", "probe", str(run), "--out", str(two), "--max-images", "333", "--no-progress")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("probed 333 images") == 1  # rank 0 alone prints (and writes)
