@@ -6,7 +6,6 @@ import os
 from typing import Any, Sequence
 
 from torch import nn
-from tqdm.auto import tqdm
 
 from .._version import __version__
 from ..core.errors import DataError
@@ -14,9 +13,9 @@ from ..core.report import META_KEYS, SCHEMA_VERSION, ProbeReport
 from ..models.foreign import convert_model
 from .accumulate import RunningStats
 from .adapter import AdapterKind, ModelView, view_model
-from .distributed import collective_errors, open_sharded, rank_world, reduce_running_stats  # [issue 22]
+from .distributed import collective_errors, rank_world, reduce_running_stats  # [issue 22]
 from .hooks import eval_inference, fill_derived, recording
-from .inputs import iter_images
+from .inputs import DataOptions, stream_data
 from .position import PositionProbe
 
 
@@ -123,17 +122,12 @@ def probe(
     if clash:
         raise ValueError(f"meta may not set {clash}: the probe computes them")
     view = view_model(model, adapter)
-    if max_images is not None and (isinstance(max_images, bool) or not isinstance(max_images, int) or max_images < 1):
-        raise DataError(f"max_images must be a positive int or None, got {max_images!r}")
+    options = DataOptions(batch_size=batch_size, max_images=max_images, data_dir=data_dir, mean=mean, std=std,
+                          num_workers=num_workers, split=split, trained_on=trained_on)
     stats = RunningStats(view, n_norm_maps=n_norm_maps, strategy=strategy)
     names = stats.hook_names()
-    source: dict = {}
     # [issue 22] under torch.distributed: this rank's exact shard of the first max_images images
-    batches, total, max_images = open_sharded(
-        data, view, batch_size=batch_size, max_images=max_images, data_dir=None if data_dir is None else str(data_dir),
-        mean=mean, std=std, num_workers=num_workers, split=split, trained_on=trained_on, source=source)
-    if total is not None and max_images is not None:
-        total = min(total, max_images)
+    stream = stream_data(data, view, options, desc="probe", progress=progress, labels=False)
     # --- position per layer (issue 19): its own hooks and accumulators, fed beside RunningStats ---------
     not_combined = rank_world()[1] > 1 and (decompose or decode)
     if not_combined:  # the position sums are not yet all-reduced over ranks: measured in one process only
@@ -148,10 +142,9 @@ def probe(
         pos.prepare()
     feed = stats.feed()  # each block's statistics are added as the forward pass reaches it (cache-hot)
     with collective_errors("probe"), eval_inference(model), recording(view, names, store=feed), \
-            recording(view, pos_names, store=pos_feed):  # [issue 22] errors end every rank
-        bar = tqdm(total=total, unit="img", desc="probe", disable=not progress, leave=False)
+            recording(view, pos_names, store=pos_feed), stream:  # [issue 22] errors end every rank
         try:
-            for images in iter_images(batches, view, max_images):
+            for images, _ in stream:
                 first = stats.n_images
                 pos.begin(pos_feed, first, len(images))  # position
                 feed.reset(derived)
@@ -161,15 +154,13 @@ def probe(
                     pos.end(pos_feed, len(images))
                     pos.begin_ablated(first, len(images))
                     pos.ablated(images)
-                bar.update(len(images))
         finally:
-            bar.close()
             feed.reset()
             dict.clear(pos_feed)  # position: no activation outlives the call
     reduce_running_stats(stats)  # [issue 22] float64 sums, exact counts and the first maps over the ranks
     if stats.n_images == 0:
         raise DataError("the data yielded no images")
-    computed = build_meta(view, stats.n_images, run, n_norm_maps=stats.n_maps, **source,
+    computed = build_meta(view, stats.n_images, run, n_norm_maps=stats.n_maps, **stream.source,
                           position={"decompose": decompose, "decode": decode, "decode_images": decode_images,
                                     **pos.meta(), **({"not_combined": "the position analyses run in one process "
                                                       "only (not under torchrun)"} if not_combined else {})})
