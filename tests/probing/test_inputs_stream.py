@@ -6,11 +6,13 @@ import warnings
 
 import pytest
 import torch
+
+import pe_probe
 from torch.utils.data import DataLoader, TensorDataset
 
 from pe_probe import PEVisionTransformer, attention_stats, patch_shuffle
 from pe_probe.core.errors import DataError
-from pe_probe.probing import inputs
+from pe_probe.probing import inputs, probe_at_sizes
 from pe_probe.probing.adapter import view_model
 from pe_probe.probing.inputs import DataOptions, stream_data
 
@@ -94,3 +96,49 @@ def test_shape_checked_before_any_image(view):
 def test_unsharded_functions_check_max_images(view, fn):
     with pytest.raises(DataError, match="max_images"):
         fn(view.model, _images(4), max_images=0, progress=False)
+
+
+# ---------------------------------------------------------------- every public streaming function, alike
+@pytest.fixture(scope="module")
+def model():
+    return PEVisionTransformer("mpvg", **{**TINY, "depth": 2}).eval()
+
+
+def labelled(n: int = 9):
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(n, 3, 16, 16, generator=g)
+    y = torch.randint(0, TINY["num_classes"], (n,), generator=g)
+    return [(x[i:i + 2], y[i:i + 2]) for i in range(0, n, 2)]  # batches of 2, the last one short
+
+
+def n_read(name: str, out) -> int:
+    if name == "probe_at_sizes":
+        (report, _), = out.values()
+        return report.meta["n_images"]
+    return out.meta["n_images"]
+
+
+CALLS = {
+    "probe": lambda m, d, **kw: pe_probe.probe(m, d, decompose=False, **kw),
+    "ablate": lambda m, d, **kw: pe_probe.ablate(m, d, ["zero"], sites=[1], **kw),
+    "attribute": lambda m, d, **kw: pe_probe.attribute(m, d, sites=[1], n_steps=2, warn_rel_delta=1e9, **kw),
+    "attention_stats": lambda m, d, **kw: pe_probe.attention_stats(m, d, decompose=False, **kw),
+    "patch_shuffle": lambda m, d, **kw: pe_probe.patch_shuffle(m, d, blocks=[1, 2], **kw),
+    "probe_at_sizes": lambda m, d, **kw: probe_at_sizes(m, d, [24], decompose=False, **kw),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CALLS))
+def test_every_streaming_function_reads_exactly_max_images(name, model):
+    out = CALLS[name](model, labelled(9), max_images=5, progress=False)
+    assert n_read(name, out) == 5  # 2 + 2 + 1: the third batch is cut
+
+
+@pytest.mark.parametrize("name", sorted(CALLS))
+@pytest.mark.parametrize("kwargs, match", [(dict(max_images=0), "max_images must be a positive int"),
+                                           (dict(max_images=True), "max_images must be a positive int"),
+                                           (dict(batch_size=0), "batch_size must be a positive int")])
+def test_every_streaming_function_refuses_bad_data_keywords_alike(name, kwargs, match, model):
+    x = torch.randn(4, 3, 16, 16)
+    with pytest.raises(DataError, match=match):
+        CALLS[name](model, x, progress=False, **kwargs)
