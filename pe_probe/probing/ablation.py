@@ -15,15 +15,14 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..core import hook_points as H
 from ..core.causal import ABLATION_METRICS, INTERVENTIONS, AblationResult
 from ..core.errors import DataError, UnknownNameError
 from ..models.foreign import convert_model
-from .distributed import all_reduce_numbers, collective_errors, open_sharded  # [issue 22] torch.distributed
+from .distributed import all_reduce_numbers, collective_errors  # [issue 22] torch.distributed
 from .hooks import eval_inference, recording
-from .inputs import iter_batches
+from .inputs import DataOptions, stream_data
 from .sites import find_sites, replaced, shuffle_permutation
 from .stream import build_meta
 
@@ -84,18 +83,14 @@ def run_ablation(
     bad = [k for k in interventions if k not in INTERVENTIONS]
     if bad or not interventions:
         raise UnknownNameError(f"interventions {interventions} must be a non-empty subset of {INTERVENTIONS}")
-    if max_images is not None and (isinstance(max_images, bool) or not isinstance(max_images, int) or max_images < 1):
-        raise DataError(f"max_images must be a positive int or None, got {max_images!r}")
+    options = DataOptions(batch_size=batch_size, max_images=max_images, data_dir=data_dir, mean=mean, std=std,
+                          num_workers=num_workers, split=split, trained_on=trained_on)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"seed={seed!r} must be an int")
     runner = find_sites(model, effect, sites)
     view = runner.view
     # [issue 22] under torch.distributed: this rank's exact shard of the first max_images images
-    batches, total, max_images, _ = open_sharded(
-        data, view, batch_size=batch_size, max_images=max_images, data_dir=None if data_dir is None else str(data_dir),
-        mean=mean, std=std, num_workers=num_workers, split=split, trained_on=trained_on)
-    if total is not None and max_images is not None:
-        total = min(total, max_images)
+    stream = stream_data(data, view, options, desc="ablate", progress=progress)
     perm = shuffle_permutation(view.grid[0] * view.grid[1], seed)
     resume = reuse_prefix and runner.resumable
     rec_names = view.resume_names() if resume else []
@@ -109,32 +104,27 @@ def run_ablation(
     fns = {(s.name, k): view.replacement(s, k, perm) for s, k in pairs}  # refuses what makes no sense, once
     tallies = {(s.name, k): _Tally() for s, k in pairs}
     intact_correct, n_images, labelled, block_calls = 0, 0, True, 0
-    with collective_errors("ablate"), eval_inference(model):  # [issue 22] a failing rank ends every rank
-        bar = tqdm(total=total, unit="img", desc="ablate", disable=not progress, leave=False)
-        try:
-            for images, labels in iter_batches(batches, view, max_images):
-                b = len(images)
-                with recording(view, rec_names) as rec:
-                    intact = runner(images)
-                block_calls += b * depth
-                log_p = F.log_softmax(intact.double(), dim=-1)
-                pred = intact.argmax(-1)
-                labelled = labelled and labels is not None
-                if labels is not None:
-                    intact_correct += int((pred == labels).sum())
-                for site, kind in pairs:
-                    with replaced(site.module, fns[(site.name, kind)]):
-                        if resume and site.layer != H.INPUT:
-                            logits, blocks = view.resume(site, rec)
-                        else:
-                            logits, blocks = runner(images), depth
-                    block_calls += b * blocks
-                    tallies[(site.name, kind)].add(log_p, pred, logits, labels)
-                n_images += b
-                bar.update(b)
-                del rec
-        finally:
-            bar.close()
+    with collective_errors("ablate"), eval_inference(model), stream:  # [issue 22] a failing rank ends every rank
+        for images, labels in stream:
+            b = len(images)
+            with recording(view, rec_names) as rec:
+                intact = runner(images)
+            block_calls += b * depth
+            log_p = F.log_softmax(intact.double(), dim=-1)
+            pred = intact.argmax(-1)
+            labelled = labelled and labels is not None
+            if labels is not None:
+                intact_correct += int((pred == labels).sum())
+            for site, kind in pairs:
+                with replaced(site.module, fns[(site.name, kind)]):
+                    if resume and site.layer != H.INPUT:
+                        logits, blocks = view.resume(site, rec)
+                    else:
+                        logits, blocks = runner(images), depth
+                block_calls += b * blocks
+                tallies[(site.name, kind)].add(log_p, pred, logits, labels)
+            n_images += b
+            del rec
     # [issue 22] the counts and sums of every rank (exact: integers and float64 sums)
     n_images, intact_correct, block_calls, labelled = _combined(tallies, n_images, intact_correct, block_calls,
                                                                  labelled)

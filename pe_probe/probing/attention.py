@@ -32,7 +32,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
-from tqdm.auto import tqdm
 
 from ..core import hook_points as H
 from ..core.attention import (ATTENTION_METRICS, LOGIT_METRICS, LOGIT_TERMS, AttentionResult,  # noqa: F401
@@ -40,8 +39,7 @@ from ..core.attention import (ATTENTION_METRICS, LOGIT_METRICS, LOGIT_TERMS, Att
 from ..core.errors import CheckpointError, DataError
 from .adapter import view_model
 from .hooks import eval_inference, recording
-from .inputs import iter_images, open_data
-
+from .inputs import DataOptions, stream_data
 
 
 #: The softmax calls whose input is an attention module's logits (timm calls ``attn.softmax(dim=-1)``; Swin's
@@ -352,6 +350,8 @@ def attention_stats(
     restored afterwards, also after an error.
     """
     fam = view_model(model)
+    options = DataOptions(batch_size=batch_size, max_images=max_images, data_dir=data_dir, mean=mean, std=std,
+                          split=split, trained_on=trained_on)
     mods, not_measured = attention_modules(model)
     heads = {m.num_heads for m in mods if m is not None}
     if len(heads) != 1:
@@ -388,11 +388,7 @@ def attention_stats(
         rope = {s.layer: mods[s.layer] for s in sites if s.kind == "rotary" and s.layer >= 0
                 and mods[s.layer] is not None and hasattr(mods[s.layer], "q_norm") and hasattr(mods[s.layer], "k_norm")}
     derived = {n: fn for n, fn in fam.derived().items() if n in names}
-    batches, total = open_data(data, fam, batch_size=batch_size, data_dir=None if data_dir is None else str(data_dir),
-                               mean=mean, std=std, split=split,
-                               trained_on=trained_on)
-    if total is not None and max_images is not None:
-        total = min(total, max_images)
+    stream = stream_data(data, fam, options, desc="attention", progress=progress, sharded=False, labels=False)
     terms: dict[int, torch.Tensor] = {}  # attention-bias terms of the forward in progress
     qk: dict[tuple[int, str], torch.Tensor] = {}  # unrotated q and k of rotary blocks
 
@@ -406,7 +402,6 @@ def attention_stats(
             stats.add_ratio(l, "logit_rope_change", logits - plain, logits)
 
     handles = []
-    n = 0
     with eval_inference(model):
         fixed = {name: fn() for name, fn in derived.items()}  # image-independent, before any hook exists
         try:
@@ -415,28 +410,23 @@ def attention_stats(
             for l, attn in rope.items():
                 handles.append(attn.q_norm.register_forward_hook(lambda m, a, out, l=l: qk.__setitem__((l, "q"), out)))
                 handles.append(attn.k_norm.register_forward_hook(lambda m, a, out, l=l: qk.__setitem__((l, "k"), out)))
-            with attention_logits(mods, sink), recording(fam, [x for x in names if x not in fixed]) as store:
-                bar = tqdm(total=total, unit="img", desc="attention", disable=not progress, leave=False)
-                try:
-                    for images in iter_images(batches, fam, max_images):
-                        store.clear()
-                        store.update(fixed)
-                        fam.run(images)
-                        for l in pe_layers:
-                            tok, pe = store[H.block_hook(l, H.TOK)], store[H.block_hook(l, H.PE)]
-                            stats.add_terms(l, logit_terms(mods[l], tok, pe.expand_as(tok)))
-                        if input_site is not None:
-                            x0 = store[H.block_hook(0, H.RESID_PRE)]
-                            pos = _pad_rows(store[input_site.name], x0.shape[1])
-                            content, position = split_input_ln(fam.blocks[0].norm1, x0, pos.expand_as(x0))
-                            stats.add_terms(0, logit_terms(mods[0], content, position))
-                        n += len(images)
-                        bar.update(len(images))
-                finally:
-                    bar.close()
+            with attention_logits(mods, sink), recording(fam, [x for x in names if x not in fixed]) as store, stream:
+                for images, _ in stream:
+                    store.clear()
+                    store.update(fixed)
+                    fam.run(images)
+                    for l in pe_layers:
+                        tok, pe = store[H.block_hook(l, H.TOK)], store[H.block_hook(l, H.PE)]
+                        stats.add_terms(l, logit_terms(mods[l], tok, pe.expand_as(tok)))
+                    if input_site is not None:
+                        x0 = store[H.block_hook(0, H.RESID_PRE)]
+                        pos = _pad_rows(store[input_site.name], x0.shape[1])
+                        content, position = split_input_ln(fam.blocks[0].norm1, x0, pos.expand_as(x0))
+                        stats.add_terms(0, logit_terms(mods[0], content, position))
         finally:
             for h in handles:
                 h.remove()
+    n = stream.n_images
     if n == 0:
         raise DataError("the data yielded no images")
     not_measured = {**not_measured, **stats.skipped}

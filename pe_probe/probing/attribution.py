@@ -27,15 +27,14 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..core.causal import (ATTRIBUTION_IMAGES, ATTRIBUTION_METRICS, BASELINES, DEFAULT_BASELINE, TOKEN_BASELINES,
                            AttributionResult)
 from ..core.errors import DataError, UnknownNameError
 from ..models.foreign import convert_model
-from .distributed import all_reduce_numbers, collective_errors, gather_first, open_sharded  # [issue 22]
+from .distributed import all_reduce_numbers, collective_errors, gather_first  # [issue 22]
 from .hooks import eval_grad
-from .inputs import iter_batches
+from .inputs import DataOptions, stream_data
 from .sites import Runner, Site, find_sites, replaced
 from .stream import build_meta
 
@@ -179,8 +178,8 @@ def run_attribution(
         raise ValueError(f"internal_batch_size={internal_batch_size!r} must be a positive int or None")
     if isinstance(n_maps, bool) or not isinstance(n_maps, int) or n_maps < 0:
         raise ValueError(f"n_maps={n_maps!r} must be an int >= 0")
-    if max_images is not None and (isinstance(max_images, bool) or not isinstance(max_images, int) or max_images < 1):
-        raise DataError(f"max_images must be a positive int or None, got {max_images!r}")
+    options = DataOptions(batch_size=batch_size, max_images=max_images, data_dir=data_dir, mean=mean, std=std,
+                          num_workers=num_workers, split=split, trained_on=trained_on)
     n_classes = getattr(model, "num_classes", None)
     if target is not None and target != "label":
         if isinstance(target, bool) or not isinstance(target, int) or not (n_classes is None or 0 <= target < n_classes):
@@ -188,11 +187,7 @@ def run_attribution(
     runner = find_sites(model, effect, sites)
     view = runner.view
     # [issue 22] under torch.distributed: this rank's exact shard of the first max_images images
-    batches, total, max_images, _ = open_sharded(
-        data, view, batch_size=batch_size, max_images=max_images, data_dir=None if data_dir is None else str(data_dir),
-        mean=mean, std=std, num_workers=num_workers, split=split, trained_on=trained_on)
-    if total is not None and max_images is not None:
-        total = min(total, max_images)
+    stream = stream_data(data, view, options, desc="attribute", progress=progress, per_image=len(runner.sites))
     # "mean": the row mean where the site has one (its family lists "mean" among Site.interventions); a rotation
     # has none (a mean of rotations is no rotation), so such a site starts from the PE off (meta["zero_baseline"])
     bases = {s.name: baseline if baseline == "zero" or "mean" in s.interventions else "zero" for s in runner.sites}
@@ -203,10 +198,8 @@ def run_attribution(
     tok_maps: dict[str, list[np.ndarray]] = {s.name: [] for s in runner.sites}
     n_images = 0
     with collective_errors("attribute"), eval_grad(model):  # [issue 22] a failing rank ends every rank
-        bar = tqdm(total=None if total is None else total * len(runner.sites), unit="img", desc="attribute",
-                   disable=not progress, leave=False)
         try:
-            for images, labels in iter_batches(batches, view, max_images):
+            for images, labels in stream:
                 b = len(images)
                 tgt = _targets(target, runner, images, labels)
                 take = max(0, min(b, n_maps - n_images))
@@ -229,10 +222,9 @@ def run_attribution(
                         pe_maps[site.name].append(_grid(a_pe[:take], h, w))
                         if a_tok.ndim == 3:
                             tok_maps[site.name].append(_grid(a_tok[:take], h, w))
-                    bar.update(b)
                 n_images += b
         finally:
-            bar.close()
+            stream.close()
     n_images = _combined(sums, pe_maps, tok_maps, n_images, n_maps)  # [issue 22] over the ranks
     if n_images == 0:
         raise DataError("the data yielded no images")

@@ -1,13 +1,23 @@
 """Input checking and batching for the probe: a tensor, a DataLoader (or any iterable of batches), a
-``torch.utils.data.Dataset`` or a data-set name."""
+``torch.utils.data.Dataset`` or a data-set name.
+
+Every public function that streams images through a model (``probe``, ``ablate``, ``attribute``,
+``attention_stats``, ``patch_shuffle``, ``probe_at_sizes``) takes the same data keywords; it gathers them once
+into :class:`DataOptions` and reads the data through one entry point, :func:`stream_data` (open, check against
+the run's training data, shard under ``torch.distributed``, cap at ``max_images``, batch-by-batch checks and
+the progress bar).
+"""
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
 
 from ..core.errors import DataError
 from .adapter import ModelView
@@ -164,7 +174,114 @@ def iter_batches(batches: Any, view: ModelView, max_images: int | None, *,
         yield images, lab
 
 
-def iter_images(batches: Any, view: ModelView, max_images: int | None) -> Iterator[torch.Tensor]:
-    """Checked image tensors from ``batches``, stopping after ``max_images`` images."""
-    for images, _ in iter_batches(batches, view, max_images, labels=False):
-        yield images
+@dataclass(frozen=True)
+class DataOptions:
+    """The data keywords of every streaming function, checked and normalised once.
+
+    ``batch_size``: images per forward pass (a positive int; also the chunk size of a tensor); ``max_images``:
+    stop after that many images (a positive int, or None for all); ``data_dir``, ``mean``, ``std``, ``split``
+    and ``num_workers``: how a data-set name is built and loaded (:func:`open_data`); ``trained_on``: the run's
+    ``config.json`` ``data``, against which the images are checked. Bad values raise
+    :class:`~pe_probe.core.errors.DataError`.
+    """
+
+    batch_size: int = 64
+    max_images: int | None = None
+    data_dir: str | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    num_workers: int = 0
+    split: str | None = None
+    trained_on: dict | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise DataError(f"batch_size must be a positive int, got {self.batch_size!r}")
+        m = self.max_images
+        if m is not None and (isinstance(m, bool) or not isinstance(m, int) or m < 1):
+            raise DataError(f"max_images must be a positive int or None, got {m!r}")
+        if self.data_dir is not None:
+            object.__setattr__(self, "data_dir", str(os.fspath(self.data_dir)))
+        for name in ("mean", "std"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, tuple(value))
+
+    def open_kwargs(self) -> dict:
+        """The keywords of :func:`open_data` (and of :func:`~pe_probe.probing.distributed.open_sharded`)."""
+        return dict(batch_size=self.batch_size, data_dir=self.data_dir, mean=self.mean, std=self.std,
+                    num_workers=self.num_workers, split=self.split, trained_on=self.trained_on)
+
+
+class DataStream:
+    """The checked ``(images, labels or None)`` batches of one data stream, with a progress bar.
+
+    Made by :func:`stream_data`. ``total``: the images this process will read (after ``max_images`` and, under
+    ``torch.distributed``, its shard), or None when unknown; ``source``: ``data``, ``data_dir`` and ``split``
+    of a named data set (empty otherwise); ``start``: the global index of this process's first image (0 in one
+    process; under ``torch.distributed`` its shard's offset); ``n_images``: the images yielded so far. Iterating advances the bar
+    by ``len(images) * per_image`` once the caller is done with each batch; the bar is closed when the
+    iteration ends or the stream is closed (``with stream:`` closes it also after an error).
+    """
+
+    def __init__(self, batches: Any, view: ModelView, total: int | None, max_images: int | None, *,
+                 source: dict, desc: str, progress: bool, labels: bool, per_image: int, start: int = 0) -> None:
+        self.batches, self.view, self.total, self.max_images = batches, view, total, max_images
+        self.start = start
+        self.source, self.desc, self.progress, self.labels, self.per_image = source, desc, progress, labels, per_image
+        self.n_images = 0
+        self._live: Iterator | None = None
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+        self._live = self._batches()
+        return self._live
+
+    def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+        total = None if self.total is None else self.total * self.per_image
+        bar = tqdm(total=total, unit="img", desc=self.desc, disable=not self.progress, leave=False)
+        try:
+            for images, labels in iter_batches(self.batches, self.view, self.max_images, labels=self.labels):
+                self.n_images += len(images)
+                yield images, labels
+                bar.update(len(images) * self.per_image)
+        finally:
+            bar.close()
+
+    def close(self) -> None:
+        """Stop the iteration in progress (if any) and close its progress bar."""
+        if self._live is not None:
+            self._live.close()  # type: ignore[attr-defined]
+            self._live = None
+
+    def __enter__(self) -> "DataStream":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def stream_data(data: Any, view: ModelView, options: DataOptions, *, desc: str, progress: bool = True,
+                sharded: bool = True, labels: bool = True, per_image: int = 1) -> DataStream:
+    """The one data-stream entry point of the measuring functions: open ``data`` for ``view`` with ``options``
+    and return the :class:`DataStream` of its checked batches.
+
+    ``data`` is opened at once (:func:`open_data`: a data-set name is built; data whose images differ from
+    ``options.trained_on`` is refused with :class:`~pe_probe.core.errors.DataError` before any image is read).
+    With ``sharded`` (the functions whose sums are combined over ranks) this process reads its exact shard
+    under ``torch.distributed`` (:func:`~pe_probe.probing.distributed.open_sharded`; the identity without a
+    process group). ``labels=False`` reads no labels; ``desc``, ``progress`` and ``per_image`` (bar steps per
+    image, e.g. one per site) set up the progress bar.
+    """
+    source: dict = {}
+    max_images, start = options.max_images, 0
+    if sharded:
+        from .distributed import open_sharded
+
+        batches, total, max_images, start = open_sharded(data, view, max_images=max_images, source=source,
+                                                         **options.open_kwargs())
+    else:
+        batches, total = open_data(data, view, source=source, **options.open_kwargs())
+    if total is not None and max_images is not None:
+        total = min(total, max_images)
+    return DataStream(batches, view, total, max_images, source=source, desc=desc, progress=progress,
+                      labels=labels, per_image=per_image, start=start)

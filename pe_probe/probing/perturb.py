@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 from typing import Any, Sequence
 
@@ -23,7 +24,7 @@ from ..core.attention import ShuffleResult
 from ..core.errors import CheckpointError, DataError
 from .adapter import view_model
 from .hooks import eval_inference
-from .inputs import iter_batches, open_data
+from .inputs import DataOptions, stream_data
 
 
 def shuffle_patches(images: torch.Tensor, patch: int, block: int, generator: torch.Generator) -> torch.Tensor:
@@ -83,35 +84,28 @@ def patch_shuffle(
     permutations depend on ``seed`` and the order of the images only.
     """
     view = view_model(model)
+    options = DataOptions(batch_size=batch_size, max_images=max_images, data_dir=data_dir, mean=mean, std=std,
+                          split=split, trained_on=trained_on)
     patch = view.img_size[0] // view.grid[0]
     blocks = list(shuffle_blocks(view.grid) if blocks is None else blocks)
     for b in blocks:
         if not isinstance(b, int) or isinstance(b, bool) or b < 1 or view.grid[0] % b or view.grid[1] % b:
             raise ValueError(f"block size {b!r} does not divide the {view.grid[0]}x{view.grid[1]} patch grid")
-    batches, total = open_data(data, view, batch_size=batch_size, data_dir=None if data_dir is None else str(data_dir),
-                               mean=mean, std=std, split=split,
-                               trained_on=trained_on)
-    if total is not None and max_images is not None:
-        total = min(total, max_images)
+    stream = stream_data(data, view, options, desc="patch shuffle", progress=progress, sharded=False)
     gen = torch.Generator().manual_seed(seed)
     agree = {b: 0 for b in blocks}
     correct = {b: 0 for b in blocks}
-    n, labelled = 0, True
-    with eval_inference(model):
-        bar = tqdm(total=total, unit="img", desc="patch shuffle", disable=not progress, leave=False)
-        try:
-            for images, labels in iter_batches(batches, view, max_images):
-                pred = view.run(images).argmax(-1)
-                labelled = labelled and labels is not None
-                for b in blocks:
-                    out = view.run(shuffle_patches(images, patch, b, gen)).argmax(-1)
-                    agree[b] += int((out == pred).sum())
-                    if labels is not None:
-                        correct[b] += int((out == labels).sum())
-                n += len(images)
-                bar.update(len(images))
-        finally:
-            bar.close()
+    labelled = True
+    with eval_inference(model), stream:
+        for images, labels in stream:
+            pred = view.run(images).argmax(-1)
+            labelled = labelled and labels is not None
+            for b in blocks:
+                out = view.run(shuffle_patches(images, patch, b, gen)).argmax(-1)
+                agree[b] += int((out == pred).sum())
+                if labels is not None:
+                    correct[b] += int((out == labels).sum())
+    n = stream.n_images
     if n == 0:
         raise DataError("the data yielded no images")
     rows: list[tuple[int, str, float]] = []
@@ -170,14 +164,16 @@ def resize_images(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 class _Resized:
-    """The batches of ``data`` with their images resized (labels kept): a plain iterable of batches (not a
+    """The batches of ``data`` (read for ``view`` with ``options``, all of them: ``max_images`` is applied by
+    whoever reads this) with their images resized to ``size`` (labels kept): a plain iterable of batches (not a
     ``Dataset``, which the probe would batch again) that opens the data afresh on each iteration."""
 
-    def __init__(self, open_batches, view, size: tuple[int, int]) -> None:
-        self.open_batches, self.view, self.size = open_batches, view, size
+    def __init__(self, data: Any, view, options: DataOptions, size: tuple[int, int]) -> None:
+        self.data, self.view, self.size = data, view, size
+        self.options = dataclasses.replace(options, max_images=None)
 
     def __iter__(self):
-        for images, labels in iter_batches(self.open_batches(), self.view, None):
+        for images, labels in stream_data(self.data, self.view, self.options, desc="", progress=False, sharded=False):
             images = resize_images(images, self.size)
             yield images if labels is None else (images, labels)
 
@@ -209,17 +205,18 @@ def probe_at_sizes(
     from .stream import probe
 
     view = view_model(model)
+    options = DataOptions(batch_size=batch_size, max_images=max_images, data_dir=data_dir, mean=mean, std=std,
+                          split=split, trained_on=trained_on)
     out: dict[int, tuple[Any, dict]] = {}
     sizes = check_sizes(model, sizes)
     for s in tqdm(sizes, desc="resolutions", disable=not progress, leave=False):
         m, info = at_resolution(model, s)
-        resized = _Resized(lambda: open_data(data, view, batch_size=batch_size, mean=mean, std=std, split=split,
-                                             trained_on=trained_on,
-                                             data_dir=None if data_dir is None else str(data_dir))[0], view, (s, s))
+        resized = _Resized(data, view, options, (s, s))
         correct = seen = 0
         labelled = True
-        with eval_inference(m):
-            for images, labels in iter_batches(resized, view_model(m), max_images):
+        top1 = stream_data(resized, view_model(m), options, desc="top-1", progress=False, sharded=False)
+        with eval_inference(m), top1:
+            for images, labels in top1:
                 if labels is None:
                     labelled = False
                     break

@@ -6,7 +6,6 @@ import os
 from typing import Any, Sequence
 
 from torch import nn
-from tqdm.auto import tqdm
 
 from .._version import __version__
 from ..core.errors import DataError
@@ -14,9 +13,9 @@ from ..core.report import META_KEYS, SCHEMA_VERSION, ProbeReport
 from ..models.foreign import convert_model
 from .accumulate import RunningStats
 from .adapter import AdapterKind, ModelView, view_model
-from .distributed import collective_errors, open_sharded, reduce_position, reduce_running_stats  # [issue 22]
+from .distributed import collective_errors, reduce_position, reduce_running_stats  # [issue 22]
 from .hooks import eval_inference, fill_derived, recording
-from .inputs import iter_images
+from .inputs import DataOptions, stream_data
 from .position import PositionProbe
 
 
@@ -123,17 +122,12 @@ def probe(
     if clash:
         raise ValueError(f"meta may not set {clash}: the probe computes them")
     view = view_model(model, adapter)
-    if max_images is not None and (isinstance(max_images, bool) or not isinstance(max_images, int) or max_images < 1):
-        raise DataError(f"max_images must be a positive int or None, got {max_images!r}")
+    options = DataOptions(batch_size=batch_size, max_images=max_images, data_dir=data_dir, mean=mean, std=std,
+                          num_workers=num_workers, split=split, trained_on=trained_on)
     stats = RunningStats(view, n_norm_maps=n_norm_maps, strategy=strategy)
     names = stats.hook_names()
-    source: dict = {}
-    # [issue 22] under torch.distributed: this rank's exact shard of the first max_images images, from image `start`
-    batches, total, max_images, start = open_sharded(
-        data, view, batch_size=batch_size, max_images=max_images, data_dir=None if data_dir is None else str(data_dir),
-        mean=mean, std=std, num_workers=num_workers, split=split, trained_on=trained_on, source=source)
-    if total is not None and max_images is not None:
-        total = min(total, max_images)
+    # [issue 22] under torch.distributed: this rank's exact shard of the first max_images images
+    stream = stream_data(data, view, options, desc="probe", progress=progress, labels=False)
     # --- position per layer (issue 19): its own hooks and accumulators, fed beside RunningStats ---------
     pos = PositionProbe(view, decompose=decompose, decode=decode, decode_images=decode_images)
     pos.setup_ablated()  # the PE-ablated copy for decode, taken before any hook exists
@@ -145,11 +139,10 @@ def probe(
         pos.prepare()
     feed = stats.feed()  # each block's statistics are added as the forward pass reaches it (cache-hot)
     with collective_errors("probe"), eval_inference(model), recording(view, names, store=feed), \
-            recording(view, pos_names, store=pos_feed):  # [issue 22] errors end every rank
-        bar = tqdm(total=total, unit="img", desc="probe", disable=not progress, leave=False)
+            recording(view, pos_names, store=pos_feed), stream:  # [issue 22] errors end every rank
         try:
-            for images in iter_images(batches, view, max_images):
-                first = start + stats.n_images  # the batch's first GLOBAL image index (sets, samples, permutations)
+            for images, _ in stream:
+                first = stream.start + stats.n_images  # the batch's first GLOBAL image index (sets, samples, permutations)
                 pos.begin(pos_feed, first, len(images))  # position
                 feed.reset(derived)
                 view.run(images)
@@ -158,16 +151,14 @@ def probe(
                     pos.end(pos_feed, len(images))
                     pos.begin_ablated(first, len(images))
                     pos.ablated(images)
-                bar.update(len(images))
         finally:
-            bar.close()
             feed.reset()
             dict.clear(pos_feed)  # position: no activation outlives the call
     reduce_running_stats(stats)  # [issue 22] float64 sums, exact counts and the first maps over the ranks
     reduce_position(pos)  # [issue 22] the position sums and the decoders' sample, before their fits (arrays())
     if stats.n_images == 0:
         raise DataError("the data yielded no images")
-    computed = build_meta(view, stats.n_images, run, n_norm_maps=stats.n_maps, **source,
+    computed = build_meta(view, stats.n_images, run, n_norm_maps=stats.n_maps, **stream.source,
                           position={"decompose": decompose, "decode": decode, "decode_images": decode_images,
                                     **pos.meta()})
     return ProbeReport({**extra_meta, **computed}, {**stats.arrays(), **pos.arrays()})  # position: its arrays
