@@ -31,6 +31,15 @@ TOKEN_BASELINES = ("zero", "keep")
 #: The baseline used when none is named: the row mean, whose attributions converge at the input site (from a
 #: zero PE and zero tokens ``x_0`` goes to 0, and ``rel_delta`` stays near 1 whatever the steps; docs/causal.md).
 DEFAULT_BASELINE = "mean"
+#: ``n_steps="auto"`` (the default): per site, the integration steps tried in turn, each over every image, until
+#: the site's ``rel_delta`` is at most ``warn_rel_delta`` (block sites stop at the first; the input site of a
+#: trained PVG / MPVG model needs 64-128, docs/causal.md); a site still above it at the last is warned about.
+AUTO_STEPS = (32, 64, 128, 256, 512)
+#: ``rel_delta`` above this: a site's attributions are incomplete (``warn_rel_delta``: warned about, and the
+#: level ``n_steps="auto"`` doubles the steps to reach; ``pe-probe attribute`` marks such sites).
+WARN_REL_DELTA = 0.05
+#: What ``n_steps`` takes besides an int: the doubling schedule :data:`AUTO_STEPS`.
+AUTO = "auto"
 #: Images attributed when ``max_images`` is not given: attribution costs about ``3 n_steps + 5`` forward passes
 #: per image and site (32 images of a digits model: a few seconds on one CPU core); ``max_images=None``: all.
 ATTRIBUTION_IMAGES = 32
@@ -42,10 +51,12 @@ ATTRIBUTION_COLUMNS = ("site", "pe_kind", "layer", "metric", "value")
 #: Ablation metrics: accuracy on labelled data, agreement with the intact model's prediction, mean KL divergence.
 ABLATION_METRICS = ("top1", "agree", "kl")
 #: Attribution metrics, per site (docs/causal.md), in the order the frames list them.
+#: ``n_steps``: the integration steps the site's numbers come from (with ``n_steps="auto"`` the step it stopped at;
+#: files saved before it was a metric lack it, and their ``meta["n_steps"]`` says it).
 ATTRIBUTION_METRICS = ("pe_attr", "tok_attr", "pe_abs", "tok_abs", "pe_share", "fdiff", "delta_abs_mean",
-                       "delta_abs_max", "rel_delta")
+                       "delta_abs_max", "rel_delta", "n_steps")
 #: The attribution metrics a summary table shows, one row per site (``pe-probe attribute`` prints it).
-ATTRIBUTION_SUMMARY = ("pe_share", "pe_attr", "tok_attr", "fdiff", "rel_delta")
+ATTRIBUTION_SUMMARY = ("pe_share", "pe_attr", "tok_attr", "fdiff", "rel_delta", "n_steps")
 
 #: File names, in a run directory (:class:`~pe_probe.core.rundir.RunDir`) or a ``--out`` folder: the rows (CSV)
 #: and what was run (JSON: the frame's ``attrs``; for attribution also the per-token maps).
@@ -78,10 +89,10 @@ class AblationResult(Result):
 @dataclass
 class AttributionResult(Result):
     """What :func:`pe_probe.attribute` returns: rows ``(site, pe_kind, layer, metric, value)`` per site, ``meta``
-    (``n_images``, ``n_steps``, ``baseline``, ...), and per site the per-token attribution maps of the first
-    images on the patch grid, ``(K, h, w)`` arrays summed over channels: ``pe_maps`` (to the PE) and ``tok_maps``
-    (to the tokens). :meth:`frame`, :meth:`save` and :meth:`load` as for :class:`AblationResult` (the maps go into
-    ``attribution.json``)."""
+    (``n_images``, ``n_steps``: an int or ``"auto"``, ``site_steps``: the steps of each site, ``baseline``, ...),
+    and per site the per-token attribution maps of the first images on the patch grid, ``(K, h, w)`` arrays
+    summed over channels: ``pe_maps`` (to the PE) and ``tok_maps`` (to the tokens). :meth:`frame`, :meth:`save`
+    and :meth:`load` as for :class:`AblationResult` (the maps go into ``attribution.json``)."""
 
     rows: list[tuple[str, str, int, str, float]]
     meta: dict[str, Any] = field(default_factory=dict)
