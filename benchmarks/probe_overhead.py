@@ -289,13 +289,20 @@ def attribution(model: torch.nn.Module, data: torch.Tensor, batch_size: int, str
     orig_flush = RunningStats.flush
     own_forward = model.__dict__.get("forward")  # an instance-level forward to put back, if the model had one
 
-    def layer(self, *a, **k):
-        t0 = clock()
-        try:
-            return orig_layer(self, *a, **k)
-        finally:
-            if not in_update[0]:
-                acc["in_hook"] += clock() - t0
+    def outside_update(orig, key: str):
+        """``orig`` timed into ``acc[key]``, except while :meth:`RunningStats.update` runs (its own timer has it)."""
+        def timed(self, *a, **k):
+            t0 = clock()
+            try:
+                return orig(self, *a, **k)
+            finally:
+                if not in_update[0]:
+                    acc[key] += clock() - t0
+        return timed
+
+    layer = outside_update(orig_layer, "in_hook")  # the per-layer reductions made from the hooks
+    # the float64 step of the last ring runs when the report reads the state
+    flush = outside_update(orig_flush, "batch_step")
 
     def update(self, *a, **k):
         t0, in_update[0] = clock(), True
@@ -304,14 +311,6 @@ def attribution(model: torch.nn.Module, data: torch.Tensor, batch_size: int, str
         finally:
             in_update[0] = False
             acc["batch_step"] += clock() - t0
-
-    def flush(self, *a, **k):  # the float64 step of the last ring runs when the report reads the state
-        t0 = clock()
-        try:
-            return orig_flush(self, *a, **k)
-        finally:
-            if not in_update[0]:
-                acc["batch_step"] += clock() - t0
 
     def forward(*a, **k):
         t0 = clock()

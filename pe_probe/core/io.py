@@ -141,10 +141,13 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Write ``obj`` as indented JSON atomically."""
-    write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=json_default) + "\n")
 
 
-def _json_default(obj: Any) -> Any:
+def json_default(obj: Any) -> Any:
+    """``json.dumps``'s ``default`` for pe-probe's files: paths as strings, tuples as lists, scalars with an
+    ``item()`` (numpy, torch) as plain numbers; anything else raises ``TypeError``. A report's id hashes its
+    metadata through it, as ``meta.json`` holds it."""
     if isinstance(obj, Path):
         return str(obj)
     if isinstance(obj, tuple):

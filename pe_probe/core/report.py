@@ -17,7 +17,7 @@ import numpy as np
 
 from .errors import DataError, UnknownNameError
 from .hook_points import LAST
-from .io import _json_default, atomic_path, write_json, write_text
+from .io import json_default, atomic_path, write_json, write_text
 from .locks import folder_lock
 
 META_FILE, FRAME_FILE, ARRAYS_FILE = "meta.json", "metrics.csv", "arrays.npz"
@@ -135,7 +135,7 @@ class ProbeReport:
         """A content hash of ``meta`` (without its ``report_id``) and every array: equal reports, equal ids."""
         h = hashlib.sha256()
         meta = {k: v for k, v in self.meta.items() if k != ID_KEY}
-        meta = json.loads(json.dumps(meta, default=_json_default))  # as meta.json holds it (numpy scalars: numbers)
+        meta = json.loads(json.dumps(meta, default=json_default))  # as meta.json holds it (numpy scalars: numbers)
         h.update(json.dumps(meta, sort_keys=True, default=str).encode())
         for key in sorted(self.arrays):
             arr = np.ascontiguousarray(self.arrays[key])
