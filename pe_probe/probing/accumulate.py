@@ -17,6 +17,10 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
+import shutil
+import time
+import warnings
 from typing import Iterator, NamedTuple
 
 import numpy as np
@@ -24,6 +28,7 @@ import torch
 
 from ..core import hook_points as H
 from ..core.hook_points import LAST, layer_hooks
+from ..core.vocab import STATS_BACKENDS
 from .adapter import ModelView
 
 
@@ -222,12 +227,22 @@ class RunningStats:
     E[tok]^2``, whose rounding error is scaled by ``1 + E[tok]^2 / var(tok)`` (about 1 for LayerNorm outputs).
     """
 
-    def __init__(self, view: ModelView, n_norm_maps: int = 8, strategy: str = "auto") -> None:
+    def __init__(self, view: ModelView, n_norm_maps: int = 8, strategy: str = "auto",
+                 stats_backend: str = "eager") -> None:
         if not isinstance(n_norm_maps, int) or n_norm_maps < 0:
             raise ValueError(f"n_norm_maps must be an int >= 0, got {n_norm_maps!r}")
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+        if stats_backend not in STATS_BACKENDS:
+            raise ValueError(f"stats_backend must be one of {STATS_BACKENDS}, got {stats_backend!r}")
         self.strategy = strategy
+        #: how the float64 step runs (:data:`pe_probe.core.vocab.STATS_BACKENDS`); ``compile`` falls back to
+        #: ``eager`` (one warning) where torch.compile is unavailable or fails
+        self.stats_backend = stats_backend
+        self._compiled = None  # the torch.compile'd float64 step (built on the first flush)
+        #: seconds spent in flush calls that compiled (a new ring shape), kept apart from the per-batch cost
+        self.compile_seconds = 0.0
+        self._compiled_keys: set = set()
         self.view = view
         self.n_norm_maps = n_norm_maps
         self.last_ln = view.final_norm is not None  # models that normalise after pooling have no Last LN
@@ -446,8 +461,42 @@ class RunningStats:
             return
         with _one_cpu_thread(parts.tok_norm), torch.autocast(parts.tok_norm.device.type, enabled=False), \
                 torch.inference_mode():
-            self._finish(parts.lo, parts.hi)
+            step = self._compiled_step(parts.tok_norm.device) if self.stats_backend == "compile" else None
+            if step is None:
+                self._finish(parts.lo, parts.hi)
+            else:
+                key = (parts.key, parts.dtype, parts.lo, parts.hi)
+                t0 = time.perf_counter()
+                try:
+                    with _recompile_room():
+                        step(parts.lo, parts.hi)
+                except Exception as e:  # noqa: BLE001  (a compiler failure: eager from now on, one warning)
+                    # one whole graph (fullgraph=True) is compiled before any of it runs, and its in-place adds
+                    # are written back at its end, so a compiler failure leaves the state untouched
+                    self._fall_back(f"torch.compile of the statistics step failed ({type(e).__name__}: "
+                                    f"{str(e).splitlines()[0][:200] if str(e) else ''})")
+                    self._finish(parts.lo, parts.hi)
+                if key not in self._compiled_keys:  # first call of this shape: compile time, not per-batch cost
+                    self._compiled_keys.add(key)
+                    self.compile_seconds += time.perf_counter() - t0
         parts.lo = parts.hi = 0
+
+    def _fall_back(self, why: str) -> None:
+        """Switch the float64 step to eager for good, with one warning saying why."""
+        warnings.warn(f"{why}; the probe's statistics run eager (same numbers)", RuntimeWarning, stacklevel=3)
+        self.stats_backend, self._compiled = "eager", None
+
+    def _compiled_step(self, device: torch.device):
+        """The ``torch.compile``'d :meth:`_finish` (``dynamic=False``: one graph per ring shape), or None (with one
+        warning, backend set to eager) where it cannot run: no dynamo, or no C++ compiler for a CPU build."""
+        if self._compiled is not None:
+            return self._compiled
+        why = compile_unavailable(device)
+        if why:
+            self._fall_back(why)
+            return None
+        self._compiled = torch.compile(self._finish, dynamic=False, fullgraph=True)
+        return self._compiled
 
     def _finish(self, lo: int, hi: int, pe: tuple[torch.Tensor, ...] | None = None) -> None:
         """Turn the partials of ring slots ``lo:hi`` (batches of B images) into float64 sums, all layers and all
@@ -488,8 +537,8 @@ class RunningStats:
             mom = s["corr_mom"]  # (P, 5): count, sum, sum of squares, min, max
             mom[:, :3].add_(torch.stack([torch.full_like(mom[:, 0], n), r.sum((0, 2)), (r * r).sum((0, 2))], 1))
             mn, mx = mom[:, 3], mom[:, 4]
-            torch.minimum(mn, torch.amin(r, (0, 2)), out=mn)
-            torch.maximum(mx, torch.amax(r, (0, 2)), out=mx)
+            mn.copy_(torch.minimum(mn, torch.amin(r, (0, 2))))  # copy_, not out= on a column (torch.compile)
+            mx.copy_(torch.maximum(mx, torch.amax(r, (0, 2))))
         if self.last_ln:
             s["out_norm_sum"] += f64(parts.out_norm).sum((0, 1))
             # cos(pooled x_L, pooled Last-LN output with / without the PE), both at once: (S, 2, B)
@@ -620,6 +669,32 @@ class RunningStats:
         out["last_ln_gamma"] = np.ones(D) if w_ is None else w_.detach().double().cpu().numpy()
         out["last_ln_beta"] = np.zeros(D) if b_ is None else b_.detach().double().cpu().numpy()
         return out
+
+
+#: graphs of the compiled float64 step kept per process: one per ring shape and pending range (``lo``, ``hi``,
+#: fixed by ``dynamic=False``), over every model probed; torch's default (8) is a few models
+COMPILE_GRAPHS = 256
+
+
+def _recompile_room():
+    """A context raising dynamo's recompile limit to :data:`COMPILE_GRAPHS` for the compiled step's call."""
+    import torch._dynamo.config as cfg
+    name = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"
+    return cfg.patch(**{name: max(COMPILE_GRAPHS, getattr(cfg, name))})
+
+
+def compile_unavailable(device: torch.device) -> str | None:
+    """Why ``torch.compile`` cannot build the statistics step on ``device`` (None when it can): dynamo not
+    supported by this Python / torch, or no C++ compiler (``CXX`` or ``g++``/``c++``/``clang++``) for CPU code."""
+    try:
+        import torch._dynamo as dynamo
+        if not dynamo.is_dynamo_supported():
+            return "torch.compile is not supported by this Python / torch build"
+    except Exception as e:  # noqa: BLE001
+        return f"torch.compile is unavailable ({type(e).__name__})"
+    if device.type == "cpu" and not any(shutil.which(c) for c in (os.environ.get("CXX") or "g++", "c++", "clang++")):
+        return "torch.compile on CPU needs a C++ compiler and none was found"
+    return None
 
 
 def _finish(mom: np.ndarray) -> np.ndarray:

@@ -76,6 +76,7 @@ def probe(
     trained_on: dict | None = None,
     meta: dict | None = None,
     strategy: str = "auto",
+    stats_backend: str = "eager",
     decompose: bool = True,
     decode: bool = False,
     decode_images: int = 10,
@@ -102,6 +103,9 @@ def probe(
     tensors are cache-hot, ``stacked`` all layers together after each forward pass in a fixed number of
     operations (few kernel launches; holds the batch's captured activations), ``auto`` (default): ``layer``
     on CPU, ``stacked`` elsewhere. No strategy reads anything back to the host between batches.
+    ``stats_backend`` (:data:`pe_probe.core.vocab.STATS_BACKENDS`): ``eager`` (default), or ``compile`` to fuse the
+    float64 statistics step with ``torch.compile`` (same report to 1e-12; eager with one warning where it
+    cannot compile).
 
     The model is read through its PE family (:func:`pe_probe.families.family_for`; ``adapter`` forces one):
     every model gets the per-layer token stream and norms (and the Last LN where a norm acts on every token),
@@ -124,7 +128,7 @@ def probe(
     view = view_model(model, adapter)
     options = DataOptions(batch_size=batch_size, max_images=max_images, data_dir=data_dir, mean=mean, std=std,
                           num_workers=num_workers, split=split, trained_on=trained_on)
-    stats = RunningStats(view, n_norm_maps=n_norm_maps, strategy=strategy)
+    stats = RunningStats(view, n_norm_maps=n_norm_maps, strategy=strategy, stats_backend=stats_backend)
     names = stats.hook_names()
     # [issue 22] under torch.distributed: this rank's exact shard of the first max_images images
     stream = stream_data(data, view, options, desc="probe", progress=progress, labels=False)

@@ -214,3 +214,55 @@ def test_ring_of_batches_gives_the_batch_by_batch_sums(strategy, monkeypatch):
     assert set(ring.arrays) == set(each.arrays)
     for k, v in each.arrays.items():
         np.testing.assert_allclose(ring.arrays[k], v, rtol=1e-12, atol=1e-13, err_msg=k, equal_nan=True)
+
+
+def _assert_same(a, b, rtol=1e-12, atol=1e-13):
+    assert set(a.arrays) == set(b.arrays)
+    for k, v in a.arrays.items():
+        np.testing.assert_allclose(b.arrays[k], v, rtol=rtol, atol=atol, err_msg=k, equal_nan=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_compiled_statistics_step_gives_the_eager_report(strategy):
+    """``stats_backend="compile"`` (torch.compile of the float64 step) gives the eager report to 1e-12, with no
+    fallback warning (so the compiled graph really ran), over full rings and a smaller last batch."""
+    from pe_probe.probing.accumulate import compile_unavailable
+    why = compile_unavailable(torch.device("cpu"))
+    if why:
+        pytest.skip(why)
+    m, x = build(CONFIGS["pvg-token-lastpe"]), images()
+    eager = probe(m, x, batch_size=6, progress=False, n_norm_maps=4, strategy=strategy, decompose=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        fused = probe(m, x, batch_size=6, progress=False, n_norm_maps=4, strategy=strategy, decompose=False,
+                      stats_backend="compile")
+    _assert_same(eager, fused)
+
+
+def test_compile_backend_falls_back_to_eager_with_one_warning(monkeypatch):
+    """Where torch.compile cannot run (no compiler) or its graph fails, one RuntimeWarning and the eager numbers."""
+    from pe_probe.probing import accumulate
+    m, x = build(CONFIGS["mpvg"]), images()
+    eager = probe(m, x, batch_size=6, progress=False, decompose=False)
+    monkeypatch.setattr(accumulate, "compile_unavailable", lambda device: "no C++ compiler (test)")
+    with pytest.warns(RuntimeWarning, match="no C.. compiler") as rec:
+        rep = probe(m, x, batch_size=6, progress=False, decompose=False, stats_backend="compile")
+    assert len([w for w in rec if issubclass(w.category, RuntimeWarning)]) == 1
+    _assert_same(eager, rep)
+    monkeypatch.setattr(accumulate, "compile_unavailable", lambda device: None)
+
+    def broken(fn, **kw):
+        def run(*a, **k):
+            raise RuntimeError("inductor failed (test)")
+        return run
+    monkeypatch.setattr(torch, "compile", broken)
+    with pytest.warns(RuntimeWarning, match="inductor failed") as rec:
+        rep = probe(m, x, batch_size=6, progress=False, decompose=False, stats_backend="compile")
+    assert len([w for w in rec if issubclass(w.category, RuntimeWarning)]) == 1
+    _assert_same(eager, rep)
+
+
+def test_stats_backend_is_checked():
+    with pytest.raises(ValueError, match="stats_backend"):
+        probe(build(CONFIGS["mpvg"]), images(), progress=False, stats_backend="jit")
