@@ -90,6 +90,9 @@ class Partials:
         self.pes: list[torch.Tensor | None] = [None] * P
         self.pe_stack: torch.Tensor | None = None  # the stacked path's (P, Q, T, D) PEs of the batch
         self.lo = self.hi = 0  # pending slots lo:hi (written, not yet in the float64 state)
+        #: per slot, the rows of ``tok_norm`` / ``resid_norm`` that still hold squared norms (the square roots are
+        #: taken once per ring, before the float64 step: :meth:`RunningStats._unsquare`)
+        self.squared = [{"tok_norm": set(), "resid_norm": set()} for _ in range(slots)]
         # per-slot and per-layer views made once (indexing per batch would dispatch an op per row and layer)
         keys = ("tok_norm", "resid_norm", "dot", "chan", "out_norm", "pool", "pe_norm", "pe_rowsum")
         self.slot = [{k: getattr(self, k)[i] for k in keys} for i in range(slots)]
@@ -110,7 +113,7 @@ def _as(x: torch.Tensor, dtype: torch.dtype, device: torch.device | None = None)
     return x.to(device=x.device if device is None else device, dtype=dtype)
 
 
-def _norms_into(x: torch.Tensor, out: torch.Tensor, scratch: Scratch) -> None:
+def _norms_into(x: torch.Tensor, out: torch.Tensor, scratch: Scratch, sqrt: bool = True) -> bool:
     """Euclidean norms of ``x`` along its last dimension, written into ``out``, fast for either memory layout.
 
     ``vector_norm`` is fast when the last dimension is contiguous, but about 20x slower (6 ms instead of
@@ -118,11 +121,17 @@ def _norms_into(x: torch.Tensor, out: torch.Tensor, scratch: Scratch) -> None:
     residual stream whenever no class token is concatenated: timm's patch embedding returns
     ``conv(x).flatten(2).transpose(1, 2)`` and every residual add keeps its (B, D, T) memory order. The
     sum of squares (into a ``scratch`` buffer) reads either layout at memory speed and rounds no worse.
+
+    ``sqrt=False``: on that strided path ``out`` is left holding the squared norms and True is returned, so the
+    caller can take the (bit-identical) square roots later, of many rows in one op (:meth:`RunningStats._unsquare`).
     """
     if x.stride(-1) == 1 or x.shape[-1] == 1:
         torch.linalg.vector_norm(x, dim=-1, out=out)
-    else:
-        torch.sum(torch.mul(x, x, out=scratch.like(x)), -1, out=out).sqrt_()
+        return False
+    torch.sum(torch.mul(x, x, out=scratch.like(x)), -1, out=out)
+    if sqrt:
+        out.sqrt_()
+    return not sqrt
 
 
 @contextlib.contextmanager
@@ -359,8 +368,9 @@ class RunningStats:
         tok, resid = _as(tok, parts.dtype), _as(resid, parts.dtype)  # no copy unless a layer differs from the first
         i, rows = self._row[l], parts.rows[parts.hi]
         torch.sum(tok, 0, out=rows["tok_sum"][i])
-        _norms_into(tok, rows["tok_norm"][i], self._scratch)
-        _norms_into(resid, rows["resid_norm"][i], self._scratch)
+        sq = parts.squared[parts.hi]
+        for role, x in (("tok_norm", tok), ("resid_norm", resid)):  # square roots deferred to the ring's step
+            (sq[role].add if _norms_into(x, rows[role][i], self._scratch, sqrt=False) else sq[role].discard)(i)
         if pe is not None:
             j = self._pe_row[l]
             pe = _as(pe, tok.dtype, tok.device)  # no copy in the usual case
@@ -386,6 +396,8 @@ class RunningStats:
         parts = self._partials(tok[0]) if self._parts is None or self._parts.key != (B, T, D, tok.device) else self._parts
         tok, resid = _as(tok, parts.dtype), _as(resid, parts.dtype)
         slot = parts.slot[parts.hi]
+        for rows in parts.squared[parts.hi].values():
+            rows.clear()
         torch.sum(tok, 1, out=parts.tok_sum)
         torch.linalg.vector_norm(tok, dim=-1, out=slot["tok_norm"])
         torch.linalg.vector_norm(resid, dim=-1, out=slot["resid_norm"])
@@ -440,6 +452,7 @@ class RunningStats:
                 s["pe_sum"] += pt.sum
                 s["pe_norm_sum"] += pt.norm_sum
                 rows = pt.rows.view(1, -1, 1, pt.rows.shape[-1])
+                self._unsquare(k, k + 1)
                 self._finish(k, k + 1, (rows, pt.norm.unsqueeze(0), pt.mean.unsqueeze(0), pt.var.unsqueeze(0),
                                         pt.entries.view(1, -1, 1)))
                 return
@@ -461,6 +474,7 @@ class RunningStats:
             return
         with _one_cpu_thread(parts.tok_norm), torch.autocast(parts.tok_norm.device.type, enabled=False), \
                 torch.inference_mode():
+            self._unsquare(parts.lo, parts.hi)
             step = self._compiled_step(parts.tok_norm.device) if self.stats_backend == "compile" else None
             if step is None:
                 self._finish(parts.lo, parts.hi)
@@ -480,6 +494,27 @@ class RunningStats:
                     self._compiled_keys.add(key)
                     self.compile_seconds += time.perf_counter() - t0
         parts.lo = parts.hi = 0
+
+    def _unsquare(self, lo: int, hi: int) -> None:
+        """Take the deferred square roots of the norm partials in ring slots ``lo:hi`` (float32, in place: the same
+        values as a ``sqrt_`` per layer in the hooks), in one op per role where every pending slot has the same
+        consecutive squared rows, else row by row."""
+        parts = self._parts
+        for role in ("tok_norm", "resid_norm"):
+            sets = [parts.squared[k][role] for k in range(lo, hi)]
+            every = set.union(*sets)
+            if not every:
+                continue
+            a, b = min(every), max(every) + 1
+            if all(r == every for r in sets) and len(every) == b - a:
+                buf = getattr(parts, role)
+                buf[lo:hi, a:b].sqrt_()
+            else:
+                for k in range(lo, hi):
+                    for i in parts.squared[k][role]:
+                        parts.rows[k][role][i].sqrt_()
+            for r in sets:
+                r.clear()
 
     def _fall_back(self, why: str) -> None:
         """Switch the float64 step to eager for good, with one warning saying why."""
