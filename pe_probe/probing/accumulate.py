@@ -8,7 +8,8 @@ each layer's (B, T, D) activations are read a few times in their own dtype, neve
 and reduced right away to small partials: the batch sum (T, D) and, per token, norms, channel sums and
 the dot product with the PE (B, T). With :meth:`RunningStats.feed` this happens inside the forward hooks,
 while the tensors are still in the CPU cache. Once the batch is complete the partials of all layers are
-stacked and turned into the statistics in float64 with a fixed number of vectorised operations. The
+stacked and turned into the statistics in float64 with a fixed number of vectorised operations (the square
+roots of norms taken as sums of squares are deferred to that step too, one op per ring). The
 full-size passes run on torch's intra-op threads, like the forward pass's own operations; on CPU the
 small float64 step runs on one (see ``_one_cpu_thread``).
 """
