@@ -1,0 +1,65 @@
+"""One name per thing (issue 23, item 11): no two modules of pe_probe define a public function or class of the
+same name (the CLI's per-command ``register``/``run`` protocol aside), and every ``pe_probe.X`` the README and
+docs call exists at the top level. Static (ast and text), so it costs milliseconds."""
+
+from __future__ import annotations
+
+import ast
+import collections
+import importlib
+import re
+from pathlib import Path
+
+import pe_probe
+
+ROOT = Path(__file__).resolve().parents[1]
+#: Each subcommand module of pe_probe.cli defines the same two entry points by design.
+CLI_PROTOCOL = {"register", "run"}
+
+
+def test_no_two_modules_define_the_same_public_name():
+    where = collections.defaultdict(list)
+    for path in sorted((ROOT / "pe_probe").rglob("*.py")):
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and not node.name.startswith("_"):
+                where[node.name].append(str(path.relative_to(ROOT)))
+    shared = {name: files for name, files in where.items() if len(files) > 1 and name not in CLI_PROTOCOL}
+    assert shared == {}, shared
+
+
+def _documented_names() -> set[str]:
+    """Every dotted ``pe_probe.NAME[.NAME...]`` the README and docs/*.md write."""
+    names = set()
+    for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        names |= {m.rstrip(".") for m in re.findall(r"(?<![\w./])pe_probe\.[A-Za-z_][\w.]*", doc.read_text())}
+    return names
+
+
+def _resolves(dotted: str) -> bool:
+    """Whether ``dotted`` names a module of pe_probe or an attribute reached from one (a file path
+    ``pe_probe/x.py`` is not matched above; ``pe_probe.cli`` is a module, ``pe_probe.ProbeReport.load`` an
+    attribute)."""
+    parts = dotted.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        try:
+            for part in parts[cut:]:
+                obj = getattr(obj, part)
+        except AttributeError:
+            return False
+        return True
+    return False
+
+
+def test_every_documented_pe_probe_name_exists():
+    names = _documented_names()
+    top = {n.split(".")[1] for n in names}
+    assert {"probe", "mpvg_constant_offset_check", "attribute", "train"} <= top  # the scan finds the README's calls
+    missing = sorted(n for n in names if not _resolves(n))
+    assert missing == [], missing
+    # every public function of the probing package that a top-level sibling has is top level too
+    for name in ("probe", "probe_at_sizes", "patch_shuffle", "attention_stats", "check_sizes", "capture"):
+        assert name in pe_probe.__all__ and callable(getattr(pe_probe, name)), name
