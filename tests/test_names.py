@@ -63,3 +63,15 @@ def test_every_documented_pe_probe_name_exists():
     # every public function of the probing package that a top-level sibling has is top level too
     for name in ("probe", "probe_at_sizes", "patch_shuffle", "attention_stats", "check_sizes", "capture"):
         assert name in pe_probe.__all__ and callable(getattr(pe_probe, name)), name
+
+
+def test_nothing_the_user_reads_cites_files_outside_the_repository():
+    # the science the code relies on lives in docs/science.md; a user has no ../shared folder
+    roots = [ROOT / "README.md", ROOT / "pyproject.toml", ROOT / "docs", ROOT / "pe_probe", ROOT / "analyses",
+             ROOT / "figures" / "index.md"]
+    files = [f for r in roots for f in ([r] if r.is_file() else sorted(r.rglob("*"))) if f.is_file()
+             and f.suffix in {".md", ".py", ".toml", ".ipynb", ".txt"}]
+    assert len(files) > 50
+    cited = [str(f.relative_to(ROOT)) for f in files if re.search(r"paper-notes|\.\./shared", f.read_text())]
+    assert cited == [], cited
+    assert (ROOT / "docs" / "science.md").is_file() and (ROOT / "analyses").is_dir() and (ROOT / "figures").is_dir()

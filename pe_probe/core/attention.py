@@ -26,6 +26,7 @@ LOGIT_METRICS = tuple(f"logit_{t}_ms" for t in LOGIT_TERMS) + ("logit_pos_share"
 ATTENTION_COLUMNS = ("site", "pe_kind", "layer", "head", "metric", "value")
 #: Columns of a patch-shuffle frame (``shuffle.csv``): ``block`` is the side of the shuffled blocks in patches.
 SHUFFLE_COLUMNS = ("block", "metric", "value")
+#: Patch-shuffle metrics per block size: agreement with the intact prediction, and top-1 where labels exist.
 SHUFFLE_METRICS = ("agree", "top1")
 #: Columns of a resolution-sweep frame (``resolution.csv``): the probe's tidy rows per input size, plus
 #: ``top1`` at layer :data:`WHOLE_MODEL`.
