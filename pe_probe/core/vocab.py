@@ -1,5 +1,5 @@
 """Vocabularies several floors share that belong to no container of their own (torch-free), defined once: the
-parts of a data set a command reads, and the verdicts of a claim. The CLI builds its choices from them."""
+parts of a data set a command reads, the verdicts of a claim, the probe's adapters and reproduce's executors. The CLI builds its choices from them."""
 
 from __future__ import annotations
 
@@ -9,3 +9,10 @@ SPLITS = ("train", "val", "all")
 
 #: The verdicts of a claim (``pe_probe.analysis.claims``), in the order summaries count them.
 VERDICTS = ("supported", "contradicted", "inconclusive")
+
+#: How the probe reads a model (``adapter=`` of ``pe_probe.probe``/``capture``/``hook_names``, ``probe --adapter``):
+#: its own family (``auto``), forced as a pe_* model (``pe``) or as a plain timm ViT (``timm``).
+ADAPTERS = ("auto", "pe", "timm")
+
+#: Where ``reproduce --executor`` submits its jobs through submitit: a SLURM cluster, or this machine.
+EXECUTORS = ("slurm", "local")
