@@ -7,6 +7,7 @@ from __future__ import annotations
 import ast
 import collections
 import importlib
+import inspect
 import re
 from pathlib import Path
 
@@ -75,3 +76,26 @@ def test_nothing_the_user_reads_cites_files_outside_the_repository():
     cited = [str(f.relative_to(ROOT)) for f in files if re.search(r"paper-notes|\.\./shared", f.read_text())]
     assert cited == [], cited
     assert (ROOT / "docs" / "science.md").is_file() and (ROOT / "analyses").is_dir() and (ROOT / "figures").is_dir()
+
+
+def _instance_attribute(dotted: str) -> bool:
+    """Whether ``dotted`` is ``Class.attr`` with ``attr`` set on ``self`` in the class's ``__init__``."""
+    owner, _, attr = dotted.rpartition(".")
+    if not _resolves(owner):
+        return False
+    module, _, cls = owner.rpartition(".")
+    klass = getattr(importlib.import_module(module), cls, None)
+    return isinstance(klass, type) and f"self.{attr}" in inspect.getsource(klass.__init__)
+
+
+def test_every_qualified_cross_reference_in_the_code_resolves():
+    # :func:`pe_probe.x.y` / :class:`~pe_probe.x.Y` in docstrings and comments name what exists (a renamed or
+    # moved function leaves none behind)
+    refs = set()
+    for path in sorted((ROOT / "pe_probe").rglob("*.py")):
+        refs |= {(str(path.relative_to(ROOT)), role, name) for role, name in
+                 re.findall(r":(func|class|meth|data|mod|attr|exc):`~?(pe_probe(?:\.\w+)+)(?:\(\))?`", path.read_text())}
+    assert len(refs) > 100
+    missing = sorted((f, name) for f, role, name in refs
+                     if not _resolves(name) and not (role == "attr" and _instance_attribute(name)))
+    assert missing == [], missing
