@@ -1,5 +1,6 @@
 """Vocabularies several floors share that belong to no container of their own (torch-free), defined once: the
-parts of a data set a command reads, the verdicts of a claim, the probe's adapters and reproduce's executors. The CLI builds its choices from them."""
+parts of a data set a command reads, the verdicts of a claim, the probe's adapters and reproduce's executors.
+The CLI builds its choices from them."""
 
 from __future__ import annotations
 
