@@ -99,3 +99,12 @@ def test_every_qualified_cross_reference_in_the_code_resolves():
     missing = sorted((f, name) for f, role, name in refs
                      if not _resolves(name) and not (role == "attr" and _instance_attribute(name)))
     assert missing == [], missing
+
+
+def test_every_repository_path_the_docs_and_code_cite_exists():
+    cited = set()
+    for f in [ROOT / "README.md", ROOT / "BENCHMARKS.md", *(ROOT / "docs").glob("*.md"), *(ROOT / "pe_probe").rglob("*.py")]:
+        cited |= set(re.findall(r"\b(?:pe_probe|tests|docs|benchmarks|analyses|figures)/[\w./-]+\.(?:py|md|toml|ipynb)\b",
+                                f.read_text()))
+    assert len(cited) > 30
+    assert sorted(p for p in cited if not (ROOT / p).exists()) == []
