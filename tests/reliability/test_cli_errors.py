@@ -79,6 +79,7 @@ def test_permission_denied_for_real(tmp_path, capsys):
 
 
 def test_disk_full_while_recording_an_evaluation_keeps_the_old_record(digits_run, capsys, monkeypatch):
+    """D02 (the rename half): eval.json on a full disk: one line naming it, the previous record intact."""
     assert main(["eval", str(digits_run), "--split", "train"]) == 0
     before = (digits_run / "eval.json").read_text()
     capsys.readouterr()
