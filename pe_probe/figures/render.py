@@ -157,7 +157,10 @@ def render_all(
     specs = _as_specs(specs, spec_dir)
     with folder_lock(out_dir):  # one writer; a render is moved into place only once it is complete
         _remove_stale_renders(out_dir)
-        stage = Path(tempfile.mkdtemp(prefix=f".{_STAGE}.{TEMP_MARK}", suffix=TEMP_SUFFIX, dir=out_dir))
+        try:
+            stage = Path(tempfile.mkdtemp(prefix=f".{_STAGE}.{TEMP_MARK}", suffix=TEMP_SUFFIX, dir=out_dir))
+        except OSError as exc:  # a full disk or a read-only folder: name the output folder
+            raise OSError(exc.errno, exc.strerror, str(out_dir)) from exc
         try:
             try:
                 _render_into(stage, runs, specs, result, strict=strict, dpi=dpi)

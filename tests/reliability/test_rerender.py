@@ -65,7 +65,7 @@ def _raise_at(monkeypatch, spec_id, exc):
     monkeypatch.setattr(render_module, "render_spec", render_spec)
 
 
-@pytest.mark.parametrize("how", ["disk-full", "strict-figure-raises", "interrupt"])
+@pytest.mark.parametrize("how", ["disk-full", "no-room-for-the-temp-folder", "strict-figure-raises", "interrupt"])
 def test_fs06_a_failed_rerender_keeps_the_previous_set_with_its_index(how, rendered, runs, monkeypatch):
     out, before = rendered
     if how == "disk-full":  # the second spec's file cannot be written
@@ -73,6 +73,14 @@ def test_fs06_a_failed_rerender_keeps_the_previous_set_with_its_index(how, rende
         with pytest.raises(OSError) as err:
             render_all(runs, out, specs=SPECS, dpi=30)
         assert err.value.errno == errno.ENOSPC and err.value.filename == str(out / "table1.md")  # not the temp's
+    elif how == "no-room-for-the-temp-folder":
+        def mkdtemp(*args, **kwargs):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(out / ".render.pe-probe-abcd1234.tmp"))
+
+        monkeypatch.setattr(render_module.tempfile, "mkdtemp", mkdtemp)
+        with pytest.raises(OSError) as err:
+            render_all(runs, out, specs=SPECS, dpi=30)
+        assert err.value.errno == errno.ENOSPC and err.value.filename == str(out)
     elif how == "strict-figure-raises":
         _raise_at(monkeypatch, "table1", ValueError("broken"))
         with pytest.raises(ValueError, match="broken"):
