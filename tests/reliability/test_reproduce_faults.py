@@ -66,7 +66,8 @@ def test_stopping_reproduce_stops_its_workers_and_the_rerun_finishes(how, tmp_pa
     """RP09 (SIGTERM to the parent), RP07 / RP12 (SIGKILL to the parent, then the rerun), RP08 / RP08b (Ctrl-C:
     SIGINT to the group): within seconds no worker is left, the parent exits 143 / 130 in one line, no run
     that was pending is trained after the signal (only the ones in flight may finish), and the rerun reuses
-    the complete runs unchanged and trains the rest."""
+    the complete runs unchanged and trains the rest (checked after SIGTERM and SIGKILL; Ctrl-C takes the same
+    stop path, so RP08's rerun is SIGTERM's)."""
     out = tmp_path / "o"
     argv = pe_probe_cmd("reproduce", "--out", out, *OPTS, "--jobs", "2")
     proc = subprocess.Popen(argv, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
