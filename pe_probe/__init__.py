@@ -39,7 +39,7 @@ _LAZY = {
     "ablate": "probing", "attribute": "probing",
     # probing: attention and the input (they return AttentionResult / ShuffleResult; the sweep a ResolutionResult)
     "attention_stats": "probing", "capture_attention": "probing", "patch_shuffle": "probing",
-    "check_sizes": "probing", "resolution_sweep": "pipeline",
+    "check_sizes": "probing", "probe_at_sizes": "probing", "resolution_sweep": "pipeline",
     # PE families (torch)
     "family_for": "families", "register_family": "families", "families": "families", "Family": "families",
     "Site": "families",

@@ -8,7 +8,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # One torch thread per xdist worker (the README's command runs two workers on the 2-core CI machine): two
+    # workers with a thread per core each oversubscribe the cores, and OpenMP's spinning threads then made
+    # tests/probing 2-3x slower. Set before torch is imported, so its subprocesses and this process agree.
+    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_var, "1")
+
+import torch  # noqa: E402
+
+if os.environ.get("PYTEST_XDIST_WORKER") and os.environ.get("OMP_NUM_THREADS") == "1":
+    torch.set_num_threads(1)
 
 import pe_probe.models  # noqa: F401  (registers the pe_* variants with timm)
 

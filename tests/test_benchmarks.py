@@ -85,16 +85,21 @@ def test_probe_history_cost_tiny(capsys):
 def test_ablate_cost_tiny(capsys):
     import torch
 
+    before = torch.get_num_threads()
     torch.set_num_threads(2)
-    rows = load("ablate_cost").main(["--tiny", "--pe-modes", "pvg", "default", "--batch-size", "2", "--repeats", "1",
-                                     "--n-steps", "2", "--threads", "1"])
+    try:
+        rows = load("ablate_cost").main(["--tiny", "--pe-modes", "pvg", "default", "--batch-size", "2", "--repeats",
+                                         "1", "--n-steps", "2", "--threads", "1"])
+        threads_after = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
     assert set(rows) == {"pvg", "default"}
     assert rows["pvg"]["sites"] == 4 and rows["pvg"]["counted_plain"] == 3 * 4 + 1  # input + blocks 1..3
     assert rows["pvg"]["counted_prefix"] < rows["pvg"]["counted_plain"] and rows["default"]["counted_plain"] == 4
     assert all(v > 0 for r in rows.values() for v in r.values())
     out = capsys.readouterr().out
     assert "x plain" in out and "attribute n=2" in out and "per round" in out
-    assert torch.get_num_threads() == 2  # --threads 1 held only for the benchmark (the suite runs in this process)
+    assert threads_after == 2  # --threads 1 held only for the benchmark (the suite runs in this process)
 
 
 def test_scan_cost_tiny(capsys):

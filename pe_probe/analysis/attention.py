@@ -4,7 +4,8 @@ over the seeds of its configuration. No torch, no matplotlib.
 
 Each run carries the frames its per-run caches hold (:class:`~pe_probe.analysis.runs.RunResult`):
 ``attention`` (``site, pe_kind, layer, head, metric, value``), ``shuffle`` (``block, metric, value``) and
-``resolution`` (``img_size, layer, metric, value``; ``layer`` -3 for whole-model numbers such as ``top1``).
+``resolution`` (``img_size, site, pe_kind, layer, metric, value``; ``layer`` -3 for whole-model numbers such as
+``top1``).
 """
 
 from __future__ import annotations

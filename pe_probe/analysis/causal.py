@@ -24,9 +24,11 @@ from ..core.errors import CheckpointError
 
 @dataclass
 class Attribution:
-    """What :func:`pe_probe.attribute` returns: ``frame`` (``site, pe_kind, layer, metric, value``; ``frame.attrs``: what was
-    run, also :attr:`meta`) and per site the per-token attribution maps of the first images, ``(K, h, w)``
-    arrays on the patch grid: ``pe_maps`` (to the PE) and ``tok_maps`` (to the tokens)."""
+    """An attribution as the figures read it (:func:`attribution_of` of what :func:`pe_probe.attribute` returns, an
+    :class:`~pe_probe.core.causal.AttributionResult`; :func:`read_attribution` of a saved one): ``frame``
+    (``site, pe_kind, layer, metric, value``; ``frame.attrs``: what was run, also :attr:`meta`) and per site the
+    per-token attribution maps of the first images, ``(K, h, w)`` arrays on the patch grid: ``pe_maps`` (to the
+    PE) and ``tok_maps`` (to the tokens)."""
 
     frame: pd.DataFrame
     pe_maps: dict[str, np.ndarray] = field(default_factory=dict)

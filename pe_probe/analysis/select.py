@@ -186,7 +186,7 @@ def _equal(a: Any, b: Any) -> bool:
 
 
 def condition_holds(value: Any, cond: Any) -> bool:
-    """Whether a run's field ``value`` satisfies one selector condition (see ``specs.validate_selector``)."""
+    """Whether a run's field ``value`` satisfies one selector condition (see :func:`validate_selector`)."""
     is_null = value is None or value is _ABSENT
     if isinstance(cond, Mapping):
         ok = True

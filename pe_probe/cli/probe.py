@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..core.vocab import ADAPTERS
 from ._args import holding
 from ._checkpoint import add_checkpoint_args, add_stream_args, load
 
@@ -22,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_checkpoint_args(p)
     p.add_argument("--out", required=True, help="directory for the report (meta.json, metrics.csv, arrays.npz)")
     add_stream_args(p)
-    p.add_argument("--adapter", choices=("auto", "pe", "timm"), default="auto",
+    p.add_argument("--adapter", choices=ADAPTERS, default="auto",
                    help="'timm' derives each layer's PE as norm1(pos_embed) (default: auto)")
     p.add_argument("--n-norm-maps", type=int, default=8, help="images whose per-token norm maps are kept")
     p.add_argument("--no-decompose", action="store_true",

@@ -8,7 +8,7 @@ import dataclasses
 import os
 import shlex
 
-from ..core.vocab import VERDICTS
+from ..core.vocab import EXECUTORS, VERDICTS
 from ._fields import add_fields, field_values, to_flags
 
 #: Hyperparameters reproduce passes through to every run (flags generated from the training config).
@@ -54,7 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="with --plan: launch each run with torchrun --nproc-per-node K")
     # [issue 22] a scheduler through submitit: one job per run, then a dependent figures job
     ex = p.add_argument_group("scheduler (submitit; pip install 'pe-probe[slurm]')")
-    ex.add_argument("--executor", choices=("slurm", "local"),
+    ex.add_argument("--executor", choices=EXECUTORS,
                     help="submit one job per run and a figures job after them: slurm, or local (submitit's "
                          "LocalExecutor on this machine, at most --jobs at a time); a job that reaches its time "
                          "limit or is preempted is requeued and resumes")

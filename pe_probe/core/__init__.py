@@ -8,13 +8,13 @@
 """
 
 from .errors import CheckpointError, DataError, PEProbeError, UnknownNameError
-from .hook_points import INPUT, LAST, hook_names, layer_hooks
+from .hook_points import INPUT, LAST, hook_point_names, layer_hooks
 from .pe import KNOB_NAMES, KNOBS, PE_MODES, PRESET, PRESETS, PEConfig, PEKnobs, resolve_pe_config
 from .report import ProbeReport
 from .rundir import RunDir
 
 __all__ = [
     "CheckpointError", "DataError", "INPUT", "KNOBS", "KNOB_NAMES", "LAST", "PEConfig", "PEKnobs", "PEProbeError",
-    "PE_MODES", "PRESET", "PRESETS", "ProbeReport", "RunDir", "UnknownNameError", "hook_names", "layer_hooks",
+    "PE_MODES", "PRESET", "PRESETS", "ProbeReport", "RunDir", "UnknownNameError", "hook_point_names", "layer_hooks",
     "resolve_pe_config",
 ]

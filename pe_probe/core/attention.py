@@ -4,7 +4,7 @@ and file names of their results and the metric names (docs/probe.md, "Attention 
 - attention statistics per block and head (:func:`pe_probe.probing.attention.attention_stats`);
 - patch-shuffle sensitivity per shuffle block size (:func:`pe_probe.probing.perturb.patch_shuffle`);
 - resolution sweeps: the probe's per-layer numbers and top-1 per input size
-  (:func:`pe_probe.probing.perturb.resolution_sweep`).
+  (:func:`pe_probe.pipeline.attention.resolution_sweep`, over :func:`pe_probe.probing.perturb.probe_at_sizes`).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ LOGIT_METRICS = tuple(f"logit_{t}_ms" for t in LOGIT_TERMS) + ("logit_pos_share"
 ATTENTION_COLUMNS = ("site", "pe_kind", "layer", "head", "metric", "value")
 #: Columns of a patch-shuffle frame (``shuffle.csv``): ``block`` is the side of the shuffled blocks in patches.
 SHUFFLE_COLUMNS = ("block", "metric", "value")
+#: Patch-shuffle metrics per block size: agreement with the intact prediction, and top-1 where labels exist.
 SHUFFLE_METRICS = ("agree", "top1")
 #: Columns of a resolution-sweep frame (``resolution.csv``): the probe's tidy rows per input size, plus
 #: ``top1`` at layer :data:`WHOLE_MODEL`.
@@ -45,7 +46,7 @@ def attention_site(layer: int) -> str:
 
 @dataclass
 class AttentionResult(Result):
-    """What :func:`pe_probe.attention` returns: rows ``(site, pe_kind, layer, head, metric, value)`` per block and
+    """What :func:`pe_probe.attention_stats` returns: rows ``(site, pe_kind, layer, head, metric, value)`` per block and
     head, and ``meta`` (``n_images``, ``grid``, ``heads``, ``decomposed_layers``, ``not_measured``, ...)."""
 
     rows: list

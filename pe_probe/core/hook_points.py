@@ -47,8 +47,10 @@ def block_hook(i: int, point: str) -> str:
     return f"blocks.{i}.{point}"
 
 
-def hook_names(depth: int, pe_blocks: Iterable[int] = (), last_pe: bool = False, input_pe: bool = False) -> list[str]:
-    """Every hook name of a ViT with ``depth`` blocks, in forward order.
+def hook_point_names(depth: int, pe_blocks: Iterable[int] = (), last_pe: bool = False,
+                     input_pe: bool = False) -> list[str]:
+    """Every hook name of a ViT with ``depth`` blocks, in forward order, from its structure alone (the names a
+    given model offers: :func:`pe_probe.hook_names`, through its family).
 
     ``pe_blocks``: the blocks that receive a PE (they get a ``hook_pe``); ``last_pe``: whether a PE is added
     after the Last LN (``hook_last_pe``); ``input_pe``: whether the PE is added to the input

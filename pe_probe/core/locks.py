@@ -1,10 +1,10 @@
 """One writer per folder: an exclusive lock (``fcntl.flock``) on a lock file inside the folder.
 
-``train``, ``eval``, ``probe``, ``ablate``, ``attribute``, ``figures`` and ``reproduce`` hold the lock of every
-folder they write while they write it. A second writer fails at once with :class:`FolderLockedError`, whose
-one-line message names the holder (process id, command, start time). The lock is released when the holder
-exits, also when it is killed, so a stale lock file never blocks anyone; a holder that finishes removes the
-lock file, so only a killed one leaves it behind.
+``train``, ``eval``, ``probe``, ``ablate``, ``attribute``, ``attention``, ``figures`` and ``reproduce`` hold the
+lock of every folder they write while they write it. A second writer fails at once with
+:class:`FolderLockedError`, whose one-line message names the holder (process id, command, start time). The lock is
+released when the holder exits, also when it is killed, so a stale lock file never blocks anyone; a holder that
+finishes removes the lock file, so only a killed one leaves it behind.
 """
 
 from __future__ import annotations

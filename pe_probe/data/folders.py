@@ -104,7 +104,7 @@ def split_root(data_dir: Path, split: str) -> tuple[Path, str]:
     - ``train/`` and ``val/``: train -> ``train/``, val -> ``val/``; ``all`` is refused (pick one).
     - ``train/`` alone, or a plain folder of class folders: train / val -> its 90 % / 10 % per class,
       ``all`` -> every image.
-    - ``val/`` alone: val and all -> ``val/``.
+    - ``val/`` alone: val and all -> ``val/``; train is refused (there is nothing to train on).
     """
     if split not in SPLITS:
         raise DataError(f"split={split!r} is unknown; valid: {', '.join(SPLITS)}")

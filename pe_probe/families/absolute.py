@@ -126,7 +126,7 @@ class AbsoluteFamily(Family):
         return {"pos_embed": self.model.pos_embed.detach()[0].double().cpu().numpy()}
 
     def names(self) -> list[str]:
-        names = H.hook_names(self.depth, self.receiving_blocks, False, self.input_pe)
+        names = H.hook_point_names(self.depth, self.receiving_blocks, False, self.input_pe)
         if self.final_norm is None:
             names = [n for n in names if n not in (H.LAST_LN_IN, H.LAST_LN_OUT)]
         if self.distilled:

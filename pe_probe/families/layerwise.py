@@ -64,7 +64,7 @@ class LayerwiseFamily(Family):
         return self.stream_taps()
 
     def names(self) -> list[str]:
-        return H.hook_names(self.depth, self.receiving_blocks, self.last_ln_pe is not None, self.input_pe)
+        return H.hook_point_names(self.depth, self.receiving_blocks, self.last_ln_pe is not None, self.input_pe)
 
     def static_arrays(self) -> dict[str, np.ndarray]:
         return {"pos_embed": self.model.pos_embed.detach()[0].double().cpu().numpy()}

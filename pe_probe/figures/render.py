@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import tempfile
 import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -17,7 +19,7 @@ from ..analysis.claims import ClaimResult, evaluate_claim
 from ..analysis.paper import reference
 from ..analysis.runs import RunResult
 from ..analysis.select import select_runs
-from ..core.io import atomic_path, contained, write_text
+from ..core.io import TEMP_MARK, TEMP_SUFFIX, atomic_path, contained, is_temp, write_text
 from ..core.locks import folder_lock
 from .plots import PLOTS
 from .spec import Spec, load_specs, resolve_specs
@@ -25,7 +27,8 @@ from .spec import Spec, load_specs, resolve_specs
 log = logging.getLogger(__name__)
 
 FIGURE_FORMATS = ("png", "pdf")
-#: Written last, after every figure: an output folder with an index is a complete set (or says what is missing).
+#: Moved into place last, after every figure: an output folder with an index is a complete set (or says what is
+#: missing).
 INDEX, CLAIMS = "index.md", "claims.csv"
 
 
@@ -138,37 +141,99 @@ def render_all(
 
     ``specs``: Spec objects, spec files, folders of specs or ``"builtin"`` (the shipped specs); default: every
     spec in ``spec_dir`` (default: the shipped specs, :func:`~pe_probe.figures.spec.builtin_specs_dir`). A spec without its runs is skipped (listed in the index with what it needs).
-    A plot that raises is recorded in ``failed`` and logged, or re-raised with ``strict=True``. Everything is
-    written under the folder's lock (:func:`~pe_probe.core.locks.folder_lock`), each file inside ``out_dir``
-    (:func:`~pe_probe.core.io.contained`). ``index.md`` and ``claims.csv`` are removed first and written last,
-    and a failing file system (``OSError``: disk full, permission denied) stops the render, so a folder whose
-    rendering was cut short has no index: an index always describes its set, missing figures included.
+    A plot that raises is recorded in ``failed`` and logged, or re-raised with ``strict=True``.
+
+    All or nothing: under the folder's lock (:func:`~pe_probe.core.locks.folder_lock`) every file is first
+    written into a temporary folder inside ``out_dir`` (``.render.pe-probe-XXXXXXXX.tmp``), and only a render
+    that finished is renamed into place: the figure files, then ``claims.csv``, then ``index.md`` last (the
+    previous ``index.md`` and ``claims.csv`` are removed just before these renames, so not even a kill amid
+    them leaves an index describing another set). A render that fails (``strict`` and a plot raising, a failing
+    file system: disk full, a file-size limit, permission denied; an interrupt) leaves ``out_dir`` as it was,
+    the previous set with its index, and no temporary folder; the error names the file in ``out_dir``. Each
+    destination is checked with :func:`~pe_probe.core.io.contained`.
     """
     out_dir = Path(out_dir)
     result = RenderResult(out_dir=out_dir)
     specs = _as_specs(specs, spec_dir)
-    with folder_lock(out_dir):  # one writer; an index is written last, so a set cut short has none
-        for name in (INDEX, CLAIMS):
-            contained(out_dir, name).unlink(missing_ok=True)
-        for spec in specs:
+    with folder_lock(out_dir):  # one writer; a render is moved into place only once it is complete
+        _remove_stale_renders(out_dir)
+        try:
+            stage = Path(tempfile.mkdtemp(prefix=f".{_STAGE}.{TEMP_MARK}", suffix=TEMP_SUFFIX, dir=out_dir))
+        except OSError as exc:  # a full disk or a read-only folder: name the output folder
+            raise OSError(exc.errno, exc.strerror, str(out_dir)) from exc
+        try:
             try:
-                item = render_spec(spec, runs, out_dir, dpi=dpi)
-            except OSError:  # the disk, not the figure: stop (the index is not written, so nothing claims a set)
-                raise
-            except Exception as exc:  # one broken figure must not lose the others
-                if strict:
+                _render_into(stage, runs, specs, result, strict=strict, dpi=dpi)
+                _move_into_place(result, stage, out_dir)
+            except OSError as exc:  # name the file as it would be in out_dir, not in the temporary folder
+                named = _renamed_error(exc, stage, out_dir)
+                if named is None:
                     raise
-                error = f"{type(exc).__name__}: {exc}".splitlines()[0]
-                log.error("figure %s failed: %s (listed in index.md)", spec.id, error)  # one line on stderr
-                log.debug("figure %s failed:\n%s", spec.id, traceback.format_exc())
-                result.failed.append(Failed(spec=spec, error=error))
-                continue
-            (result.rendered if isinstance(item, Rendered) else result.skipped).append(item)
-        result.claims_csv = out_dir / CLAIMS
-        write_text(result.claims_csv, claims_frame(result).to_csv(index=False))
-        result.index = out_dir / INDEX
-        write_text(result.index, index_markdown(result, runs))
+                raise named from exc
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
     return result
+
+
+#: Name of the temporary folder a render is written into (``.render.pe-probe-XXXXXXXX.tmp``).
+_STAGE = "render"
+
+
+def _render_into(stage: Path, runs, specs, result: RenderResult, *, strict: bool, dpi: int) -> None:
+    """Draw every spec, then claims.csv and index.md, into ``stage``; fills ``result`` (paths inside ``stage``)."""
+    for spec in specs:
+        try:
+            item = render_spec(spec, runs, stage, dpi=dpi)
+        except OSError:  # the disk, not the figure: stop (nothing is moved into place)
+            raise
+        except Exception as exc:  # one broken figure must not lose the others
+            if strict:
+                raise
+            error = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            log.error("figure %s failed: %s (listed in index.md)", spec.id, error)  # one line on stderr
+            log.debug("figure %s failed:\n%s", spec.id, traceback.format_exc())
+            result.failed.append(Failed(spec=spec, error=error))
+            continue
+        (result.rendered if isinstance(item, Rendered) else result.skipped).append(item)
+    result.claims_csv = stage / CLAIMS
+    write_text(result.claims_csv, claims_frame(result).to_csv(index=False))
+    result.index = stage / INDEX
+    write_text(result.index, index_markdown(result, runs))
+
+
+def _move_into_place(result: RenderResult, stage: Path, out_dir: Path) -> None:
+    """Rename the finished render from ``stage`` into ``out_dir``: figures, then claims.csv, index.md last; the
+    paths in ``result`` then point into ``out_dir``. Files of failed specs stay behind (and are removed)."""
+    moves = [(r, ext, contained(out_dir, p.name)) for r in result.rendered for ext, p in r.files.items()]
+    claims, index = contained(out_dir, CLAIMS), contained(out_dir, INDEX)  # every destination checked first
+    index.unlink(missing_ok=True)  # from here until the new index is in place, no index describes the folder
+    claims.unlink(missing_ok=True)
+    for r, ext, target in moves:
+        os.replace(r.files[ext], target)
+        r.files[ext] = target
+    os.replace(result.claims_csv, claims)
+    result.claims_csv = claims
+    os.replace(result.index, index)
+    result.index = index
+
+
+def _renamed_error(exc: OSError, stage: Path, out_dir: Path) -> OSError | None:
+    """``exc`` naming the file in ``out_dir`` where it named one in the temporary folder ``stage`` (else None)."""
+    name = exc.filename
+    if name is None or exc.errno is None:
+        return None
+    try:
+        rel = Path(name).relative_to(stage)
+    except ValueError:
+        return None
+    return type(exc)(exc.errno, exc.strerror or os.strerror(exc.errno), str(out_dir / rel))
+
+
+def _remove_stale_renders(out_dir: Path) -> None:
+    """Remove the temporary folders of renders that were killed (only pe-probe's own temporary names)."""
+    for p in out_dir.iterdir():
+        if p.name.startswith(f".{_STAGE}.") and is_temp(p.name) and p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
 
 
 def claims_frame(result: RenderResult):

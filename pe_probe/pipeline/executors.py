@@ -26,10 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import PEProbeError
+from ..core.vocab import EXECUTORS
 from ..training import TrainConfig
-
-#: The executors ``reproduce --executor`` knows.
-EXECUTORS = ("slurm", "local")
 
 
 class JobFailedError(PEProbeError, RuntimeError):

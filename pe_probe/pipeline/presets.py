@@ -72,8 +72,9 @@ DEFAULT_SEEDS = {"quick": 3, "ablations": 1, "paper": 1}
 PROBE_EVERY, PROBE_IMAGES = 4, 128
 #: Epochs of the quick preset on digits (the digits recipe has 20). The slowest learners, Default and GAP, reach
 #: 67-86 % top-1 after 12 epochs, 89-92 % after 20 and 93-96 % after 24 (seeds 1-2), so accuracy differences at
-#: fewer epochs measure speed of convergence more than the scheme. 3 seeds x 8 runs at 24 epochs take about 7-8
-#: minutes on a quiet 2-core CPU (BENCHMARKS.md, section 4). An explicit ``epochs`` wins.
+#: fewer epochs measure speed of convergence more than the scheme. 3 seeds x 8 runs at 24 epochs take 5-8 minutes
+#: on a quiet 2-core CPU, the probes and causal tests included (BENCHMARKS.md, summary table and section 4).
+#: An explicit ``epochs`` wins.
 QUICK_DIGITS_EPOCHS = 24
 
 

@@ -15,10 +15,10 @@ from typing import Literal
 from torch import nn
 
 from ..core.errors import CheckpointError, UnknownNameError
+from ..core.vocab import ADAPTERS
 from ..families import Family, Tap, family_for
 
 AdapterKind = Literal["auto", "pe", "timm"]
-ADAPTERS: tuple[str, ...] = ("auto", "pe", "timm")
 #: adapter name -> the family it forces
 _FORCED = {"pe": "layerwise", "timm": "absolute"}
 

@@ -90,7 +90,8 @@ def unfused(modules: Sequence[nn.Module]) -> Iterator[None]:
 
 class _SoftmaxTap(TorchFunctionMode):
     """Hands the input (the logits) and output (the probabilities) of the first softmax an attention module calls
-    to ``sink(layer, logits, probs)``; :meth:`watching` says which layer's module is running."""
+    to ``sink(layer, logits, probs)``; :attr:`layer` (set by :func:`attention_logits`' forward pre-hooks, cleared
+    after each module's forward) says which layer's module is running."""
 
     def __init__(self, sink: Callable[[int, torch.Tensor, torch.Tensor], None]) -> None:
         super().__init__()

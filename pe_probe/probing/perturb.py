@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..core.attention import ShuffleResult
+from ..core.attention import SHUFFLE_METRICS, ShuffleResult
 from ..core.errors import CheckpointError, DataError
 from .adapter import view_model
 from .hooks import eval_inference
@@ -109,10 +109,11 @@ def patch_shuffle(
     if n == 0:
         raise DataError("the data yielded no images")
     rows: list[tuple[int, str, float]] = []
+    agree_metric, top1_metric = SHUFFLE_METRICS
     for b in blocks:
-        rows.append((b, "agree", agree[b] / n))
+        rows.append((b, agree_metric, agree[b] / n))
         if labelled:
-            rows.append((b, "top1", correct[b] / n))
+            rows.append((b, top1_metric, correct[b] / n))
     return ShuffleResult(rows, {"run": "" if run is None else str(run), "n_images": n, "seed": seed,
                                 "grid": list(view.grid), "patch": patch, "blocks": blocks})
 

@@ -7,11 +7,13 @@ Every file is written atomically. ``state.pt`` holds only tensors and plain cont
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import timm
@@ -49,12 +51,59 @@ def load_state(run: RunDir) -> dict | None:
         raise CheckpointError(f"{path} is not a regular file")
     check_zip_sizes(path)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with quiet_pickle_protocol():
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any failure to read means a corrupt file
-        raise CheckpointError(f"{path} is corrupt or not a pe-probe resume state ({type(exc).__name__})") from None
+        raise CheckpointError(unreadable_protocol(path) or
+                              f"{path} is corrupt or not a pe-probe resume state ({type(exc).__name__})") from None
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise CheckpointError(f"{path} is not a pe-probe resume state (format {STATE_FORMAT})")
     return state
+
+
+#: The warning torch's weights_only unpickler gives for every pickle protocol but 2 (torch.save's default), on a
+#: file it loads and on one it refuses alike: it says nothing about the file, so pe-probe's loaders silence it.
+PROTOCOL_WARNING = r"Detected pickle protocol \d+ in the checkpoint"
+
+
+@contextlib.contextmanager
+def quiet_pickle_protocol() -> Iterator[None]:
+    """Silence exactly torch's :data:`PROTOCOL_WARNING` inside the block (around a ``weights_only`` load)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=PROTOCOL_WARNING, category=UserWarning)
+        yield
+
+
+def pickle_protocol(path: Path) -> int | None:
+    """The pickle protocol of a torch checkpoint (its ``data.pkl`` in a zip, else the file's first pickle), or
+    None when it is not a pickle; read from its first two bytes, nothing is unpickled."""
+    import zipfile
+
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                name = next((n for n in z.namelist() if n.rsplit("/", 1)[-1] == "data.pkl"), None)
+                if name is None:
+                    return None
+                with z.open(name) as f:
+                    head = f.read(2)
+        else:
+            with open(path, "rb") as f:
+                head = f.read(2)
+    except (OSError, zipfile.BadZipFile, ValueError, NotImplementedError):
+        return None
+    return head[1] if len(head) == 2 and head[0] == 0x80 else None  # PROTO opcode, then the protocol
+
+
+def unreadable_protocol(path: Path) -> str | None:
+    """The one-line reason a failed ``weights_only`` load of ``path`` failed when it is the pickle protocol (4
+    or 5: framed pickles, which torch's weights_only unpickler does not read), else None."""
+    protocol = pickle_protocol(path)
+    if protocol is None or protocol < 4:
+        return None
+    return (f"{path} is a pickle of protocol {protocol}, which torch's weights_only loader cannot read, so nothing "
+            "of it was loaded or run (pe-probe unpickles no other way): re-save it with torch.save's default "
+            "protocol, or as .safetensors")
 
 
 #: A torch zip may declare at most this many times its size on disk (plus :data:`ZIP_SLACK` bytes) of tensor data:

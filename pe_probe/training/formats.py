@@ -172,25 +172,30 @@ def _torch_load(file: Path) -> Any:
     beyond tensors and plain containers; any other global refuses the file before it is unpickled."""
     from timm.models._helpers import _torch_load as timm_torch_load
 
-    from .checkpoints import check_zip_sizes
+    from .checkpoints import check_zip_sizes, quiet_pickle_protocol, unreadable_protocol
 
     check_zip_sizes(file)  # declared storage sizes against the file's, before anything is inflated
     try:
-        return timm_torch_load(str(file), map_location="cpu", weights_only=True)
+        with quiet_pickle_protocol():
+            return timm_torch_load(str(file), map_location="cpu", weights_only=True)
     except RuntimeError as exc:
         if "weights_only" not in str(exc):
             raise CheckpointError(f"{file} is corrupt or not a torch checkpoint ({str(exc).splitlines()[0][:120]})") \
                 from None
         try:
-            unsafe = ", ".join(torch.serialization.get_unsafe_globals_in_checkpoint(str(file))) or "unknown globals"
+            with quiet_pickle_protocol():
+                unsafe = ", ".join(torch.serialization.get_unsafe_globals_in_checkpoint(str(file)))
         except Exception:  # noqa: BLE001 - only the message depends on it
-            unsafe = "unknown globals"
+            unsafe = ""
+        if not unsafe and (protocol := unreadable_protocol(file)):  # no code found, but a framed pickle
+            raise CheckpointError(protocol) from None
         raise CheckpointError(
-            f"{file} needs pickled objects other than tensors and argparse.Namespace ({unsafe}); pe-probe never "
-            "unpickles code, so nothing was loaded: save its state dict with torch.save(model.state_dict(), ...) "
-            "or as .safetensors") from None
+            f"{file} needs pickled objects other than tensors and argparse.Namespace ({unsafe or 'unknown globals'}); "
+            "pe-probe never unpickles code, so nothing was loaded: save its state dict with "
+            "torch.save(model.state_dict(), ...) or as .safetensors") from None
     except Exception as exc:  # noqa: BLE001 - any other failure means the file is unreadable
-        raise CheckpointError(f"{file} is corrupt or not a torch checkpoint ({type(exc).__name__})") from None
+        raise CheckpointError(unreadable_protocol(file) or
+                              f"{file} is corrupt or not a torch checkpoint ({type(exc).__name__})") from None
 
 
 def read_weights(file: Path, *, use_ema: bool) -> tuple[dict[str, torch.Tensor], str | None, dict]:

@@ -55,3 +55,18 @@ def test_a_key_given_twice_is_an_error():
     args = _subparser("train").parse_args(["--out", "r", "--model-kwargs", "depth=2", "depth=3"])
     with pytest.raises(ValueError, match="depth is given twice"):
         field_values(args, TrainConfig)
+
+
+def test_the_cli_choices_are_the_core_vocabularies():
+    # one spelling of each vocabulary: the parser takes the tuple itself, never a re-typed copy
+    from pe_probe.core import causal, vocab
+    from pe_probe.pipeline.presets import PRESET_NAMES
+
+    expected = {("attribute", "baseline"): causal.BASELINES, ("attribute", "tokens"): causal.TOKEN_BASELINES,
+                ("attribute", "effect"): causal.EFFECTS, ("ablate", "interventions"): causal.INTERVENTIONS,
+                ("eval", "split"): vocab.SPLITS, ("probe", "split"): vocab.SPLITS,
+                ("probe", "adapter"): vocab.ADAPTERS, ("reproduce", "executor"): vocab.EXECUTORS,
+                ("reproduce", "preset"): PRESET_NAMES}
+    for (command, dest), vocabulary in expected.items():
+        action = next(a for a in _subparser(command)._actions if a.dest == dest)
+        assert action.choices is vocabulary, (command, dest, action.choices)

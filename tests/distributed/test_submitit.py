@@ -41,11 +41,12 @@ def test_local_executor_runs_a_study_to_its_figures(tmp_path, monkeypatch):
     import pe_probe.pipeline.run as run_module
     from pe_probe.pipeline import QUICK
 
-    # three runs of the quick preset (a job per run: each starts an interpreter, trains, probes, ablates)
-    monkeypatch.setattr(run_module, "preset_plans", lambda preset, depth: QUICK[:3])
+    # two runs of the quick preset (a job per run: each starts an interpreter, trains, probes, ablates), one
+    # per worker, then the figures job
+    monkeypatch.setattr(run_module, "preset_plans", lambda preset, depth: QUICK[:2])
     out = tmp_path / "study"
     sub = submit_study(out, executor="local", jobs=2, **STUDY)
-    assert len(sub.runs) == 3 and sub.figures is not None
+    assert len(sub.runs) == 2 and sub.figures is not None
     assert sorted(sub.runs) == sorted(p.name for p in (out / "runs").iterdir())
     for name in sub.runs:
         run = out / "runs" / name

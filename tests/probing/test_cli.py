@@ -45,6 +45,9 @@ def test_timm_state_dict(tmp_path, fake_data, capsys):
     assert rc == 0
     out = capsys.readouterr().out
     assert "tok_pe_corr" in out and "pe_derived=True" in out
+    # a bare state dict records no mean/std: the data set's own are used, and the output says so
+    assert "normalised with the toy data set's own mean/std (the checkpoint records none)" in out
+    assert fake_data[0]["mean"] is None and fake_data[0]["std"] is None
     report = ProbeReport.load(tmp_path / "rep")
     assert report.meta["n_images"] == 6 and report.meta["pe_derived"] and report.meta["depth"] == 2
     assert fake_data[0]["img_size"] == 32 and fake_data[0]["split"] == "val"

@@ -1,5 +1,5 @@
 """Every CLI failure is one line on stderr and exit code 2: argument errors, permission denied, disk full, an
-unknown device, an unexpected error; a figure set cut short by the disk has no index claiming it complete."""
+unknown device, an unexpected error; a re-render cut short by the disk keeps the previous set with its index."""
 
 from __future__ import annotations
 
@@ -79,6 +79,7 @@ def test_permission_denied_for_real(tmp_path, capsys):
 
 
 def test_disk_full_while_recording_an_evaluation_keeps_the_old_record(digits_run, capsys, monkeypatch):
+    """D02 (the rename half): eval.json on a full disk: one line naming it, the previous record intact."""
     assert main(["eval", str(digits_run), "--split", "train"]) == 0
     before = (digits_run / "eval.json").read_text()
     capsys.readouterr()
@@ -90,22 +91,25 @@ def test_disk_full_while_recording_an_evaluation_keeps_the_old_record(digits_run
     assert sorted(p.name for p in digits_run.iterdir() if p.name.startswith(".")) == []
 
 
-def test_disk_full_while_rendering_leaves_no_index_claiming_a_complete_set(digits_run, tmp_path, capsys,
-                                                                             monkeypatch):
+@pytest.mark.slow
+def test_disk_full_while_rerendering_keeps_the_previous_set_and_names_the_file(digits_run, tmp_path, capsys,
+                                                                              monkeypatch):
+    """FS06 / D04 from the CLI: one line naming the file in --out; the previous set, index included, intact."""
     runs = tmp_path / "runs"
     runs.mkdir()
     shutil.move(digits_run, runs / "run")
     out = tmp_path / "fig"
     argv = ["figures", str(runs), "--out", str(out), "--no-progress", "--max-images", "32"]
     assert main(argv) == 0  # a complete set first, with its index
-    assert (out / "index.md").is_file()
+    before = {p: (out / p).read_bytes() for p in listing(out)}
+    assert {"index.md", "claims.csv", "table1.md"} <= set(before)
     capsys.readouterr()
     _fail_on(monkeypatch, "table1.md", errno.ENOSPC)  # the disk fills up while the second file is written
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and err.startswith("pe-probe figures: error: No space left on device: "), err
-    assert not (out / "index.md").exists() and not (out / "claims.csv").exists()  # nothing claims a complete set
-    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary or lock files
+    assert err == f"pe-probe figures: error: No space left on device: {out / 'table1.md'}"
+    assert {p: (out / p).read_bytes() for p in listing(out)} == before  # nothing lost, nothing mixed in
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary folder or lock file
 
 
 @pytest.mark.parametrize("command", ["eval", "probe"])

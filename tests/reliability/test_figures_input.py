@@ -32,6 +32,7 @@ def _one_line_nothing_written(argv, runs, tmp_path, capsys, needle):
 
 
 def test_only_incomplete_runs_is_one_line(runs, tmp_path, capsys):
+    """F03: only incomplete runs: one line (no warning line per run before it), nothing written."""
     (runs / "r1" / "summary.json").unlink()
     _one_line_nothing_written(["figures", str(runs), "--out", str(tmp_path / "o"), "--no-progress"], runs, tmp_path,
                               capsys, "no complete run")
@@ -39,6 +40,8 @@ def test_only_incomplete_runs_is_one_line(runs, tmp_path, capsys):
 
 @pytest.mark.parametrize("spec, text", [("nope.toml", None), ("bad.toml", "id = [")])
 def test_a_bad_spec_is_reported_before_any_probing(spec, text, runs, tmp_path, capsys):
+    """F05b (a missing --spec), F06b (a --spec that is not TOML): one line before any run is probed, ablated or
+    attributed (no RUN/probe, RUN/ablation.* cache made)."""
     if text is not None:
         (tmp_path / spec).write_text(text)
     _one_line_nothing_written(["figures", str(runs), "--out", str(tmp_path / "o"), "--no-progress", "--spec",
@@ -46,18 +49,21 @@ def test_a_bad_spec_is_reported_before_any_probing(spec, text, runs, tmp_path, c
 
 
 def test_max_images_0_is_refused(runs, tmp_path, capsys):
+    """F07: ``figures --max-images 0``: one line, exit 2, nothing written."""
     _one_line_nothing_written(["figures", str(runs), "--out", str(tmp_path / "o"), "--no-progress", "--max-images",
                                "0"], runs, tmp_path, capsys, "max_images")
 
 
 @pytest.mark.parametrize("spec_id", ["claims", "index", "Index"])
 def test_spec_ids_of_the_renders_own_files_are_reserved(spec_id):
+    """SP09 (id ``claims``), SP10 (id ``index``): refused as reserved names."""
     raw = {"id": spec_id, "title": "t", "caption": "c", "kind": "table", "plot": "accuracy_table"}
     with pytest.raises(ValueError, match="reserved"):
         parse_spec(raw, "x.toml")
 
 
 def test_a_truncated_arrays_npz_is_a_data_error(digits_run):
+    """API36: ``ProbeReport.load`` of a folder with a truncated arrays.npz raises DataError (not BadZipFile)."""
     probe_run(digits_run, max_images=16, progress=False)
     arrays = digits_run / "probe" / "arrays.npz"
     arrays.write_bytes(arrays.read_bytes()[:100])

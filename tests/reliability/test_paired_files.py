@@ -42,6 +42,7 @@ def _killed_between_renames(monkeypatch, json_name, save):
 
 
 def test_a_mixed_ablation_pair_is_refused(tmp_path, monkeypatch):
+    """KP01: an ablation pair mixed by a kill between its renames is refused by ``read_ablation``."""
     save_ablation(_ablation(20), tmp_path)
     assert read_ablation(tmp_path).attrs == {"n_images": 20}  # the pair id is not part of the attrs
     _killed_between_renames(monkeypatch, "ablation.json", lambda: save_ablation(_ablation(40), tmp_path))
@@ -51,6 +52,7 @@ def test_a_mixed_ablation_pair_is_refused(tmp_path, monkeypatch):
 
 
 def test_a_mixed_attribution_pair_is_refused(tmp_path, monkeypatch):
+    """KP02: an attribution pair mixed by a kill between its renames is refused by ``read_attribution``."""
     save_attribution(_attribution(2), tmp_path)
     assert read_attribution(tmp_path).meta == {"n_images": 2}
     _killed_between_renames(monkeypatch, "attribution.json", lambda: save_attribution(_attribution(4), tmp_path))
@@ -59,6 +61,7 @@ def test_a_mixed_attribution_pair_is_refused(tmp_path, monkeypatch):
 
 
 def test_a_runs_mixed_ablation_cache_is_computed_again(digits_run, monkeypatch):
+    """KP04: the run cache of ``figures`` (RUN/ablation.*) mixed by a killed re-ablation is computed again."""
     first = ablate_run(digits_run, max_images=8, progress=False)
     assert first.attrs["n_images"] == 8
     _killed_between_renames(monkeypatch, "ablation.json",

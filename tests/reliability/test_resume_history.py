@@ -82,9 +82,15 @@ def _resume_and_compare(out, uninterrupted):
     assert [p for p in listing(out) if p.endswith(".tmp") or p == LOCK_FILE] == []
 
 
-@pytest.mark.parametrize("fault", ["step:25", "replace:probe_history.csv:2", "replace:state.pt:2", "probe:3",
-                                   "half:probe_history.csv:3"])
+@pytest.mark.parametrize("fault", [pytest.param("step:25", id="PH03"),
+                                   pytest.param("replace:probe_history.csv:2", id="PH04"),
+                                   pytest.param("replace:state.pt:2", id="PH05"),
+                                   pytest.param("probe:3", id="PH06"),
+                                   pytest.param("half:probe_history.csv:3", id="PH07")])
 def test_a_run_killed_anywhere_resumes_to_the_uninterrupted_history(fault, tmp_path, uninterrupted):
+    """PH03 (SIGKILL mid epoch 3), PH04 (before the 2nd probe_history.csv rename), PH05 (after epoch 2's history,
+    before its state), PH06 (at the start of epoch 3's probe), PH07 (a half-written history temp): ``--resume``
+    writes the uninterrupted run's probe_history.csv (epochs 1-4 once each) and weights, and leaves no temps."""
     out = tmp_path / "R"
     proc = subprocess.run([sys.executable, "-c", FAULT, fault, "train", "--out", str(out), *ARGS], env=env(),
                           capture_output=True, text=True, timeout=300)
@@ -103,6 +109,8 @@ def _wait_for(path, proc, timeout=120):
 
 
 def test_sigterm_mid_training_exits_143_in_one_line_and_resumes_to_the_uninterrupted_history(tmp_path, uninterrupted):
+    """PH12: SIGTERM after the first history write stops the run (143, one line, nothing half-written); the
+    resume gives the uninterrupted history."""
     out = tmp_path / "R"
     proc = subprocess.Popen(pe_probe_cmd("train", "--out", out, *ARGS), env=env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
@@ -117,6 +125,7 @@ def test_sigterm_mid_training_exits_143_in_one_line_and_resumes_to_the_uninterru
 
 
 def test_sigterm_on_a_fresh_run_before_its_first_state_leaves_nothing_that_blocks_a_rerun(tmp_path):
+    """SG01: SIGTERM right after config.json appears: the fresh run removes what it wrote; the rerun works."""
     out = tmp_path / "run"
     args = ["train", "--out", str(out), *cli_args(**{"--epochs": "40"})]
     proc = subprocess.Popen(pe_probe_cmd(*args), env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -131,6 +140,8 @@ def test_sigterm_on_a_fresh_run_before_its_first_state_leaves_nothing_that_block
 
 
 def test_a_resume_asking_for_other_probe_options_is_refused_in_one_line(tmp_path, capsys):
+    """PH10: ``--resume --probe-every 2`` (or other --probe-images) on a run recorded with 1: one line, nothing
+    changed."""
     out = tmp_path / "R"
     assert main(["train", "--out", str(out), *cli_args(**{"--epochs": "1"}), "--probe-every", "1",
                  "--probe-images", "16"]) == 0

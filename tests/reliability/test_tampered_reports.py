@@ -40,6 +40,7 @@ def test_an_intact_report_loads(tmp_path):
 
 @pytest.mark.parametrize("changes", [{"depth": "abc"}, {"grid": ["a", 2]}, {"n_images": 3.5}])
 def test_meta_of_wrong_types_is_refused_in_one_line(tmp_path, changes):
+    """B05: meta.json of wrong types is a one-line DataError."""
     folder = _saved(tmp_path)
     _edit_meta(folder, **changes)
     with pytest.raises(DataError, match="probe again") as err:
@@ -48,6 +49,7 @@ def test_meta_of_wrong_types_is_refused_in_one_line(tmp_path, changes):
 
 
 def test_arrays_of_other_shapes_are_refused(tmp_path):
+    """B06: arrays.npz of other shapes is a one-line DataError."""
     folder = _saved(tmp_path)
     _edit_arrays(folder, lambda v: np.zeros((1,) * max(1, v.ndim)))
     with pytest.raises(DataError, match="hash to their report id"):
@@ -64,6 +66,7 @@ def test_wrong_types_that_still_hash_are_refused(tmp_path):
 
 @pytest.mark.parametrize("tamper", ["meta", "arrays"])
 def test_figures_cache_reprobes_a_tampered_report(digits_run, tamper):
+    """B05 / B06 as ``figures`` meets them in a run's cache: the run is probed again, not used."""
     first = probe_run(digits_run, max_images=16, progress=False, decode=False)
     folder = digits_run / "probe"
     if tamper == "meta":

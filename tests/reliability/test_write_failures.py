@@ -20,6 +20,7 @@ from .common import env, listing, pe_probe_cmd
 
 
 def test_a_users_hidden_tmp_file_survives_and_only_pe_probe_temps_go(digits_run, tmp_path, capsys):
+    """PT10: a user's ``.my.notes.tmp`` in --out survives; only pe-probe's own temps are swept."""
     out = tmp_path / "o"
     out.mkdir()
     (out / ".my.notes.tmp").write_text("mine")
@@ -45,6 +46,8 @@ def test_a_write_error_without_a_file_name_names_the_destination(tmp_path):
 ])
 def test_torch_and_safetensors_write_errors_become_the_errno_naming_the_file(message, full, code, tmp_path,
                                                                              monkeypatch):
+    """D01 / FS01: the errors torch's zip writer and safetensors raise on a full disk or a size limit become the
+    errno naming the destination."""
     monkeypatch.setattr(io, "_disk_full", lambda folder: full)
     with pytest.raises(OSError) as err, atomic_path(tmp_path / "state.pt"):
         raise RuntimeError(message)
@@ -57,6 +60,7 @@ def _limited(nbytes):
 
 @pytest.mark.slow
 def test_a_file_size_limit_in_training_is_one_line_naming_the_file_and_the_rerun_works(tmp_path):
+    """FS01: ``ulimit -f`` in train: one line ``File too large: RUN/model.safetensors``, no temps; the rerun works."""
     out = tmp_path / "run"
     argv = pe_probe_cmd("train", "--out", out, *cli_args(**{"--epochs": "1"}))
     proc = subprocess.run(argv, env=env(), capture_output=True, text=True, timeout=300, preexec_fn=_limited(40_000))
@@ -69,6 +73,7 @@ def test_a_file_size_limit_in_training_is_one_line_naming_the_file_and_the_rerun
 
 @pytest.mark.slow
 def test_a_file_size_limit_in_ablate_names_the_file_and_keeps_the_previous_pair(digits_run, tmp_path, capsys):
+    """FS03: a real file-size limit in ablate over a previous pair: one line naming the file, the pair intact."""
     out = tmp_path / "o"
     assert main(["ablate", str(digits_run), "--out", str(out), "--max-images", "8", "--no-progress"]) == 0
     before = {p: (out / p).read_bytes() for p in listing(out)}
@@ -81,6 +86,7 @@ def test_a_file_size_limit_in_ablate_names_the_file_and_keeps_the_previous_pair(
 
 @pytest.mark.slow
 def test_a_zero_file_size_limit_in_eval_names_eval_json_and_keeps_the_previous_one(digits_run, capsys):
+    """FS05: ``ulimit -f 0`` in eval: one line naming eval.json, the previous one intact."""
     # FS05: under `ulimit -f 0` torch's import used to fail first ("No usable temporary directory"); and the
     # training-split warning must not print before the error line
     assert main(["eval", str(digits_run), "--device", "cpu", "--split", "train"]) == 0
@@ -94,6 +100,7 @@ def test_a_zero_file_size_limit_in_eval_names_eval_json_and_keeps_the_previous_o
 
 @pytest.mark.slow
 def test_a_file_size_limit_in_attribute_prints_no_warning_before_its_error(digits_run, tmp_path, capsys):
+    """FS04: ``ulimit -f 4`` in attribute over a previous pair: one line (no warning before it), the pair intact."""
     # FS04: n_steps=2 makes the attributions incomplete (a RuntimeWarning), which must not precede the error
     out = tmp_path / "o"
     argv = ["attribute", str(digits_run), "--out", str(out), "--max-images", "4", "--n-steps", "2", "--no-progress",
