@@ -306,7 +306,7 @@ class RunningStats:
         return x.index_select(dim, _as(sel, sel.dtype, x.device))
 
     # ------------------------------------------------------------------ hook names this needs
-    def hook_names(self) -> list[str]:
+    def hooks_read(self) -> list[str]:
         """The hook names whose tensors :meth:`update` reads."""
         names = []
         for l in self.layers:

@@ -579,7 +579,7 @@ class PositionProbe:
         return {"pe_term": self.pe_site.name if self.pe_site is not None else None, "logits": bool(self.logits),
                 "skipped": dict(self.skipped)}
 
-    def hook_names(self) -> list[str]:
+    def hooks_read(self) -> list[str]:
         """The hook names this reads: the residual streams, the input PE and the Last-LN PE where present."""
         names = list(self._row)
         if self.pe_term:
@@ -590,7 +590,7 @@ class PositionProbe:
 
     def prepare(self) -> None:
         """Compute the derived (image-independent) tensors; call before any recording hook is registered."""
-        fill_derived(self.view, self.hook_names(), self._derived)
+        fill_derived(self.view, self.hooks_read(), self._derived)
 
     def feed(self) -> _Feed:
         """A store for :func:`~pe_probe.probing.hooks.recording`: block streams are reduced on arrival."""

@@ -129,13 +129,13 @@ def probe(
     options = DataOptions(batch_size=batch_size, max_images=max_images, data_dir=data_dir, mean=mean, std=std,
                           num_workers=num_workers, split=split, trained_on=trained_on)
     stats = RunningStats(view, n_norm_maps=n_norm_maps, strategy=strategy, stats_backend=stats_backend)
-    names = stats.hook_names()
+    names = stats.hooks_read()
     # [issue 22] under torch.distributed: this rank's exact shard of the first max_images images
     stream = stream_data(data, view, options, desc="probe", progress=progress, labels=False)
     # --- position per layer (issue 19): its own hooks and accumulators, fed beside RunningStats ---------
     pos = PositionProbe(view, decompose=decompose, decode=decode, decode_images=decode_images)
     pos.setup_ablated()  # the PE-ablated copy for decode, taken before any hook exists
-    pos_names, pos_feed = (pos.hook_names() if pos.enabled else []), pos.feed()
+    pos_names, pos_feed = (pos.hooks_read() if pos.enabled else []), pos.feed()
     # --- end position
     with eval_inference(model):
         derived: dict = {}

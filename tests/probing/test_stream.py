@@ -100,7 +100,7 @@ def test_accumulator_size_does_not_depend_on_the_number_of_images():
     for n in (8, 40):
         stats = RunningStats(view, n_norm_maps=4)
         for chunk in torch.randn(n, 3, 16, 16).split(8):
-            stats.update(capture(m, chunk, names=stats.hook_names()))
+            stats.update(capture(m, chunk, names=stats.hooks_read()))
         sizes.append(stats.state_nbytes())
         shapes.append({k: tuple(v.shape) for k, v in stats.state.items()})
         assert stats.n_images == n and stats.n_maps == 4
@@ -243,7 +243,7 @@ def _numpy_pe_stats(batches: list[dict], name_tok: str, name_pe: str) -> dict:
 def test_pe_side_follows_pes_that_change_between_batches_or_per_image(images):
     m = build(pe_mode="mpvg")
     stats = RunningStats(view_model(m))
-    names = stats.hook_names()
+    names = stats.hooks_read()
     first = capture(m, images[:5], names=names)
     with torch.no_grad():
         m.pos_embed.add_(torch.randn(m.pos_embed.shape, generator=torch.Generator().manual_seed(1)))
