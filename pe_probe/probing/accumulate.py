@@ -595,7 +595,7 @@ class RunningStats:
 
     @torch.inference_mode()
     def update(self, store: dict[str, torch.Tensor]) -> None:
-        """Add one batch of captured activations (as returned by :func:`pe_probe.capture` for :meth:`hook_names`,
+        """Add one batch of captured activations (as returned by :func:`pe_probe.capture` for :meth:`hooks_read`,
         or a :meth:`feed` after the forward pass). Nothing is read back to the host (no sync per batch)."""
         done = store.done if isinstance(store, BatchFeed) and store.stats is self else ()
         v = self.view
