@@ -3,8 +3,8 @@ paths stay inside their output folder.
 
 Every writer of pe_probe goes through :func:`atomic_path` (a temporary file beside the target, renamed onto it
 only when complete). A process killed mid-write leaves only such a temporary file
-(``.NAME.pe-probe-XXXXXXXX.tmp``, a name no user file has); :func:`remove_stale_temps` removes them (and only
-them) the next time a writer holds the folder's lock. A write that fails for lack of space or a file-size limit,
+(``.NAME.pe-probe-XXXXXXXX.tmp``, a name no user file has; a render's temporary folder is named the same way);
+:func:`remove_stale_temps` removes them (and only them) the next time a writer holds the folder's lock. A write that fails for lack of space or a file-size limit,
 also inside torch or safetensors, raises an ``OSError`` naming the destination (``No space left on device:
 PATH``).
 """
@@ -15,6 +15,7 @@ import contextlib
 import errno
 import json
 import os
+import shutil
 import stat
 import tempfile
 from pathlib import Path
@@ -158,7 +159,9 @@ def json_default(obj: Any) -> Any:
 
 
 def remove_stale_temps(directory: str | os.PathLike) -> list[Path]:
-    """Remove the temporary files an interrupted :func:`atomic_path` left in ``directory`` (not recursive).
+    """Remove what an interrupted writer left in ``directory``: the temporary files of :func:`atomic_path` and
+    the temporary folders named the same way (a killed render's, :func:`pe_probe.figures.render_all`), with
+    their contents; symlinks and every other name are kept. Not recursive otherwise.
 
     Call it only while holding the folder's lock (:func:`pe_probe.core.locks.folder_lock` does), so that no
     running writer's temporary file is taken. Returns the removed paths.
@@ -170,9 +173,14 @@ def remove_stale_temps(directory: str | os.PathLike) -> list[Path]:
     for p in directory.iterdir():
         if is_temp(p.name):
             try:
-                if stat.S_ISREG(p.lstat().st_mode):
+                mode = p.lstat().st_mode
+                if stat.S_ISREG(mode):
                     p.unlink()
-                    removed.append(p)
+                elif stat.S_ISDIR(mode):
+                    shutil.rmtree(p)
+                else:
+                    continue
+                removed.append(p)
             except FileNotFoundError:
                 pass
     return removed

@@ -19,7 +19,7 @@ from ..analysis.claims import ClaimResult, evaluate_claim
 from ..analysis.paper import reference
 from ..analysis.runs import RunResult
 from ..analysis.select import select_runs
-from ..core.io import TEMP_MARK, TEMP_SUFFIX, atomic_path, contained, is_temp, write_text
+from ..core.io import TEMP_MARK, TEMP_SUFFIX, atomic_path, contained, write_text
 from ..core.locks import folder_lock
 from .plots import PLOTS
 from .spec import Spec, load_specs, resolve_specs
@@ -155,8 +155,9 @@ def render_all(
     out_dir = Path(out_dir)
     result = RenderResult(out_dir=out_dir)
     specs = _as_specs(specs, spec_dir)
-    with folder_lock(out_dir):  # one writer; a render is moved into place only once it is complete
-        _remove_stale_renders(out_dir)
+    # one writer; a render is moved into place only once it is complete (taking the lock removes a killed
+    # render's temporary folder: core.io.remove_stale_temps)
+    with folder_lock(out_dir):
         try:
             stage = Path(tempfile.mkdtemp(prefix=f".{_STAGE}.{TEMP_MARK}", suffix=TEMP_SUFFIX, dir=out_dir))
         except OSError as exc:  # a full disk or a read-only folder: name the output folder
@@ -227,13 +228,6 @@ def _renamed_error(exc: OSError, stage: Path, out_dir: Path) -> OSError | None:
     except ValueError:
         return None
     return type(exc)(exc.errno, exc.strerror or os.strerror(exc.errno), str(out_dir / rel))
-
-
-def _remove_stale_renders(out_dir: Path) -> None:
-    """Remove the temporary folders of renders that were killed (only pe-probe's own temporary names)."""
-    for p in out_dir.iterdir():
-        if p.name.startswith(f".{_STAGE}.") and is_temp(p.name) and p.is_dir() and not p.is_symlink():
-            shutil.rmtree(p, ignore_errors=True)
 
 
 def claims_frame(result: RenderResult):
