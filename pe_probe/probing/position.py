@@ -87,9 +87,18 @@ class VarianceDecomposition:
 
     def __init__(self, n_layers: int, n_tokens: int, dim: int, device: torch.device | str = "cpu") -> None:
         z = lambda *s: torch.zeros(s, dtype=F64, device=device)  # noqa: E731
-        self.state = {"tok_sum": z(n_layers, n_tokens, dim), "sq_sum": z(n_layers), "img_sq": z(n_layers),
-                      "count": z(n_layers), "pe_sum": z(n_tokens, dim), "pe_count": z(1)}
+        self._state = {"tok_sum": z(n_layers, n_tokens, dim), "sq_sum": z(n_layers), "img_sq": z(n_layers),
+                       "count": z(n_layers), "pe_sum": z(n_tokens, dim), "pe_count": z(1)}
         self._buf: dict[tuple, torch.Tensor] = {}
+        #: the float32 partials of the rows added since the last :meth:`flush` (one batch: rows -> slot)
+        self._pending: dict[int, int] = {}
+        self._parts: dict[str, torch.Tensor] | None = None
+
+    @property
+    def state(self) -> dict[str, torch.Tensor]:
+        """The float64 sums, complete: reading them runs :meth:`flush` first."""
+        self.flush()
+        return self._state
 
     @torch.inference_mode()
     def update(self, i: int, x: torch.Tensor) -> None:
@@ -101,37 +110,79 @@ class VarianceDecomposition:
         taken to float64: ``sum_i x = sum_i y + B c``, ``R_i = sum_t y + N c``,
         ``sum x^2 = sum y^2 + 2 c . sum y + B N |c|^2``. The shift depends on the batch alone, so a batch adds
         the same float64 partials wherever it is read (one process, or any rank of a sharded probe).
+
+        The three reductions are written into per-row buffers and turned into float64 sums for all the batch's
+        rows at once (:meth:`flush`: when the batch ends, or when a row comes again or the batch size changes).
         """
-        s = self.state
         if not x.is_floating_point() or x.dtype not in (torch.float32, torch.float64):
             x = x.float()
-        shift = x[0].mean(0, dtype=F64)
-        B, N, _ = x.shape
+        B, N, D = x.shape
+        parts = self._parts
+        if i in self._pending or (parts is not None and (parts["rows"].shape[1:] != (B, D) or
+                                                        parts["col"].dtype != x.dtype or
+                                                        parts["col"].device != x.device)):
+            self.flush()
+            parts = self._parts
+        if parts is None or parts["rows"].shape[1:] != (B, D) or parts["col"].dtype != x.dtype \
+                or parts["col"].device != x.device:
+            L = self._state["count"].shape[0]
+            e = lambda *shape, dtype=x.dtype: torch.empty(shape, dtype=dtype, device=x.device)  # noqa: E731
+            parts = self._parts = {"col": e(L, N, D), "rows": e(L, B, D), "sq": e(L), "shift": e(L, D, dtype=F64)}
+        k = self._pending[i] = len(self._pending)
+        shift = torch.mean(x[0], 0, dtype=F64, out=parts["shift"][k])
+        # y and the column sums keep x's memory order: a ViT without a class token streams (B, D, N) in memory
+        # (timm's patch embedding transposes), and a pass that changes the order costs ~10x one that keeps it
         y = torch.sub(x, shift.to(x.dtype), out=self._scratch(x))
-        dev = s["tok_sum"].device
-        f64 = lambda t: t.to(device=dev, dtype=F64)  # noqa: E731
-        col, rows = f64(y.sum(0)), f64(y.sum(1))  # (N, D), (B, D)
-        sq = f64(torch.linalg.vector_norm(y)).square()
-        c = shift.to(dev)
-        s["tok_sum"][i] += col + B * c
-        s["img_sq"][i] += (rows + N * c).square().sum()
-        s["sq_sum"][i] += sq + 2 * (c * col.sum(0)).sum() + B * N * (c * c).sum()
-        s["count"][i] += B
+        col = torch.sum(y, 0, out=self._scratch(y[0], "col"))
+        parts["col"][k].copy_(col)
+        torch.sum(y, 1, out=parts["rows"][k])
+        torch.linalg.vector_norm(y, out=parts["sq"][k])
 
-    def _scratch(self, x: torch.Tensor) -> torch.Tensor:
-        """A reused contiguous buffer shaped like ``x`` (one full-size allocation per shape, not per layer)."""
-        key = (tuple(x.shape), x.dtype, x.device)
+    @torch.inference_mode()
+    def flush(self) -> None:
+        """Add the pending rows' partials (:meth:`update`) to the float64 sums, all rows in a few operations."""
+        if not self._pending:
+            return
+        s, parts, n = self._state, self._parts, len(self._pending)
+        rows_i = list(self._pending)
+        self._pending = {}
+        dev = s["tok_sum"].device
+        f64 = lambda t: t[:n].to(device=dev, dtype=F64)  # noqa: E731
+        col32 = parts["col"][:n].to(dev)  # (n, N, D), added to the float64 sums as is (cast on the fly)
+        rows, sq, c = f64(parts["rows"]), f64(parts["sq"]).square(), f64(parts["shift"])
+        B, N = rows.shape[1], col32.shape[1]
+        cc = c.unsqueeze(1)  # (n, 1, D)
+        img = rows.add_(cc, alpha=N).square_().sum((1, 2))
+        sqs = sq + 2 * (c * col32.sum(1, dtype=F64)).sum(1) + B * N * (c * c).sum(1)
+        if rows_i == list(range(rows_i[0], rows_i[0] + n)):  # consecutive rows (the usual order): views
+            sl = slice(rows_i[0], rows_i[0] + n)
+            s["tok_sum"][sl].add_(col32).add_(cc, alpha=B)
+            s["img_sq"][sl] += img
+            s["sq_sum"][sl] += sqs
+            s["count"][sl] += B
+        else:
+            idx = torch.tensor(rows_i, device=dev)
+            s["tok_sum"].index_add_(0, idx, col32.to(F64) + B * cc)
+            s["img_sq"].index_add_(0, idx, img)
+            s["sq_sum"].index_add_(0, idx, sqs)
+            s["count"].index_add_(0, idx, torch.full((n,), float(B), dtype=F64, device=dev))
+
+    def _scratch(self, x: torch.Tensor, role: str = "y") -> torch.Tensor:
+        """A reused dense buffer shaped like ``x`` in ``x``'s memory order (``empty_like``), one per role and shape
+        (one full-size allocation per shape, not per layer)."""
+        key = (role, tuple(x.shape), x.stride(), x.dtype, x.device)
         buf = self._buf.get(key)
         if buf is None:
-            self._buf.clear()
-            buf = self._buf[key] = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+            for k in [k for k in self._buf if k[0] == role]:
+                del self._buf[k]
+            buf = self._buf[key] = torch.empty_like(x)
         return buf
 
     @torch.inference_mode()
     def add_pe(self, pe: torch.Tensor, n_images: int) -> None:
         """Add the (N, D) patch rows of the additive PE term for ``n_images`` images."""
-        self.state["pe_sum"] += pe.to(device=self.state["pe_sum"].device, dtype=F64) * n_images
-        self.state["pe_count"] += n_images
+        self._state["pe_sum"] += pe.to(device=self._state["pe_sum"].device, dtype=F64) * n_images
+        self._state["pe_count"] += n_images
 
     def arrays(self, keys: Sequence[str]) -> dict[str, np.ndarray]:
         """``pos_var@{l}`` = [n, N, SS_total, SS_pos, SS_img, SS_resid] per row, keyed by ``keys``; with a PE term
@@ -341,9 +392,26 @@ def ln_affine(norm: nn.Module, dim: int, device, dtype=F64) -> tuple[torch.Tenso
     return gamma, beta, float(norm.eps)
 
 
+def _like(scratch: dict, role: str, x: torch.Tensor) -> torch.Tensor:
+    """A buffer shaped like ``x`` in its memory order (``empty_like``), kept in ``scratch`` under ``role`` for the
+    next call while the shape, strides, dtype and device stay."""
+    key = (tuple(x.shape), x.stride(), x.dtype, x.device)
+    held = scratch.get(role)
+    if held is None or held[0] != key:
+        held = scratch[role] = (key, torch.empty_like(x))
+    return held[1]
+
+
+def pool_weights(pool: Callable[[torch.Tensor], torch.Tensor], T: int, device, dtype=F64) -> torch.Tensor:
+    """(T,) the weight of each token in ``pool``, a linear pooling over tokens (:data:`LINEAR_POOLS`: a class
+    token, the mean of the patch tokens, DeiT's mean of class and distillation tokens): ``pool`` of T one-hot
+    one-channel images, ``pool(x)[b] = sum_t P_t x[b, t]``."""
+    return pool(torch.eye(T, dtype=dtype, device=device).unsqueeze(-1)).reshape(T)
+
+
 def logit_parts(x_l: torch.Tensor, norm: nn.Module, pool: Callable[[torch.Tensor], torch.Tensor], head: nn.Linear,
-                pe: torch.Tensor | None = None, last_pe: torch.Tensor | None = None
-                ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+                pe: torch.Tensor | None = None, last_pe: torch.Tensor | None = None, *,
+                scratch: dict | None = None) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
     """The direct contribution of each component of the residual stream ``x_L`` to the predicted logit.
 
     ``x_L = pe + rest`` (``pe``: the additive PE term, (1, T, D), or None: all of ``x_L`` is ``rest``). Through the
@@ -353,24 +421,39 @@ def logit_parts(x_l: torch.Tensor, norm: nn.Module, pool: Callable[[torch.Tensor
     weight ``W`` follow. Returns ``(parts, total, pred)``: per component (B,) ``W[k] . pool(component)`` for
     the predicted class ``k`` (:data:`~pe_probe.core.report.LOGIT_COMPONENTS` present only), ``total`` (B,) the
     predicted logit minus the head bias (the parts add up to it), ``pred`` (B,) the predicted classes.
+    The full-size passes run in x_L's float32 (as the model's LN does), the rest in float64. ``scratch``: a dict
+    in which full-size buffers are kept for the next call (no allocation per batch).
     """
-    x = x_l.to(F64)
-    gamma, beta, eps = ln_affine(norm, x.shape[-1], x.device)
-    sigma = torch.sqrt(x.var(-1, unbiased=False, keepdim=True) + eps)
-
-    def through_ln(c: torch.Tensor) -> torch.Tensor:
-        return (c - c.mean(-1, keepdim=True)) / sigma * gamma
+    # Through the LN every component c is linear in c for the fixed sigma of x_L, and so is the pooling (a token or
+    # the mean of tokens: LINEAR_POOLS, per-token weights P_t): pool(through_ln(c))[b] = gamma * sum_t w[b, t]
+    # (c[b, t] - mean_d c[b, t]) with w[b, t] = P_t / sigma[b, t], and rest's part is x_L's minus pe's. So the
+    # full-size work is x_L centred per token (in the activations' float32, as the model's own LN, two-pass:
+    # no cancellation whatever the tokens' offset), its sums of squares (sigma) and one weighted sum over tokens
+    # (a batched matrix product), all in x_L's own memory order (a (B, D, T)-ordered stream is not reordered);
+    # everything after that in float64.
+    x = x_l if x_l.dtype in (torch.float32, F64) else x_l.float()
+    B, T, D = x.shape
+    gamma, beta, eps = ln_affine(norm, D, x.device)
+    sc = {} if scratch is None else scratch
+    buf = lambda role: _like(sc, role, x)  # noqa: E731
+    xc = torch.sub(x, x.mean(-1, keepdim=True), out=buf("centred"))
+    var = torch.sum(torch.mul(xc, xc, out=buf("square")), -1).to(F64).div_(D)  # (B, T)
+    pw = pool_weights(pool, T, x.device)  # (T,)
+    weights = pw / torch.sqrt(var + eps)  # (B, T)
+    whole = torch.bmm(weights.to(x.dtype).unsqueeze(1), xc).squeeze(1).to(F64) * gamma
 
     comps: dict[str, torch.Tensor] = {}
     if pe is not None:
         pe = pe.to(F64)
-        comps["pe"] = pool(through_ln(pe.expand_as(x)))
-        comps["rest"] = pool(through_ln(x - pe))
+        pe_c = pe - pe.mean(-1, keepdim=True)  # (1 or B, T, D)
+        comps["pe"] = (weights @ pe_c[0] if pe.shape[0] == 1 else torch.bmm(weights.unsqueeze(1), pe_c).squeeze(1)) * gamma
+        comps["rest"] = whole - comps["pe"]
     else:
-        comps["rest"] = pool(through_ln(x))
-    comps["ln_beta"] = beta.expand(x.shape[0], -1)
+        comps["rest"] = whole
+    comps["ln_beta"] = beta.expand(B, -1)
     if last_pe is not None:
-        comps["last_pe"] = pool(last_pe.to(F64).expand_as(x))
+        last = last_pe.to(F64)  # (1 or B, T, D)
+        comps["last_pe"] = (pw @ last[0]).expand(B, D) if last.shape[0] == 1 else torch.bmm(pw.expand(B, 1, T), last).squeeze(1)
     W = head.weight.detach().to(F64)
     bias = torch.zeros(W.shape[0], dtype=F64, device=x.device) if head.bias is None else head.bias.detach().to(F64)
     pooled = sum(comps.values())
@@ -391,12 +474,13 @@ class LogitDecomposition:
         z = lambda *s: torch.zeros(s, dtype=F64, device=device)  # noqa: E731
         self.state = {"parts": z(len(LOGIT_COMPONENTS), 3), "present": z(len(LOGIT_COMPONENTS)), "total": z(3),
                       "err_sq": z(1), "count": z(1)}
+        self._scratch: dict = {}  # full-size buffers reused batch after batch (logit_parts)
 
     @torch.inference_mode()
     def update(self, x_l: torch.Tensor, norm: nn.Module, pool, head: nn.Linear, pe: torch.Tensor | None = None,
                last_pe: torch.Tensor | None = None) -> None:
         """Add a batch (arguments of :func:`logit_parts`)."""
-        parts, total, _ = logit_parts(x_l, norm, pool, head, pe, last_pe)
+        parts, total, _ = logit_parts(x_l, norm, pool, head, pe, last_pe, scratch=self._scratch)
         s = self.state
         dev = s["parts"].device
         mom = lambda v: torch.stack([v.sum(), v.abs().sum(), v.square().sum()]).to(dev)  # noqa: E731

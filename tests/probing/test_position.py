@@ -322,3 +322,69 @@ def test_position_cost_benchmark_reports_flat_state():
                                  "--threads", "1"])
     assert shares["state_flat"] == 1.0 and {"decomposition", "logit", "decode_stream", "decode_fit"} <= set(shares)
     assert torch.get_num_threads() == before
+
+
+def test_decomposition_rows_in_any_order_and_batch_sizes_add_the_same_sums():
+    """The deferred float64 step (VarianceDecomposition.flush) adds each pending row where it belongs, whatever
+    the order the rows come in (index path) and wherever a batch size changes or a row repeats (early flush)."""
+    g = torch.Generator().manual_seed(3)
+    xs = [torch.randn(5, 9, 4, generator=g, dtype=torch.float64) * 2 + 3 for _ in range(3)]
+    ref = VarianceDecomposition(3, 9, 4)
+    for i, x in enumerate(xs):
+        ref.update(i, x)
+    got = VarianceDecomposition(3, 9, 4)
+    for i in (2, 0, 1):  # out of order: one flush through index_add_
+        got.update(i, xs[i])
+    for k in ref.state:
+        torch.testing.assert_close(got.state[k], ref.state[k], rtol=1e-12, atol=1e-12)
+    # numpy on the same tensors: the sums the state holds, row by row
+    for i, x in enumerate(xs):
+        a = x.numpy()
+        np.testing.assert_allclose(got.state["tok_sum"][i].numpy(), a.sum(0), rtol=1e-12)
+        np.testing.assert_allclose(got.state["sq_sum"][i].item(), (a * a).sum(), rtol=1e-12)
+        np.testing.assert_allclose(got.state["img_sq"][i].item(), (a.sum(1) ** 2).sum(), rtol=1e-12)
+    mixed = VarianceDecomposition(1, 9, 4)  # a row twice, with another batch size in between
+    for x in (xs[0], xs[1][:2], xs[2]):
+        mixed.update(0, x)
+    allx = torch.cat([xs[0], xs[1][:2], xs[2]]).numpy()
+    np.testing.assert_allclose(mixed.state["tok_sum"][0].numpy(), allx.sum(0), rtol=1e-12)
+    assert mixed.state["count"][0].item() == len(allx)
+
+
+@pytest.mark.parametrize("pool_kind", ["token", "avg"])
+@pytest.mark.parametrize("per_image_pe", [False, True], ids=["shared_pe", "pe_per_image"])
+def test_logit_parts_match_numpy_through_the_ln_for_any_stream_layout(pool_kind, per_image_pe):
+    """logit_parts against numpy's float64 formula on the same tensors: each component through the frozen LN
+    (centred per token, divided by the stream's sigma, times gamma), pooled, dotted with the predicted row; the
+    stream in (B, D, T) memory order (a ViT without a class token) and a PE shared by the batch or per image."""
+    g = torch.Generator().manual_seed(5)
+    B, T, D, C = 4, 7, 6, 3
+    x = (torch.randn(B, D, T, generator=g) * 2 + 0.5).transpose(1, 2)  # (B, T, D) view of a (B, D, T) buffer
+    pe = torch.randn(B if per_image_pe else 1, T, D, generator=g)
+    last_pe = torch.randn(1, T, D, generator=g)
+    norm = torch.nn.LayerNorm(D, eps=1e-6)
+    head = torch.nn.Linear(D, C)
+    with torch.no_grad():
+        norm.weight.normal_(1, 0.3, generator=g)
+        norm.bias.normal_(0, 0.3, generator=g)
+    pool = (lambda z: z[:, 0]) if pool_kind == "token" else (lambda z: z[:, 1:].mean(1))
+    parts, total, pred = logit_parts(x, norm, pool, head, pe, last_pe)
+
+    a, p, lp = (t.double().numpy() for t in (x, pe, last_pe))
+    gam, bet = norm.weight.detach().double().numpy(), norm.bias.detach().double().numpy()
+    W, bias = head.weight.detach().double().numpy(), head.bias.detach().double().numpy()
+    sigma = np.sqrt(a.var(-1, keepdims=True) + 1e-6)
+    ln = lambda c: (c - c.mean(-1, keepdims=True)) / sigma * gam  # noqa: E731
+    npool = (lambda z: z[:, 0]) if pool_kind == "token" else (lambda z: z[:, 1:].mean(1))  # noqa: E731
+    comps = {"pe": npool(ln(np.broadcast_to(p, a.shape))), "rest": npool(ln(a - p)),
+             "ln_beta": np.broadcast_to(bet, (B, D)), "last_pe": npool(np.broadcast_to(lp, a.shape))}
+    logits = sum(comps.values()) @ W.T + bias
+    k = logits.argmax(-1)
+    np.testing.assert_array_equal(pred.numpy(), k)
+    for name, v in comps.items():
+        np.testing.assert_allclose(parts[name].numpy(), (v * W[k]).sum(-1), rtol=1e-5, atol=1e-6, err_msg=name)
+    np.testing.assert_allclose(total.numpy(), logits[np.arange(B), k] - bias[k], rtol=1e-5, atol=1e-6)
+    # and the LN's own output: the components before pooling add up to LN(x_L) - beta + beta
+    with torch.no_grad():
+        want = pool(norm(x)).double()
+    np.testing.assert_allclose(comps["pe"] + comps["rest"] + comps["ln_beta"], want.numpy(), rtol=1e-5, atol=1e-5)
