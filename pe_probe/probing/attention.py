@@ -165,6 +165,24 @@ class AttentionStats:
         self.decomposed: set[int] = set()
         self.ratio: dict[int, str] = {}  #: layer -> the ratio metric measured there (bias share, rope change)
         self.skipped: dict[int, str] = {}
+        self._bufs: dict[str, torch.Tensor] = {}  # full-size temporaries reused batch after batch
+        self._dist_as: torch.Tensor | None = None  # ``dist`` in the probabilities' dtype and device
+
+    def _on(self, device: torch.device) -> dict[str, torch.Tensor]:
+        """The state, moved once to ``device`` (the activations'; MPS has no float64: CPU there), so that adding a
+        batch reads nothing back to the host."""
+        if device.type == "mps":
+            device = torch.device("cpu")
+        if self.state["queries"].device != device:
+            self.state = {k: v.to(device) for k, v in self.state.items()}
+        return self.state
+
+    def _buf(self, role: str, like: torch.Tensor) -> torch.Tensor:
+        """A dense buffer shaped like ``like`` (contents undefined), kept under ``role`` while the shape stays."""
+        buf = self._bufs.get(role)
+        if buf is None or buf.shape != like.shape or buf.dtype != like.dtype or buf.device != like.device:
+            buf = self._bufs[role] = torch.empty(like.shape, dtype=like.dtype, device=like.device)
+        return buf
 
     def fits(self, layer: int, probs: torch.Tensor) -> bool:
         """Whether ``probs`` (B, H, Tq, Tk) is global attention over the model's tokens (else recorded)."""
@@ -175,30 +193,49 @@ class AttentionStats:
                                        f"{T} tokens (B, {self.heads}, {T}, {T}): windowed, pooled or class-only")
         return False
 
-    def add_probs(self, layer: int, probs: torch.Tensor) -> None:
-        """Add one batch's attention probabilities (B, H, T, T) of block ``layer``."""
+    def add_probs(self, layer: int, probs: torch.Tensor, logits: torch.Tensor | None = None) -> None:
+        """Add one batch's attention probabilities (B, H, T, T) of block ``layer`` (and the logits the softmax
+        received, which make the entropy cheap: ``H = lse - sum_k p_k z_k`` with ``lse = max z - log max p``).
+
+        Per query, the distance, mass and entropy are reductions over the keys in the probabilities' float32 (half
+        precisions are taken to float32 first); the sums over images and queries are float64."""
         if not self.fits(layer, probs):
             return
-        p = probs[:, :, self.n_prefix:, :].double()  # patch queries
-        patch = p[..., self.n_prefix:]
+        f64, npre = torch.float64, self.n_prefix
+        if probs.dtype not in (torch.float32, f64):
+            probs = probs.float()
+        p = probs[:, :, npre:, :]  # patch queries (B, H, N, T)
+        patch = p[..., npre:]
+        if self._dist_as is None or self._dist_as.dtype != p.dtype or self._dist_as.device != p.device:
+            self._dist_as = self.dist.to(device=p.device, dtype=p.dtype)
         mass = patch.sum(-1)  # (B, H, N)
-        d = torch.einsum("bhqk,qk->bhq", patch, self.dist.to(p.device)) / mass
-        ent = -(p * torch.log(p.clamp_min(1e-300))).sum(-1)
-        s = self.state
+        d = torch.mul(patch, self._dist_as, out=self._buf("keys", patch)).sum(-1) / mass
+        if logits is not None and logits.shape == probs.shape:
+            z = logits[:, :, npre:, :]
+            pz = torch.mul(p, z, out=self._buf("all", p)).nan_to_num_(0.0)  # 0 * -inf (a masked key) counts 0
+            ent = (z.amax(-1).to(p.dtype) - p.amax(-1).log()) - pz.sum(-1)
+        else:
+            ent = torch.special.entr(p).sum(-1)
+        s = self._on(p.device)
         s["queries"][layer] += p.shape[0] * p.shape[2]
-        s["dist_sum"][layer] += d.sum((0, 2)).cpu()
-        s["prefix_sum"][layer] += (1.0 - mass).sum((0, 2)).cpu()
-        s["entropy_sum"][layer] += ent.sum((0, 2)).cpu()
+        s["dist_sum"][layer] += d.sum((0, 2), dtype=f64)
+        s["prefix_sum"][layer] += (1.0 - mass).sum((0, 2), dtype=f64)
+        s["entropy_sum"][layer] += ent.sum((0, 2), dtype=f64)
 
     def add_terms(self, layer: int, terms: Sequence[torch.Tensor]) -> None:
         """Add one batch's four logit terms (each (B, H, T, T)) of block ``layer`` (patch queries x patch keys)."""
         npre = self.n_prefix
-        s = self.state
-        for i, t in enumerate(terms):
-            t = t[:, :, npre:, npre:].double()
-            s["logit_ms_sum"][layer, i] += t.square().sum((0, 2, 3)).cpu()
         t0 = terms[0]
-        s["entries"][layer] += t0.shape[0] * (t0.shape[2] - npre) * (t0.shape[3] - npre)
+        sums = torch.stack([torch.linalg.vector_norm(t[:, :, npre:, npre:].double(), dim=(-2, -1)).square().sum(0)
+                            for t in terms])
+        self.add_term_squares(layer, sums, t0.shape[0] * (t0.shape[2] - npre) * (t0.shape[3] - npre))
+
+    def add_term_squares(self, layer: int, sums: torch.Tensor, entries: int) -> None:
+        """Add one batch's (4, H) sums of squares of the four logit terms over images, patch queries and patch keys
+        (:func:`logit_term_squares`), over ``entries`` (images x patch queries x patch keys) entries."""
+        s = self._on(sums.device)
+        s["logit_ms_sum"][layer] += sums
+        s["entries"][layer] += entries
         self.decomposed.add(layer)
 
     def add_ratio(self, layer: int, metric: str, part: torch.Tensor, logits: torch.Tensor) -> None:
@@ -209,15 +246,16 @@ class AttentionStats:
         lg = logits[:, :, npre:, :].double()
         pt = part[..., npre:, :].double().expand_as(lg)
         centred = lambda x: x - x.mean(-1, keepdim=True)  # noqa: E731
-        self.state["ratio_num"][layer] += centred(pt).square().sum((0, 2, 3)).cpu()
-        self.state["ratio_den"][layer] += centred(lg).square().sum((0, 2, 3)).cpu()
+        s = self._on(lg.device)
+        s["ratio_num"][layer] += centred(pt).square().sum((0, 2, 3))
+        s["ratio_den"][layer] += centred(lg).square().sum((0, 2, 3))
         self.ratio[layer] = metric
 
     def rows(self, pe_kinds: dict[int, str] | None = None) -> list[tuple[str, str, int, int, str, float]]:
         """``(site, pe_kind, layer, head, metric, value)`` rows of every measured block
         (:data:`~pe_probe.core.attention.ATTENTION_COLUMNS`; logit terms and ratios only where measured);
         ``pe_kinds``: the kind of PE reaching each block (default ``none``)."""
-        s = {k: v.numpy() for k, v in self.state.items()}
+        s = {k: v.cpu().numpy() for k, v in self.state.items()}
         out: list[tuple[int, int, str, float]] = []
         for l in range(self.depth):
             q = s["queries"][l]
@@ -278,6 +316,26 @@ def logit_terms(attn: nn.Module, tok: torch.Tensor, pe: torch.Tensor) -> list[to
     sc = attn.scale
     return [sc * qc @ kc.transpose(-2, -1), sc * qc @ kp.transpose(-2, -1),
             sc * qp @ kc.transpose(-2, -1), sc * qp @ kp.transpose(-2, -1)]
+
+
+def logit_term_squares(attn: nn.Module, tok: torch.Tensor, pe: torch.Tensor, n_prefix: int = 0) -> torch.Tensor:
+    """(4, H) float64: per head, the sums over images, patch queries and patch keys of the squares of the four
+    terms of :func:`logit_terms` ``[cc, cp, pc, pp]`` of the input ``tok + pe`` (``pe`` (1 or B, T, D)), without
+    materialising them all: each term is one float32 product of the patch rows of q and k (as the model's own
+    logits), its squares summed by a float32 norm (a sum of positive terms, rounded to ~1e-7 relative) and taken to
+    float64; a PE shared by the batch gives the position-position term of one image, counted B times."""
+    qc, kc = _qk(attn, tok, True)
+    qp, kp = _qk(attn, pe, False)
+    sl = slice(n_prefix, None)
+    qc, kc, qp, kp = (t[:, :, sl] for t in (qc, kc, qp, kp))
+    B = tok.shape[0]
+
+    def squares(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        t = torch.matmul(q, k.transpose(-2, -1))  # (B or 1, H, N, N), without the scale (applied in float64)
+        return torch.linalg.vector_norm(t, dim=(-2, -1)).double().square().sum(0)
+
+    pp = squares(qp, kp) * (B if qp.shape[0] == 1 else 1)
+    return torch.stack([squares(qc, kc), squares(qc, kp), squares(qp, kc), pp]) * (float(attn.scale) ** 2)
 
 
 def split_input_ln(norm: nn.LayerNorm, x: torch.Tensor, pe: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -394,7 +452,7 @@ def attention_stats(
     qk: dict[tuple[int, str], torch.Tensor] = {}  # unrotated q and k of rotary blocks
 
     def sink(l, logits, probs):
-        stats.add_probs(l, probs)
+        stats.add_probs(l, probs, logits)
         if l in bias and l in terms and stats.fits(l, probs):
             stats.add_ratio(l, "logit_bias_share", terms.pop(l), logits)
         if l in rope and (l, "q") in qk and stats.fits(l, probs):
@@ -416,14 +474,17 @@ def attention_stats(
                     store.clear()
                     store.update(fixed)
                     fam.run(images)
+                    npre = fam.num_prefix_tokens
                     for l in pe_layers:
                         tok, pe = store[H.block_hook(l, H.TOK)], store[H.block_hook(l, H.PE)]
-                        stats.add_terms(l, logit_terms(mods[l], tok, pe.expand_as(tok)))
+                        stats.add_term_squares(l, logit_term_squares(mods[l], tok, pe, npre),
+                                               tok.shape[0] * (tok.shape[1] - npre) ** 2)
                     if input_site is not None:
                         x0 = store[H.block_hook(0, H.RESID_PRE)]
                         pos = _pad_rows(store[input_site.name], x0.shape[1])
                         content, position = split_input_ln(fam.blocks[0].norm1, x0, pos.expand_as(x0))
-                        stats.add_terms(0, logit_terms(mods[0], content, position))
+                        stats.add_term_squares(0, logit_term_squares(mods[0], content, position, npre),
+                                               x0.shape[0] * (x0.shape[1] - npre) ** 2)
         finally:
             for h in handles:
                 h.remove()

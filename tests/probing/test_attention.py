@@ -96,7 +96,8 @@ def test_uniform_attention_gives_the_grid_mean_distance():
     got = {(l, h, k): v for _, _, l, h, k, v in rows}
     for l in range(TINY["depth"]):
         for h in range(TINY["num_heads"]):
-            assert got[(l, h, "attn_distance")] == pytest.approx(grid_mean_distance(4, 4), abs=1e-9)
+            # per-query reductions run in the probabilities' float32 (docs/probe.md): ~1e-7 relative
+            assert got[(l, h, "attn_distance")] == pytest.approx(grid_mean_distance(4, 4), rel=1e-6)
             assert got[(l, h, "attn_prefix_share")] == pytest.approx(1 / T, abs=1e-7)  # float32 softmax
             assert got[(l, h, "attn_entropy")] == pytest.approx(math.log(T), abs=1e-6)
     assert meta["n_images"] == 4
@@ -196,3 +197,39 @@ def test_the_model_s_own_logits_equal_the_four_terms():
         with torch.no_grad():
             terms = logit_terms(m.blocks[l].attn, tok, pe)
         torch.testing.assert_close(sum(terms), logits[l], atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["mpvg", "pvg"])
+def test_attention_rows_match_numpy_on_the_captured_tensors(mode):
+    """Every per-head row of attention_stats against numpy float64 on the same captured probabilities, hooked
+    tokens and PEs: distance, prefix share and entropy from the probabilities, and the four logit terms' mean
+    squares from logit_terms (full (T, T) terms; attention_stats sums squared products of patch rows instead,
+    and counts a shared PE's position-position term once per image) over patch queries and patch keys."""
+    m = strong(mode, global_pool="token")
+    x = images(5)
+    acts = __import__("pe_probe").capture(m, x)
+    probs = capture_attention(m, x)
+    res = attention_stats(m, x, batch_size=2, progress=False)  # 3 batches: 2, 2, 1 images
+    got = {(l, h, k): v for _, _, l, h, k, v in res.rows}
+    npre, grid = m.num_prefix_tokens, (4, 4)
+    pts = np.array(list(itertools.product(range(grid[0]), range(grid[1]))), dtype=np.float64)
+    dist = np.sqrt(((pts[:, None] - pts[None]) ** 2).sum(-1))
+    for l in range(TINY["depth"]):
+        p = probs[l].double().numpy()[:, :, npre:, :]
+        patch = p[..., npre:]
+        mass = patch.sum(-1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ent = -np.where(p > 0, p * np.log(p), 0.0).sum(-1)
+        for h in range(TINY["num_heads"]):
+            assert got[(l, h, "attn_distance")] == pytest.approx(((patch * dist).sum(-1) / mass)[:, h].mean(), rel=1e-5)
+            assert got[(l, h, "attn_prefix_share")] == pytest.approx((1 - mass)[:, h].mean(), rel=1e-5, abs=1e-7)
+            assert got[(l, h, "attn_entropy")] == pytest.approx(ent[:, h].mean(), rel=1e-5)
+    split = [l for l in m.pe_receiving_blocks() if l in res.meta["decomposed_layers"]]
+    assert split
+    for l in split:
+        tok, pe = acts[f"blocks.{l}.hook_tok"], acts[f"blocks.{l}.hook_pe"].expand(len(x), -1, -1)
+        with torch.no_grad():
+            terms = [t.double().numpy()[:, :, npre:, npre:] for t in logit_terms(m.blocks[l].attn, tok, pe)]
+        for h in range(TINY["num_heads"]):
+            for name, t in zip(("cc", "cp", "pc", "pp"), terms):
+                assert got[(l, h, f"logit_{name}_ms")] == pytest.approx((t[:, h] ** 2).mean(), rel=1e-5), (l, h, name)
