@@ -102,6 +102,10 @@ class Partials:
                      for i in range(slots)]
 
 
+#: ``stats_backend="compile"``: also fuse each layer's float32 passes (:func:`layer_partials`; the same numbers to
+#: float32 rounding). False compiles the float64 step alone (the eager report to 1e-12, as the tests check).
+FUSED_LAYERS = True
+
 #: Images per ring of :class:`Partials` (the float64 step runs once per ``min(16, max(1, RING_IMAGES // B))``
 #: batches of B images).
 RING_IMAGES = 512
@@ -243,12 +247,13 @@ class RunningStats:
             raise ValueError(f"n_norm_maps must be an int >= 0, got {n_norm_maps!r}")
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
-        if stats_backend not in STATS_BACKENDS:
+        if not isinstance(stats_backend, Backend) and stats_backend not in STATS_BACKENDS:
             raise ValueError(f"stats_backend must be one of {STATS_BACKENDS}, got {stats_backend!r}")
         self.strategy = strategy
-        #: how the float64 step runs (:data:`pe_probe.core.vocab.STATS_BACKENDS`); ``compile`` falls back to
-        #: ``eager`` (one warning) where torch.compile is unavailable or fails
-        self.stats_backend = stats_backend
+        #: how the statistics run (:data:`pe_probe.core.vocab.STATS_BACKENDS`, :attr:`stats_backend`), shared with
+        #: the probe's other accumulators (:class:`Backend`): ``compile`` falls back to ``eager`` (one warning)
+        #: where torch.compile is unavailable or fails
+        self.backend = stats_backend if isinstance(stats_backend, Backend) else Backend(stats_backend)
         self._compiled = None  # the torch.compile'd float64 step (built on the first flush)
         #: seconds spent in flush calls that compiled (a new ring shape), kept apart from the per-batch cost
         self.compile_seconds = 0.0
@@ -276,6 +281,11 @@ class RunningStats:
         self._batch = 0  # images in the batch in progress
         self._pe_sel: slice | torch.Tensor | None = None  # the rows of :attr:`layers` that have a PE
         self._ba: torch.Tensor | None = None  # (2, 3) stacked moments of the two pooled cosines (state views)
+
+    @property
+    def stats_backend(self) -> str:
+        """``eager`` or ``compile`` (:attr:`backend`'s name: ``eager`` once a compiled kernel could not run)."""
+        return self.backend.name
 
     @property
     def state(self) -> dict[str, torch.Tensor] | None:
@@ -368,8 +378,10 @@ class RunningStats:
         parts = self._partials(tok)
         tok, resid = _as(tok, parts.dtype), _as(resid, parts.dtype)  # no copy unless a layer differs from the first
         i, rows = self._row[l], parts.rows[parts.hi]
-        torch.sum(tok, 0, out=rows["tok_sum"][i])
         sq = parts.squared[parts.hi]
+        if FUSED_LAYERS and self.backend.compiled and self._fused_layer(l, tok, resid, pe, parts, rows, sq):
+            return
+        torch.sum(tok, 0, out=rows["tok_sum"][i])
         for role, x in (("tok_norm", tok), ("resid_norm", resid)):  # square roots deferred to the ring's step
             (sq[role].add if _norms_into(x, rows[role][i], self._scratch, sqrt=False) else sq[role].discard)(i)
         if pe is not None:
@@ -379,6 +391,42 @@ class RunningStats:
             torch.sum(prod, -1, out=rows["dot"][j])
             torch.sum(tok, -1, out=rows["chan"][j])
             parts.pes[j] = pe
+
+    def _fused_layer(self, l: int, tok: torch.Tensor, resid: torch.Tensor, pe: torch.Tensor | None, parts: Partials,
+                     rows: dict, sq: dict) -> bool:
+        """``stats_backend="compile"``: layer ``l``'s partials from one torch.compile'd kernel (:func:`layer_partials`:
+        each tensor read once or twice instead of once per partial), copied into the ring (norms left squared, their
+        square roots taken in the ring step). False (after one warning, eager for good) where it cannot run."""
+        kernel = self.backend.kernel(layer_partials, tok.device)
+        if kernel is None:
+            self._compiled = None
+            return False
+        pe_ = None if pe is None else _as(pe, tok.dtype, tok.device)
+        key = ("layer", tuple(tok.shape), tok.stride(), resid.stride(), None if pe_ is None else (tuple(pe_.shape), pe_.stride()),
+               tok.dtype, tok.device)
+        t0 = time.perf_counter()
+        try:
+            with _recompile_room():
+                out = kernel(tok, resid, pe_)
+        except Exception as e:  # noqa: BLE001  (a compiler failure: eager from now on, one warning)
+            self._fall_back(f"torch.compile of the statistics' layer kernel failed ({type(e).__name__}: "
+                            f"{str(e).splitlines()[0][:200] if str(e) else ''})")
+            return False
+        if key not in self._compiled_keys:  # first call of this shape: compile time, not per-batch cost
+            self._compiled_keys.add(key)
+            self.compile_seconds += time.perf_counter() - t0
+        i = self._row[l]
+        rows["tok_sum"][i].copy_(out[0])
+        rows["tok_norm"][i].copy_(out[1])
+        rows["resid_norm"][i].copy_(out[2])
+        sq["tok_norm"].add(i)
+        sq["resid_norm"].add(i)
+        if pe_ is not None:
+            j = self._pe_row[l]
+            rows["dot"][j].copy_(out[3])
+            rows["chan"][j].copy_(out[4])
+            parts.pes[j] = pe_
+        return True
 
     def _reduce_stacked(self, store: dict[str, torch.Tensor]) -> None:
         """The stacked strategy: every layer of the batch in ``store`` reduced together, in a fixed number of ops.
@@ -518,15 +566,17 @@ class RunningStats:
                 r.clear()
 
     def _fall_back(self, why: str) -> None:
-        """Switch the float64 step to eager for good, with one warning saying why."""
-        warnings.warn(f"{why}; the probe's statistics run eager (same numbers)", RuntimeWarning, stacklevel=3)
-        self.stats_backend, self._compiled = "eager", None
+        """Switch the statistics to eager for good, with one warning saying why (:meth:`Backend.fall_back`)."""
+        self.backend.fall_back(why)
+        self._compiled = None
 
     def _compiled_step(self, device: torch.device):
         """The ``torch.compile``'d :meth:`_finish` (``dynamic=False``: one graph per ring shape), or None (with one
         warning, backend set to eager) where it cannot run: no dynamo, or no C++ compiler for a CPU build."""
         if self._compiled is not None:
             return self._compiled
+        if not self.backend.compiled:
+            return None
         why = compile_unavailable(device)
         if why:
             self._fall_back(why)
@@ -717,6 +767,64 @@ def _recompile_room():
     import torch._dynamo.config as cfg
     name = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"
     return cfg.patch(**{name: max(COMPILE_GRAPHS, getattr(cfg, name))})
+
+
+def layer_partials(tok: torch.Tensor, resid: torch.Tensor, pe: torch.Tensor | None):
+    """One layer's partials as the compiled kernel computes them (``stats_backend="compile"``): the batch sum of the
+    tokens (T, D) and, per token (B, T), the squared norms of tokens and residual stream and, with a PE, the dot
+    product with it and the channel sum. Written as plain reductions so that Inductor fuses those over the same
+    axis into one loop: each tensor is read once or twice instead of once per partial (float32 sums in another
+    order than eager's: the same numbers to float32 rounding)."""
+    out = (tok.sum(0), (tok * tok).sum(-1), (resid * resid).sum(-1))
+    if pe is None:
+        return out
+    return out + ((tok * pe).sum(-1), tok.sum(-1))
+
+
+#: ``torch.compile``'d kernels by (function, device type, the compile function): one per process, shared by every
+#: probe, so their graphs are compiled once per shape (a patched ``torch.compile``, as in the tests, gets its own)
+_KERNELS: dict = {}
+
+
+class Backend:
+    """How one probe's statistics run (``stats_backend``), shared by its accumulators (:class:`RunningStats` and the
+    position decomposition), so that where a compiled kernel cannot run every one of them falls back to eager with
+    one warning between them."""
+
+    def __init__(self, name: str = "eager") -> None:
+        if name not in STATS_BACKENDS:
+            raise ValueError(f"stats_backend must be one of {STATS_BACKENDS}, got {name!r}")
+        self.name = name
+        self._checked: set[str] = set()  # device types compile_unavailable was asked about
+
+    @property
+    def compiled(self) -> bool:
+        """Whether compiled kernels are (still) to be used."""
+        return self.name == "compile"
+
+    def fall_back(self, why: str) -> None:
+        """Eager from now on, with one warning saying why (none if already eager)."""
+        if self.name == "compile":
+            warnings.warn(f"{why}; the probe's statistics run eager (the same numbers to float32 rounding)",
+                          RuntimeWarning, stacklevel=4)
+        self.name = "eager"
+
+    def kernel(self, fn, device: torch.device):
+        """``fn`` compiled (``dynamic=False``, one graph per shape), or None (after :meth:`fall_back`) where
+        torch.compile cannot run on ``device`` (:func:`compile_unavailable`, asked once per device type)."""
+        if not self.compiled:
+            return None
+        if device.type not in self._checked:
+            why = compile_unavailable(device)
+            if why:
+                self.fall_back(why)
+                return None
+            self._checked.add(device.type)
+        key = (fn, device.type, torch.compile)
+        k = _KERNELS.get(key)
+        if k is None:
+            k = _KERNELS[key] = torch.compile(fn, dynamic=False, fullgraph=True)
+        return k
 
 
 def compile_unavailable(device: torch.device) -> str | None:

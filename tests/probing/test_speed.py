@@ -224,13 +224,15 @@ def _assert_same(a, b, rtol=1e-12, atol=1e-13):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy", STRATEGIES)
-def test_compiled_statistics_step_gives_the_eager_report(strategy):
-    """``stats_backend="compile"`` (torch.compile of the float64 step) gives the eager report to 1e-12, with no
-    fallback warning (so the compiled graph really ran), over full rings and a smaller last batch."""
+def test_compiled_statistics_step_gives_the_eager_report(strategy, monkeypatch):
+    """``stats_backend="compile"`` with the float64 step alone compiled (``FUSED_LAYERS`` off) gives the eager report
+    to 1e-12, with no fallback warning (so the compiled graph really ran), over full rings and a smaller last batch."""
+    from pe_probe.probing import accumulate
     from pe_probe.probing.accumulate import compile_unavailable
     why = compile_unavailable(torch.device("cpu"))
     if why:
         pytest.skip(why)
+    monkeypatch.setattr(accumulate, "FUSED_LAYERS", False)
     m, x = build(CONFIGS["pvg-token-lastpe"]), images()
     eager = probe(m, x, batch_size=6, progress=False, n_norm_maps=4, strategy=strategy, decompose=False)
     with warnings.catch_warnings():
@@ -238,6 +240,29 @@ def test_compiled_statistics_step_gives_the_eager_report(strategy):
         fused = probe(m, x, batch_size=6, progress=False, n_norm_maps=4, strategy=strategy, decompose=False,
                       stats_backend="compile")
     _assert_same(eager, fused)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", ["mpvg", "pvg-token-lastpe"])
+def test_compiled_kernels_give_the_eager_report_to_float32_rounding(config):
+    """``stats_backend="compile"`` with every kernel compiled (each layer's float32 passes, the position
+    decomposition's, the float64 step) gives the eager report, position analyses included, to float32 rounding
+    (1e-5 relative, docs/probe.md), with no fallback warning (the compiled kernels ran), for a stream in (B, D, T)
+    memory order (no class token) and one with a class token, over a smaller last batch."""
+    from pe_probe.probing import accumulate
+    from pe_probe.probing.accumulate import compile_unavailable, layer_partials
+    from pe_probe.probing.position import decomposition_partials
+    why = compile_unavailable(torch.device("cpu"))
+    if why:
+        pytest.skip(why)
+    m, x = build(CONFIGS[config]), images()
+    eager = probe(m, x, batch_size=6, progress=False, n_norm_maps=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        fused = probe(m, x, batch_size=6, progress=False, n_norm_maps=4, stats_backend="compile")
+    assert any(k[0] is layer_partials for k in accumulate._KERNELS)  # the compiled kernels were used
+    assert any(k[0] is decomposition_partials for k in accumulate._KERNELS)
+    _assert_same(eager, fused, rtol=1e-5, atol=1e-6)
 
 
 def test_compile_backend_falls_back_to_eager_with_one_warning(monkeypatch):
