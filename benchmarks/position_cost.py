@@ -3,6 +3,7 @@ state bytes as the number of images grows.
 
 Usage: python benchmarks/position_cost.py [--model pe_deit_tiny_patch16_224] [--pe-mode mpvg] [--batch-size 32]
                                           [--batches 2] [--sizes 32 128] [--no-decode] [--threads N] [--tiny]
+                                          [--stats-backend eager|compile]
 
 1. Time. One ``pe_probe.probe(..., decode=True)`` call with timers around each addition, beside the plain
    forward passes of the same batches (median of 3): ``decomposition`` (the variance sums in the hooks and the
@@ -34,7 +35,8 @@ from pe_probe.probing import stream  # noqa: E402
 
 #: The timed methods of each addition.
 PARTS = {
-    "decomposition": [(P.VarianceDecomposition, "update"), (P.VarianceDecomposition, "add_pe")],
+    "decomposition": [(P.VarianceDecomposition, "update"), (P.VarianceDecomposition, "add_pe"),
+                      (P.VarianceDecomposition, "flush")],
     "logit": [(P.LogitDecomposition, "update")],
     "decode_stream": [(P.PositionRidge, "update"), (P.PositionRidge, "begin"), (P.PositionSample, "update")],
     "decode_ablated": [(P.PositionProbe, "ablated")],
@@ -42,7 +44,7 @@ PARTS = {
 }
 
 
-def timed_probe(model, data, batch_size: int, decode: bool) -> dict[str, float]:
+def timed_probe(model, data, batch_size: int, decode: bool, stats_backend: str = "eager") -> dict[str, float]:
     """Seconds spent in each part of :data:`PARTS` during one probe call (nested calls counted once: the
     ablated pass's own ridge updates count as ``decode_ablated``)."""
     acc = {k: 0.0 for k in PARTS}
@@ -68,7 +70,7 @@ def timed_probe(model, data, batch_size: int, decode: bool) -> dict[str, float]:
                 fn = cls.__dict__[name]
                 originals.append((cls, name, fn))
                 setattr(cls, name, wrap(part, fn))
-        pe_probe.probe(model, data, batch_size=batch_size, progress=False, decode=decode)
+        pe_probe.probe(model, data, batch_size=batch_size, progress=False, decode=decode, stats_backend=stats_backend)
     finally:
         for cls, name, fn in originals:
             setattr(cls, name, fn)
@@ -103,6 +105,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     ap.add_argument("--no-decode", action="store_true", help="time the default (decompose, logit) only")
     ap.add_argument("--tiny", action="store_true", help="a tiny model (for the test suite), not DeiT-Ti")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--stats-backend", default="eager", choices=["eager", "compile"],
+                    help="how the probe's statistics run (compile: warm-up calls compile the kernels first)")
     args = ap.parse_args(argv)
     with torch_threads(args.threads):
         return _measure(args)
@@ -127,10 +131,12 @@ def _measure(args: argparse.Namespace) -> dict[str, float]:
     forward = statistics.median(plain() for _ in range(3))
     import sklearn.linear_model  # noqa: F401  (imported once here, not inside the timed fit)
 
-    timed_probe(model, data[: args.batch_size], args.batch_size, decode)  # warm-up: first-call costs
-    parts = timed_probe(model, data, args.batch_size, decode)
+    for _ in range(2 if args.stats_backend == "compile" else 1):  # warm-up: first-call costs (and compiles)
+        timed_probe(model, data, args.batch_size, decode, args.stats_backend)
+    parts = timed_probe(model, data, args.batch_size, decode, args.stats_backend)
     what = "tiny model" if args.tiny else args.model
-    print(f"# position cost, {what} pe_mode={args.pe_mode}, {len(data)} images in batches of {args.batch_size}")
+    print(f"# position cost, {what} pe_mode={args.pe_mode}, {len(data)} images in batches of {args.batch_size}, "
+          f"stats_backend {args.stats_backend}")
     print(f"# {machine()}")
     print(f"plain forward passes: {forward * 1000:.1f} ms")
     shares = {}

@@ -250,9 +250,9 @@ class RunningStats:
         if not isinstance(stats_backend, Backend) and stats_backend not in STATS_BACKENDS:
             raise ValueError(f"stats_backend must be one of {STATS_BACKENDS}, got {stats_backend!r}")
         self.strategy = strategy
-        #: how the statistics run (:data:`pe_probe.core.vocab.STATS_BACKENDS`, :attr:`stats_backend`), shared with
-        #: the probe's other accumulators (:class:`Backend`): ``compile`` falls back to ``eager`` (one warning)
-        #: where torch.compile is unavailable or fails
+        #: how the statistics run (:data:`pe_probe.core.vocab.STATS_BACKENDS`, :attr:`stats_backend`;
+        #: :class:`Backend`): ``compile`` falls back to ``eager`` (one warning) where torch.compile is unavailable
+        #: or fails
         self.backend = stats_backend if isinstance(stats_backend, Backend) else Backend(stats_backend)
         self._compiled = None  # the torch.compile'd float64 step (built on the first flush)
         #: seconds spent in flush calls that compiled (a new ring shape), kept apart from the per-batch cost
@@ -787,9 +787,8 @@ _KERNELS: dict = {}
 
 
 class Backend:
-    """How one probe's statistics run (``stats_backend``), shared by its accumulators (:class:`RunningStats` and the
-    position decomposition), so that where a compiled kernel cannot run every one of them falls back to eager with
-    one warning between them."""
+    """How one probe's statistics run (``stats_backend``): compiles their kernels, and where one cannot run falls
+    back to eager for good with one warning (whichever kernel failed first)."""
 
     def __init__(self, name: str = "eager") -> None:
         if name not in STATS_BACKENDS:

@@ -37,7 +37,6 @@ from torch import nn
 from ..core import hook_points as H
 from ..core.report import LOGIT_COMPONENTS
 from ..families import Site, replaced
-from .accumulate import Backend, _recompile_room
 from .adapter import ModelView
 from .hooks import fill_derived, recording
 
@@ -70,18 +69,6 @@ def patch_coords(grid: tuple[int, int]) -> torch.Tensor:
     return torch.stack([t // w, t % w], dim=1).to(F64)
 
 
-def decomposition_partials(x: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The three full-size reductions of :meth:`VarianceDecomposition.update` for the compiled kernel
-    (``stats_backend="compile"``): with ``y = x - c`` never stored, its column sums (N, D), row sums (B, D) and norm.
-    Written in the stream's own memory order ((B, D, N) for a ViT without a class token, whose patch embedding
-    transposes) so that Inductor's loops read it contiguously."""
-    if x.stride(1) == 1 and x.stride(-1) != 1:  # (B, D, N) in memory
-        y = (x - c).transpose(1, 2)
-        return y.sum(0).t(), y.sum(2), (y * y).sum().sqrt()
-    y = x - c
-    return y.sum(0), y.sum(1), (y * y).sum().sqrt()
-
-
 class VarianceDecomposition:
     """Variance of the patch tokens split into a position, an image and a residual part, per layer.
 
@@ -98,12 +85,7 @@ class VarianceDecomposition:
     of the position part along it (:meth:`arrays`). Sums run in float64.
     """
 
-    def __init__(self, n_layers: int, n_tokens: int, dim: int, device: torch.device | str = "cpu",
-                 stats_backend: "str | Backend" = "eager") -> None:
-        #: ``compile``: the three full-size reductions of a row come from one torch.compile'd kernel
-        #: (:func:`decomposition_partials`), ``eager`` (default) otherwise; a :class:`Backend` shared with the
-        #: probe's :class:`~pe_probe.probing.accumulate.RunningStats` (one fallback warning between them)
-        self.backend = stats_backend if isinstance(stats_backend, Backend) else Backend(stats_backend)
+    def __init__(self, n_layers: int, n_tokens: int, dim: int, device: torch.device | str = "cpu") -> None:
         z = lambda *s: torch.zeros(s, dtype=F64, device=device)  # noqa: E731
         self._state = {"tok_sum": z(n_layers, n_tokens, dim), "sq_sum": z(n_layers), "img_sq": z(n_layers),
                        "count": z(n_layers), "pe_sum": z(n_tokens, dim), "pe_count": z(1)}
@@ -148,8 +130,6 @@ class VarianceDecomposition:
             parts = self._parts = {"col": e(L, N, D), "rows": e(L, B, D), "sq": e(L), "shift": e(L, D, dtype=F64)}
         k = self._pending[i] = len(self._pending)
         shift = torch.mean(x[0], 0, dtype=F64, out=parts["shift"][k])
-        if self.backend.compiled and self._fused(x, shift, parts, k):
-            return
         # y and the column sums keep x's memory order: a ViT without a class token streams (B, D, N) in memory
         # (timm's patch embedding transposes), and a pass that changes the order costs ~10x one that keeps it
         y = torch.sub(x, shift.to(x.dtype), out=self._scratch(x))
@@ -157,24 +137,6 @@ class VarianceDecomposition:
         parts["col"][k].copy_(col)
         torch.sum(y, 1, out=parts["rows"][k])
         torch.linalg.vector_norm(y, out=parts["sq"][k])
-
-    def _fused(self, x: torch.Tensor, shift: torch.Tensor, parts: dict, k: int) -> bool:
-        """The row's three reductions from the compiled :func:`decomposition_partials` (False, after one warning and
-        eager for good, where it cannot run)."""
-        kernel = self.backend.kernel(decomposition_partials, x.device)
-        if kernel is None:
-            return False
-        try:
-            with _recompile_room():
-                col, rows, norm = kernel(x, shift.to(x.dtype))
-        except Exception as e:  # noqa: BLE001  (a compiler failure: eager from now on, one warning)
-            self.backend.fall_back(f"torch.compile of the position decomposition's kernel failed ({type(e).__name__}: "
-                                   f"{str(e).splitlines()[0][:200] if str(e) else ''})")
-            return False
-        parts["col"][k].copy_(col)
-        parts["rows"][k].copy_(rows)
-        parts["sq"][k].copy_(norm)
-        return True
 
     @torch.inference_mode()
     def flush(self) -> None:
@@ -639,7 +601,7 @@ class PositionProbe:
     """
 
     def __init__(self, view: ModelView, *, decompose: bool = True, decode: bool = False, decode_images: int = 10,
-                 seed: int = 0, device: torch.device | str | None = None, stats_backend: "str | Backend" = "eager") -> None:
+                 seed: int = 0, device: torch.device | str | None = None) -> None:
         if device is None:  # the model's device (float64 sums; MPS has none, so CPU there)
             param = next(view.model.parameters(), None)
             device = torch.device("cpu") if param is None or param.device.type == "mps" else param.device
@@ -664,9 +626,7 @@ class PositionProbe:
             self.skipped["logits"] = f"no logit decomposition: {why}"
         self.logit = LogitDecomposition(device) if self.logits else None
         u = self.uniform
-        #: how the decomposition's full-size passes run (a :class:`~pe_probe.probing.accumulate.Backend`, or its name)
-        self.backend = stats_backend if isinstance(stats_backend, Backend) else Backend(stats_backend)
-        self.var = VarianceDecomposition(L, N, D, device, self.backend) if decompose and u else None
+        self.var = VarianceDecomposition(L, N, D, device) if decompose and u else None
         self.ridge = PositionRidge(L, view.grid, D, seed=seed, device=device) if decode and u else None
         self.sample = PositionSample(L, decode_images, N, D, seed=seed, device=device) if decode and u else None
         self.ablated_ridge = PositionRidge(L, view.grid, D, seed=seed, device=device) if decode and u else None
@@ -745,8 +705,7 @@ class PositionProbe:
         dec = self.decode and grid is not None
         mk_r = lambda: PositionRidge(1, grid, D, seed=self.seed, device=dev) if dec else None  # noqa: E731
         mk_s = lambda: PositionSample(1, self.decode_images, N, D, seed=self.seed, device=dev) if dec else None  # noqa: E731
-        var = VarianceDecomposition(1, N, D, dev, self.backend) if self.decompose else None
-        row = _Row(var, mk_r(), mk_s(), mk_r(), mk_s())
+        row = _Row(VarianceDecomposition(1, N, D, dev) if self.decompose else None, mk_r(), mk_s(), mk_r(), mk_s())
         row.shape = (N, D)
         if self._batch is not None:
             for acc in (row.ridge, row.sample):

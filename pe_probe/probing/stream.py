@@ -104,9 +104,9 @@ def probe(
     operations (few kernel launches; holds the batch's captured activations), ``auto`` (default): ``layer``
     on CPU, ``stacked`` elsewhere. No strategy reads anything back to the host between batches.
     ``stats_backend`` (:data:`pe_probe.core.vocab.STATS_BACKENDS`): ``eager`` (default), or ``compile`` to fuse
-    each layer's float32 passes, the position decomposition's and the float64 step with ``torch.compile`` (the
-    same report to float32 rounding, 1e-5 relative; compiled once per shape, so it pays on long runs; eager with
-    one warning where it cannot compile).
+    each layer's float32 passes and the float64 step with ``torch.compile`` (the same report to float32
+    rounding, 1e-5 relative; compiled once per shape, so it pays on long runs; eager with one warning where it
+    cannot compile).
 
     The model is read through its PE family (:func:`pe_probe.families.family_for`; ``adapter`` forces one):
     every model gets the per-layer token stream and norms (and the Last LN where a norm acts on every token),
@@ -134,8 +134,7 @@ def probe(
     # [issue 22] under torch.distributed: this rank's exact shard of the first max_images images
     stream = stream_data(data, view, options, desc="probe", progress=progress, labels=False)
     # --- position per layer (issue 19): its own hooks and accumulators, fed beside RunningStats ---------
-    pos = PositionProbe(view, decompose=decompose, decode=decode, decode_images=decode_images,
-                        stats_backend=stats.backend)  # one backend: one fallback warning between them
+    pos = PositionProbe(view, decompose=decompose, decode=decode, decode_images=decode_images)
     pos.setup_ablated()  # the PE-ablated copy for decode, taken before any hook exists
     pos_names, pos_feed = (pos.hooks_read() if pos.enabled else []), pos.feed()
     # --- end position

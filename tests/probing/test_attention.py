@@ -233,3 +233,13 @@ def test_attention_rows_match_numpy_on_the_captured_tensors(mode):
         for h in range(TINY["num_heads"]):
             for name, t in zip(("cc", "cp", "pc", "pp"), terms):
                 assert got[(l, h, f"logit_{name}_ms")] == pytest.approx((t[:, h] ** 2).mean(), rel=1e-5), (l, h, name)
+
+
+def test_no_host_read_between_the_first_and_the_last_batch():
+    """attention_stats reads nothing back to the host per batch (issue 21, item 4): under a dispatch mode that
+    fails on any such op from the second batch on, the statistics and the logit split run through."""
+    from .test_speed import NoSync, _batches
+    m = strong("mpvg")
+    x = images(6)
+    res = attention_stats(m, _batches(x, 2, NoSync()), progress=False)
+    assert res.meta["n_images"] == 6 and res.meta["decomposed_layers"]
