@@ -89,7 +89,7 @@ class VarianceDecomposition:
         z = lambda *s: torch.zeros(s, dtype=F64, device=device)  # noqa: E731
         self._state = {"tok_sum": z(n_layers, n_tokens, dim), "sq_sum": z(n_layers), "img_sq": z(n_layers),
                        "count": z(n_layers), "pe_sum": z(n_tokens, dim), "pe_count": z(1)}
-        self._buf: dict[tuple, torch.Tensor] = {}
+        self._buf: dict = {}  # full-size buffers reused batch after batch (:func:`_like`)
         #: the float32 partials of the rows added since the last :meth:`flush` (one batch: rows -> slot)
         self._pending: dict[int, int] = {}
         self._parts: dict[str, torch.Tensor] | None = None
@@ -132,8 +132,8 @@ class VarianceDecomposition:
         shift = torch.mean(x[0], 0, dtype=F64, out=parts["shift"][k])
         # y and the column sums keep x's memory order: a ViT without a class token streams (B, D, N) in memory
         # (timm's patch embedding transposes), and a pass that changes the order costs ~10x one that keeps it
-        y = torch.sub(x, shift.to(x.dtype), out=self._scratch(x))
-        col = torch.sum(y, 0, out=self._scratch(y[0], "col"))
+        y = torch.sub(x, shift.to(x.dtype), out=_like(self._buf, "y", x))
+        col = torch.sum(y, 0, out=_like(self._buf, "col", y[0]))
         parts["col"][k].copy_(col)
         torch.sum(y, 1, out=parts["rows"][k])
         torch.linalg.vector_norm(y, out=parts["sq"][k])
@@ -166,17 +166,6 @@ class VarianceDecomposition:
             s["img_sq"].index_add_(0, idx, img)
             s["sq_sum"].index_add_(0, idx, sqs)
             s["count"].index_add_(0, idx, torch.full((n,), float(B), dtype=F64, device=dev))
-
-    def _scratch(self, x: torch.Tensor, role: str = "y") -> torch.Tensor:
-        """A reused dense buffer shaped like ``x`` in ``x``'s memory order (``empty_like``), one per role and shape
-        (one full-size allocation per shape, not per layer)."""
-        key = (role, tuple(x.shape), x.stride(), x.dtype, x.device)
-        buf = self._buf.get(key)
-        if buf is None:
-            for k in [k for k in self._buf if k[0] == role]:
-                del self._buf[k]
-            buf = self._buf[key] = torch.empty_like(x)
-        return buf
 
     @torch.inference_mode()
     def add_pe(self, pe: torch.Tensor, n_images: int) -> None:
@@ -393,8 +382,9 @@ def ln_affine(norm: nn.Module, dim: int, device, dtype=F64) -> tuple[torch.Tenso
 
 
 def _like(scratch: dict, role: str, x: torch.Tensor) -> torch.Tensor:
-    """A buffer shaped like ``x`` in its memory order (``empty_like``), kept in ``scratch`` under ``role`` for the
-    next call while the shape, strides, dtype and device stay."""
+    """A dense buffer shaped like ``x`` in ``x``'s memory order (``empty_like``: reductions that keep the order read
+    at memory speed), kept in ``scratch`` under ``role`` for the next call while the shape, strides, dtype and
+    device stay (one full-size allocation per shape, not per layer or batch)."""
     key = (tuple(x.shape), x.stride(), x.dtype, x.device)
     held = scratch.get(role)
     if held is None or held[0] != key:
