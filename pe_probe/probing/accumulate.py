@@ -402,8 +402,8 @@ class RunningStats:
             self._compiled = None
             return False
         pe_ = None if pe is None else _as(pe, tok.dtype, tok.device)
-        key = ("layer", tuple(tok.shape), tok.stride(), resid.stride(), None if pe_ is None else (tuple(pe_.shape), pe_.stride()),
-               tok.dtype, tok.device)
+        key = ("layer", tuple(tok.shape), tok.stride(), resid.stride(), tok.dtype, tok.device,
+               None if pe_ is None else (tuple(pe_.shape), pe_.stride()))
         t0 = time.perf_counter()
         try:
             with _recompile_room():

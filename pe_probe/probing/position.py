@@ -127,7 +127,7 @@ class VarianceDecomposition:
                 or parts["col"].device != x.device:
             L = self._state["count"].shape[0]
             e = lambda *shape, dtype=x.dtype: torch.empty(shape, dtype=dtype, device=x.device)  # noqa: E731
-            parts = self._parts = {"col": e(L, N, D), "rows": e(L, B, D), "sq": e(L), "shift": e(L, D, dtype=F64)}
+            parts = self._parts = {"col": e(L, N, D), "rows": e(L, B, D), "sq": e(L, B), "shift": e(L, D, dtype=F64)}
         k = self._pending[i] = len(self._pending)
         shift = torch.mean(x[0], 0, dtype=F64, out=parts["shift"][k])
         # y and the column sums keep x's memory order: a ViT without a class token streams (B, D, N) in memory
@@ -136,7 +136,9 @@ class VarianceDecomposition:
         col = torch.sum(y, 0, out=_like(self._buf, "col", y[0]))
         parts["col"][k].copy_(col)
         torch.sum(y, 1, out=parts["rows"][k])
-        torch.linalg.vector_norm(y, out=parts["sq"][k])
+        # per-image norms (N x D entries each, then float64): as fast as one norm of all B x N x D entries, whose
+        # float32 accumulation is ~100x less accurate (3e-5 against 2e-7 relative, DeiT-Ti, batch 32)
+        torch.linalg.vector_norm(y, dim=(1, 2), out=parts["sq"][k])
 
     @torch.inference_mode()
     def flush(self) -> None:
@@ -149,7 +151,7 @@ class VarianceDecomposition:
         dev = s["tok_sum"].device
         f64 = lambda t: t[:n].to(device=dev, dtype=F64)  # noqa: E731
         col32 = parts["col"][:n].to(dev)  # (n, N, D), added to the float64 sums as is (cast on the fly)
-        rows, sq, c = f64(parts["rows"]), f64(parts["sq"]).square(), f64(parts["shift"])
+        rows, sq, c = f64(parts["rows"]), f64(parts["sq"]).square().sum(1), f64(parts["shift"])
         B, N = rows.shape[1], col32.shape[1]
         cc = c.unsqueeze(1)  # (n, 1, D)
         img = rows.add_(cc, alpha=N).square_().sum((1, 2))
