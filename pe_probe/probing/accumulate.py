@@ -41,24 +41,27 @@ def _norms(x: torch.Tensor, scratch: "Scratch | None" = None) -> torch.Tensor:
 
 
 class Scratch:
-    """Reused buffers for full-size temporaries (per-token products), one per shape, layout, dtype and device.
+    """Reused buffers for full-size temporaries (per-token products), one per role, shape, layout, dtype and device.
 
     A fresh (B, T, D) temporary is a 4.8 MB allocation (DeiT-Ti, batch 32) several times per block; a
-    buffer reused across layers and batches is allocated once. Buffers are created in inference mode and
-    only used there.
+    buffer reused across layers and batches is allocated once. A buffer keeps the strides of the tensor it is
+    made like, so a pass writing it keeps that tensor's memory order (a pass that reorders a (B, D, T)-ordered
+    stream costs several times one that does not). Buffers are created in inference mode and only used there.
     """
 
     def __init__(self) -> None:
         self._bufs: dict[tuple, torch.Tensor] = {}
 
-    def like(self, x: torch.Tensor) -> torch.Tensor:
-        """A buffer with ``x``'s shape, strides, dtype and device (contents undefined)."""
-        key = (tuple(x.shape), x.stride(), x.dtype, x.device)
+    def like(self, x: torch.Tensor, role: str = "") -> torch.Tensor:
+        """A buffer with ``x``'s shape, dtype, device and strides (``empty_like``: dense in ``x``'s memory order where ``x``
+        is a view with gaps or broadcast dimensions; contents undefined); ``role`` tells apart two temporaries alive
+        at once that have the same shape."""
+        key = (role, tuple(x.shape), x.stride(), x.dtype, x.device)
         buf = self._bufs.get(key)
         if buf is None:
             if len(self._bufs) >= 4:  # shapes change (a last, smaller batch): keep the newest only
                 self._bufs.clear()
-            buf = self._bufs[key] = torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device=x.device)
+            buf = self._bufs[key] = torch.empty_like(x)  # x's strides; dense in x's order if x has gaps or overlaps
         return buf
 
 
@@ -247,13 +250,11 @@ class RunningStats:
             raise ValueError(f"n_norm_maps must be an int >= 0, got {n_norm_maps!r}")
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
-        if not isinstance(stats_backend, Backend) and stats_backend not in STATS_BACKENDS:
-            raise ValueError(f"stats_backend must be one of {STATS_BACKENDS}, got {stats_backend!r}")
         self.strategy = strategy
         #: how the statistics run (:data:`pe_probe.core.vocab.STATS_BACKENDS`, :attr:`stats_backend`;
-        #: :class:`Backend`): ``compile`` falls back to ``eager`` (one warning) where torch.compile is unavailable
-        #: or fails
-        self.backend = stats_backend if isinstance(stats_backend, Backend) else Backend(stats_backend)
+        #: :class:`Backend`, which checks the name): ``compile`` falls back to ``eager`` (one warning) where
+        #: torch.compile is unavailable or fails
+        self.backend = Backend(stats_backend)
         self._compiled = None  # the torch.compile'd float64 step (built on the first flush)
         #: seconds spent in flush calls that compiled (a new ring shape), kept apart from the per-batch cost
         self.compile_seconds = 0.0
@@ -399,22 +400,13 @@ class RunningStats:
         square roots taken in the ring step). False (after one warning, eager for good) where it cannot run."""
         kernel = self.backend.kernel(layer_partials, tok.device)
         if kernel is None:
-            self._compiled = None
             return False
         pe_ = None if pe is None else _as(pe, tok.dtype, tok.device)
         key = ("layer", tuple(tok.shape), tok.stride(), resid.stride(), tok.dtype, tok.device,
                None if pe_ is None else (tuple(pe_.shape), pe_.stride()))
-        t0 = time.perf_counter()
-        try:
-            with _recompile_room():
-                out = kernel(tok, resid, pe_)
-        except Exception as e:  # noqa: BLE001  (a compiler failure: eager from now on, one warning)
-            self._fall_back(f"torch.compile of the statistics' layer kernel failed ({type(e).__name__}: "
-                            f"{str(e).splitlines()[0][:200] if str(e) else ''})")
+        out = self._run_compiled(kernel, key, "the statistics' layer kernel", tok, resid, pe_)
+        if out is _FAILED:
             return False
-        if key not in self._compiled_keys:  # first call of this shape: compile time, not per-batch cost
-            self._compiled_keys.add(key)
-            self.compile_seconds += time.perf_counter() - t0
         i = self._row[l]
         rows["tok_sum"][i].copy_(out[0])
         rows["tok_norm"][i].copy_(out[1])
@@ -524,25 +516,30 @@ class RunningStats:
         with _one_cpu_thread(parts.tok_norm), torch.autocast(parts.tok_norm.device.type, enabled=False), \
                 torch.inference_mode():
             self._unsquare(parts.lo, parts.hi)
-            step = self._compiled_step(parts.tok_norm.device) if self.stats_backend == "compile" else None
-            if step is None:
+            step = self._compiled_step(parts.tok_norm.device)
+            # one whole graph (fullgraph=True) is compiled before any of it runs, and its in-place adds are written
+            # back at its end, so a compiler failure leaves the state untouched and the eager step can run
+            if step is None or self._run_compiled(step, (parts.key, parts.dtype, parts.lo, parts.hi),
+                                                  "the statistics step", parts.lo, parts.hi) is _FAILED:
                 self._finish(parts.lo, parts.hi)
-            else:
-                key = (parts.key, parts.dtype, parts.lo, parts.hi)
-                t0 = time.perf_counter()
-                try:
-                    with _recompile_room():
-                        step(parts.lo, parts.hi)
-                except Exception as e:  # noqa: BLE001  (a compiler failure: eager from now on, one warning)
-                    # one whole graph (fullgraph=True) is compiled before any of it runs, and its in-place adds
-                    # are written back at its end, so a compiler failure leaves the state untouched
-                    self._fall_back(f"torch.compile of the statistics step failed ({type(e).__name__}: "
-                                    f"{str(e).splitlines()[0][:200] if str(e) else ''})")
-                    self._finish(parts.lo, parts.hi)
-                if key not in self._compiled_keys:  # first call of this shape: compile time, not per-batch cost
-                    self._compiled_keys.add(key)
-                    self.compile_seconds += time.perf_counter() - t0
         parts.lo = parts.hi = 0
+
+    def _run_compiled(self, fn, key: tuple, what: str, *args):
+        """``fn(*args)`` (a compiled kernel or step) with room for its graphs; its first call of ``key`` (a new shape:
+        it compiles) is counted in :attr:`compile_seconds`, not as per-batch cost. A compiler failure falls back to
+        eager for good (one warning naming ``what``) and returns :data:`_FAILED`."""
+        t0 = time.perf_counter()
+        try:
+            with _recompile_room():
+                out = fn(*args)
+        except Exception as e:  # noqa: BLE001  (a compiler failure: eager from now on, one warning)
+            self._fall_back(f"torch.compile of {what} failed ({type(e).__name__}: "
+                            f"{str(e).splitlines()[0][:200] if str(e) else ''})")
+            return _FAILED
+        if key not in self._compiled_keys:
+            self._compiled_keys.add(key)
+            self.compile_seconds += time.perf_counter() - t0
+        return out
 
     def _unsquare(self, lo: int, hi: int) -> None:
         """Take the deferred square roots of the norm partials in ring slots ``lo:hi`` (float32, in place: the same
@@ -571,18 +568,11 @@ class RunningStats:
         self._compiled = None
 
     def _compiled_step(self, device: torch.device):
-        """The ``torch.compile``'d :meth:`_finish` (``dynamic=False``: one graph per ring shape), or None (with one
-        warning, backend set to eager) where it cannot run: no dynamo, or no C++ compiler for a CPU build."""
-        if self._compiled is not None:
-            return self._compiled
-        if not self.backend.compiled:
-            return None
-        why = compile_unavailable(device)
-        if why:
-            self._fall_back(why)
-            return None
-        self._compiled = torch.compile(self._finish, dynamic=False, fullgraph=True)
-        return self._compiled
+        """The ``torch.compile``'d :meth:`_finish` (``dynamic=False``: one graph per ring shape; this instance's own,
+        as it is a bound method), or None: backend eager, or (one warning) no dynamo or C++ compiler on ``device``."""
+        if self._compiled is None and self.backend.available(device):
+            self._compiled = self.backend.compile(self._finish)
+        return self._compiled if self.backend.compiled else None
 
     def _finish(self, lo: int, hi: int, pe: tuple[torch.Tensor, ...] | None = None) -> None:
         """Turn the partials of ring slots ``lo:hi`` (batches of B images) into float64 sums, all layers and all
@@ -781,6 +771,9 @@ def layer_partials(tok: torch.Tensor, resid: torch.Tensor, pe: torch.Tensor | No
     return out + ((tok * pe).sum(-1), tok.sum(-1))
 
 
+#: What :meth:`RunningStats._run_compiled` returns when the compiled call failed (and the backend fell back).
+_FAILED = object()
+
 #: ``torch.compile``'d kernels by (function, device type, the compile function): one per process, shared by every
 #: probe, so their graphs are compiled once per shape (a patched ``torch.compile``, as in the tests, gets its own)
 _KERNELS: dict = {}
@@ -808,21 +801,31 @@ class Backend:
                           RuntimeWarning, stacklevel=4)
         self.name = "eager"
 
-    def kernel(self, fn, device: torch.device):
-        """``fn`` compiled (``dynamic=False``, one graph per shape), or None (after :meth:`fall_back`) where
-        torch.compile cannot run on ``device`` (:func:`compile_unavailable`, asked once per device type)."""
-        if not self.compiled:
-            return None
-        if device.type not in self._checked:
+    def available(self, device: torch.device) -> bool:
+        """Whether compiled code is to run on ``device``: the backend is ``compile`` and torch.compile can build for
+        it (:func:`compile_unavailable`, asked once per device type; where it cannot, :meth:`fall_back`)."""
+        if self.compiled and device.type not in self._checked:
             why = compile_unavailable(device)
             if why:
                 self.fall_back(why)
-                return None
-            self._checked.add(device.type)
+            else:
+                self._checked.add(device.type)
+        return self.compiled
+
+    @staticmethod
+    def compile(fn):
+        """``fn`` compiled as every statistics kernel is: one whole graph (``fullgraph``) per shape (``dynamic=False``)."""
+        return torch.compile(fn, dynamic=False, fullgraph=True)
+
+    def kernel(self, fn, device: torch.device):
+        """The process-wide compiled ``fn`` (:data:`_KERNELS`), or None where compiled code is not to run on
+        ``device`` (:meth:`available`)."""
+        if not self.available(device):
+            return None
         key = (fn, device.type, torch.compile)
         k = _KERNELS.get(key)
         if k is None:
-            k = _KERNELS[key] = torch.compile(fn, dynamic=False, fullgraph=True)
+            k = _KERNELS[key] = self.compile(fn)
         return k
 
 

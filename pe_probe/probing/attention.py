@@ -37,6 +37,7 @@ from ..core import hook_points as H
 from ..core.attention import (ATTENTION_METRICS, LOGIT_METRICS, LOGIT_TERMS, AttentionResult,  # noqa: F401
                               attention_site)
 from ..core.errors import CheckpointError, DataError
+from .accumulate import Scratch
 from .adapter import view_model
 from .hooks import eval_inference, recording
 from .inputs import DataOptions, stream_data
@@ -165,7 +166,7 @@ class AttentionStats:
         self.decomposed: set[int] = set()
         self.ratio: dict[int, str] = {}  #: layer -> the ratio metric measured there (bias share, rope change)
         self.skipped: dict[int, str] = {}
-        self._bufs: dict[str, torch.Tensor] = {}  # full-size temporaries reused batch after batch
+        self._scratch = Scratch()  # full-size temporaries reused batch after batch
         self._dist_as: torch.Tensor | None = None  # ``dist`` in the probabilities' dtype and device
 
     def _on(self, device: torch.device) -> dict[str, torch.Tensor]:
@@ -176,13 +177,6 @@ class AttentionStats:
         if self.state["queries"].device != device:
             self.state = {k: v.to(device) for k, v in self.state.items()}
         return self.state
-
-    def _buf(self, role: str, like: torch.Tensor) -> torch.Tensor:
-        """A dense buffer shaped like ``like`` (contents undefined), kept under ``role`` while the shape stays."""
-        buf = self._bufs.get(role)
-        if buf is None or buf.shape != like.shape or buf.dtype != like.dtype or buf.device != like.device:
-            buf = self._bufs[role] = torch.empty(like.shape, dtype=like.dtype, device=like.device)
-        return buf
 
     def fits(self, layer: int, probs: torch.Tensor) -> bool:
         """Whether ``probs`` (B, H, Tq, Tk) is global attention over the model's tokens (else recorded)."""
@@ -209,10 +203,10 @@ class AttentionStats:
         if self._dist_as is None or self._dist_as.dtype != p.dtype or self._dist_as.device != p.device:
             self._dist_as = self.dist.to(device=p.device, dtype=p.dtype)
         mass = patch.sum(-1)  # (B, H, N)
-        d = torch.mul(patch, self._dist_as, out=self._buf("keys", patch)).sum(-1) / mass
+        d = torch.mul(patch, self._dist_as, out=self._scratch.like(patch, "keys")).sum(-1) / mass
         if logits is not None and logits.shape == probs.shape:
             z = logits[:, :, npre:, :]
-            pz = torch.mul(p, z, out=self._buf("all", p)).nan_to_num_(0.0)  # 0 * -inf (a masked key) counts 0
+            pz = torch.mul(p, z, out=self._scratch.like(p, "all")).nan_to_num_(0.0)  # 0 * -inf (a masked key) counts 0
             ent = (z.amax(-1).to(p.dtype) - p.amax(-1).log()) - pz.sum(-1)
         else:
             ent = torch.special.entr(p).sum(-1)
@@ -221,14 +215,6 @@ class AttentionStats:
         s["dist_sum"][layer] += d.sum((0, 2), dtype=f64)
         s["prefix_sum"][layer] += (1.0 - mass).sum((0, 2), dtype=f64)
         s["entropy_sum"][layer] += ent.sum((0, 2), dtype=f64)
-
-    def add_terms(self, layer: int, terms: Sequence[torch.Tensor]) -> None:
-        """Add one batch's four logit terms (each (B, H, T, T)) of block ``layer`` (patch queries x patch keys)."""
-        npre = self.n_prefix
-        t0 = terms[0]
-        sums = torch.stack([torch.linalg.vector_norm(t[:, :, npre:, npre:].double(), dim=(-2, -1)).square().sum(0)
-                            for t in terms])
-        self.add_term_squares(layer, sums, t0.shape[0] * (t0.shape[2] - npre) * (t0.shape[3] - npre))
 
     def add_term_squares(self, layer: int, sums: torch.Tensor, entries: int) -> None:
         """Add one batch's (4, H) sums of squares of the four logit terms over images, patch queries and patch keys

@@ -37,6 +37,7 @@ from torch import nn
 from ..core import hook_points as H
 from ..core.report import LOGIT_COMPONENTS
 from ..families import Site, replaced
+from .accumulate import Scratch
 from .adapter import ModelView
 from .hooks import fill_derived, recording
 
@@ -89,7 +90,7 @@ class VarianceDecomposition:
         z = lambda *s: torch.zeros(s, dtype=F64, device=device)  # noqa: E731
         self._state = {"tok_sum": z(n_layers, n_tokens, dim), "sq_sum": z(n_layers), "img_sq": z(n_layers),
                        "count": z(n_layers), "pe_sum": z(n_tokens, dim), "pe_count": z(1)}
-        self._buf: dict = {}  # full-size buffers reused batch after batch (:func:`_like`)
+        self._scratch = Scratch()  # full-size buffers reused batch after batch
         #: the float32 partials of the rows added since the last :meth:`flush` (one batch: rows -> slot)
         self._pending: dict[int, int] = {}
         self._parts: dict[str, torch.Tensor] | None = None
@@ -118,13 +119,11 @@ class VarianceDecomposition:
             x = x.float()
         B, N, D = x.shape
         parts = self._parts
-        if i in self._pending or (parts is not None and (parts["rows"].shape[1:] != (B, D) or
-                                                        parts["col"].dtype != x.dtype or
-                                                        parts["col"].device != x.device)):
+        stale = parts is None or (parts["rows"].shape[1:], parts["col"].dtype, parts["col"].device) != \
+            ((B, D), x.dtype, x.device)
+        if i in self._pending or (stale and self._pending):  # the pending rows first, from the buffers they are in
             self.flush()
-            parts = self._parts
-        if parts is None or parts["rows"].shape[1:] != (B, D) or parts["col"].dtype != x.dtype \
-                or parts["col"].device != x.device:
+        if stale:
             L = self._state["count"].shape[0]
             e = lambda *shape, dtype=x.dtype: torch.empty(shape, dtype=dtype, device=x.device)  # noqa: E731
             parts = self._parts = {"col": e(L, N, D), "rows": e(L, B, D), "sq": e(L, B), "shift": e(L, D, dtype=F64)}
@@ -132,8 +131,8 @@ class VarianceDecomposition:
         shift = torch.mean(x[0], 0, dtype=F64, out=parts["shift"][k])
         # y and the column sums keep x's memory order: a ViT without a class token streams (B, D, N) in memory
         # (timm's patch embedding transposes), and a pass that changes the order costs ~10x one that keeps it
-        y = torch.sub(x, shift.to(x.dtype), out=_like(self._buf, "y", x))
-        col = torch.sum(y, 0, out=_like(self._buf, "col", y[0]))
+        y = torch.sub(x, shift.to(x.dtype), out=self._scratch.like(x, "y"))
+        col = torch.sum(y, 0, out=self._scratch.like(y[0], "col"))
         parts["col"][k].copy_(col)
         torch.sum(y, 1, out=parts["rows"][k])
         # per-image norms (N x D entries each, then float64): as fast as one norm of all B x N x D entries, whose
@@ -383,17 +382,6 @@ def ln_affine(norm: nn.Module, dim: int, device, dtype=F64) -> tuple[torch.Tenso
     return gamma, beta, float(norm.eps)
 
 
-def _like(scratch: dict, role: str, x: torch.Tensor) -> torch.Tensor:
-    """A dense buffer shaped like ``x`` in ``x``'s memory order (``empty_like``: reductions that keep the order read
-    at memory speed), kept in ``scratch`` under ``role`` for the next call while the shape, strides, dtype and
-    device stay (one full-size allocation per shape, not per layer or batch)."""
-    key = (tuple(x.shape), x.stride(), x.dtype, x.device)
-    held = scratch.get(role)
-    if held is None or held[0] != key:
-        held = scratch[role] = (key, torch.empty_like(x))
-    return held[1]
-
-
 def pool_weights(pool: Callable[[torch.Tensor], torch.Tensor], T: int, device, dtype=F64) -> torch.Tensor:
     """(T,) the weight of each token in ``pool``, a linear pooling over tokens (:data:`LINEAR_POOLS`: a class
     token, the mean of the patch tokens, DeiT's mean of class and distillation tokens): ``pool`` of T one-hot
@@ -403,7 +391,7 @@ def pool_weights(pool: Callable[[torch.Tensor], torch.Tensor], T: int, device, d
 
 def logit_parts(x_l: torch.Tensor, norm: nn.Module, pool: Callable[[torch.Tensor], torch.Tensor], head: nn.Linear,
                 pe: torch.Tensor | None = None, last_pe: torch.Tensor | None = None, *,
-                scratch: dict | None = None) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+                scratch: Scratch | None = None) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
     """The direct contribution of each component of the residual stream ``x_L`` to the predicted logit.
 
     ``x_L = pe + rest`` (``pe``: the additive PE term, (1, T, D), or None: all of ``x_L`` is ``rest``). Through the
@@ -413,8 +401,9 @@ def logit_parts(x_l: torch.Tensor, norm: nn.Module, pool: Callable[[torch.Tensor
     weight ``W`` follow. Returns ``(parts, total, pred)``: per component (B,) ``W[k] . pool(component)`` for
     the predicted class ``k`` (:data:`~pe_probe.core.report.LOGIT_COMPONENTS` present only), ``total`` (B,) the
     predicted logit minus the head bias (the parts add up to it), ``pred`` (B,) the predicted classes.
-    The full-size passes run in x_L's float32 (as the model's LN does), the rest in float64. ``scratch``: a dict
-    in which full-size buffers are kept for the next call (no allocation per batch).
+    The full-size passes run in x_L's float32 (as the model's LN does), the rest in float64. ``scratch``: a
+    :class:`~pe_probe.probing.accumulate.Scratch` whose full-size buffers are kept for the next call (no allocation
+    per batch).
     """
     # Through the LN every component c is linear in c for the fixed sigma of x_L, and so is the pooling (a token or
     # the mean of tokens: LINEAR_POOLS, per-token weights P_t): pool(through_ln(c))[b] = gamma * sum_t w[b, t]
@@ -426,10 +415,9 @@ def logit_parts(x_l: torch.Tensor, norm: nn.Module, pool: Callable[[torch.Tensor
     x = x_l if x_l.dtype in (torch.float32, F64) else x_l.float()
     B, T, D = x.shape
     gamma, beta, eps = ln_affine(norm, D, x.device)
-    sc = {} if scratch is None else scratch
-    buf = lambda role: _like(sc, role, x)  # noqa: E731
-    xc = torch.sub(x, x.mean(-1, keepdim=True), out=buf("centred"))
-    var = torch.sum(torch.mul(xc, xc, out=buf("square")), -1).to(F64).div_(D)  # (B, T)
+    sc = Scratch() if scratch is None else scratch
+    xc = torch.sub(x, x.mean(-1, keepdim=True), out=sc.like(x, "centred"))
+    var = torch.sum(torch.mul(xc, xc, out=sc.like(x, "square")), -1).to(F64).div_(D)  # (B, T)
     pw = pool_weights(pool, T, x.device)  # (T,)
     weights = pw / torch.sqrt(var + eps)  # (B, T)
     whole = torch.bmm(weights.to(x.dtype).unsqueeze(1), xc).squeeze(1).to(F64) * gamma
@@ -466,7 +454,7 @@ class LogitDecomposition:
         z = lambda *s: torch.zeros(s, dtype=F64, device=device)  # noqa: E731
         self.state = {"parts": z(len(LOGIT_COMPONENTS), 3), "present": z(len(LOGIT_COMPONENTS)), "total": z(3),
                       "err_sq": z(1), "count": z(1)}
-        self._scratch: dict = {}  # full-size buffers reused batch after batch (logit_parts)
+        self._scratch = Scratch()  # full-size buffers reused batch after batch (logit_parts)
 
     @torch.inference_mode()
     def update(self, x_l: torch.Tensor, norm: nn.Module, pool, head: nn.Linear, pe: torch.Tensor | None = None,
