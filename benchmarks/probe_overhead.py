@@ -36,10 +36,11 @@ probe's statistics (the proxy for kernel launches on a GPU), counted with a ``To
 the CPU default; ``stacked``: all layers together after the forward, a fixed number of ops, the default on
 other devices). Batches of 2 images (the count does not depend on the batch size).
 
-``--stats-backend compile`` (issue 21) runs the probe's compiled kernels (each layer's float32 passes, the position
-decomposition's, the float64 step; ``torch.compile``): two untimed warm-up probe calls compile them first (their
-time, compile included, is printed on its own line), and the attribution subtracts any compile time from the
-statistics, so the per-batch cost is free of it.
+``--stats-backend compile`` (issue 21) runs the probe's compiled kernels (each layer's float32 passes and the float64
+step; ``torch.compile``): two untimed warm-up probe calls compile them first, one as the attribution runs (position
+analyses off) and one as the timed call (on), so that every shape is compiled; their time, compile included, is
+printed on its own line, and the attribution subtracts any compile time from the statistics, so the per-batch cost
+is free of it.
 
 ``--device cuda`` moves model and images to the GPU and synchronises before every clock read (the timed
 contenders and the attribution timers); ``--dtype bfloat16`` (the default on CUDA) runs every contender under
@@ -124,7 +125,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     ap.add_argument("--strategy", default="auto", choices=["auto", "layer", "stacked"],
                     help="the probe's statistics strategy (RunningStats)")
     ap.add_argument("--stats-backend", default="eager", choices=list(STATS_BACKENDS),
-                    help="how the float64 statistics step runs (RunningStats stats_backend)")
+                    help="how the probe's statistics run (RunningStats stats_backend)")
     ap.add_argument("--no-ops", action="store_true", help="skip the aten op counts")
     args = ap.parse_args(argv)
     args.device = torch.device(args.device)
@@ -220,7 +221,7 @@ def _measure(args: argparse.Namespace) -> dict[str, float]:
             compile_s = attribution(model, data, args.batch_size, strategy=args.strategy,
                                     stats_backend="compile")["compile"]
             t0 = time.perf_counter()
-            probe()  # the position decomposition's kernel too (attribution runs without it)
+            probe()  # as timed: position analyses on (the attribution runs without them)
             compile_s += time.perf_counter() - t0
 
     def cache():
