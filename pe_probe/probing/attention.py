@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from timm.layers import Attention as TimmAttention
 from torch.overrides import TorchFunctionMode
 
 from ..core import hook_points as H
@@ -304,24 +305,42 @@ def logit_terms(attn: nn.Module, tok: torch.Tensor, pe: torch.Tensor) -> list[to
             sc * qp @ kc.transpose(-2, -1), sc * qp @ kp.transpose(-2, -1)]
 
 
-def logit_term_squares(attn: nn.Module, tok: torch.Tensor, pe: torch.Tensor, n_prefix: int = 0) -> torch.Tensor:
+def logit_term_squares(attn: nn.Module, tok: torch.Tensor, pe: torch.Tensor, n_prefix: int = 0,
+                       qk: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """(4, H) float64: per head, the sums over images, patch queries and patch keys of the squares of the four
     terms of :func:`logit_terms` ``[cc, cp, pc, pp]`` of the input ``tok + pe`` (``pe`` (1 or B, T, D)), without
-    materialising them all: each term is one float32 product of the patch rows of q and k (as the model's own
-    logits), its squares summed by a float32 norm (a sum of positive terms, rounded to ~1e-7 relative) and taken to
-    float64; a PE shared by the batch gives the position-position term of one image, counted B times."""
-    qc, kc = _qk(attn, tok, True)
-    qp, kp = _qk(attn, pe, False)
+    forming any (N, N) term: per image and head, ``sum_ij (q_i . k_j)^2 = <Q^T Q, K^T K>`` (the Frobenius inner
+    product of the (hd, hd) Gram matrices of the patch rows of q and k), so each of q_content, k_content, q_pos and
+    k_pos is read once into its Gram matrix (float32 products, like the model's own logits; a PE shared by the
+    batch gives its two Gram matrices once) and the four inner products are float64. N / hd times fewer products
+    than forming the terms (3x for DeiT-Ti), and no (B, H, N, N) temporary; rounding ~1e-7 relative (tested at
+    1e-5 against numpy's float64 terms).
+
+    ``qk``: the q and k (B, H, T, hd, biases included) the module itself computed from ``tok + pe`` (read at its
+    ``q_norm``/``k_norm``, :func:`qk_tap`): the content q and k are then ``q - q_pos`` (a subtraction instead of a
+    second projection of the tokens; the same terms to float32 rounding of ``q``)."""
     sl = slice(n_prefix, None)
-    qc, kc, qp, kp = (t[:, :, sl] for t in (qc, kc, qp, kp))
+    qp, kp = (t[:, :, sl] for t in _qk(attn, pe, False))
+    if qk is None:
+        qc, kc = (t[:, :, sl] for t in _qk(attn, tok, True))
+    else:
+        # dense (B, H, N, hd) (q and k are views of the module's (B, T, 3, H, hd) projection)
+        qc, kc = (torch.sub(t[:, :, sl], p, out=torch.empty(t[:, :, sl].shape, dtype=t.dtype, device=t.device))
+                  for t, p in ((qk[0], qp), (qk[1], kp)))
+
+    def gram(t: torch.Tensor) -> torch.Tensor:  # t: patch rows (Q, H, N, hd), dense (a copy of a strided view)
+        t = t.contiguous()
+        return torch.matmul(t.transpose(-2, -1), t).double()  # (Q, H, hd, hd)
+
+    gqc, gkc, gqp, gkp = gram(qc), gram(kc), gram(qp), gram(kp)
     B = tok.shape[0]
 
-    def squares(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-        t = torch.matmul(q, k.transpose(-2, -1))  # (B or 1, H, N, N), without the scale (applied in float64)
-        return torch.linalg.vector_norm(t, dim=(-2, -1)).double().square().sum(0)
+    def squares(gq: torch.Tensor, gk: torch.Tensor) -> torch.Tensor:  # (H,): sum over images of <gq, gk>
+        per = (gq * gk).sum((-2, -1))  # (1 or B, H)
+        return per.sum(0) * (B if per.shape[0] == 1 else 1)  # a PE shared by the batch: one image's, B times
 
-    pp = squares(qp, kp) * (B if qp.shape[0] == 1 else 1)
-    return torch.stack([squares(qc, kc), squares(qc, kp), squares(qp, kc), pp]) * (float(attn.scale) ** 2)
+    return torch.stack([squares(gqc, gkc), squares(gqc, gkp), squares(gqp, gkc), squares(gqp, gkp)]) * \
+        (float(attn.scale) ** 2)
 
 
 def split_input_ln(norm: nn.LayerNorm, x: torch.Tensor, pe: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -346,6 +365,14 @@ def _not_splittable(attn: nn.Module) -> str:
             not isinstance(getattr(attn, "k_norm", nn.Identity()), nn.Identity):
         return "q and k are normalised (qk_norm): the logits are not bilinear in the input"
     return ""
+
+
+def own_qk(attn: nn.Module) -> bool:
+    """Whether ``attn`` is timm's :class:`~timm.layers.Attention` (its own ``forward``) with identity ``q_norm`` and
+    ``k_norm``: their outputs are then the q and k of its logits, (B, H, T, hd) with the biases, so the logit split
+    reads them instead of projecting the tokens again (:func:`logit_term_squares`)."""
+    return (type(attn).forward is TimmAttention.forward and isinstance(getattr(attn, "q_norm", None), nn.Identity)
+            and isinstance(getattr(attn, "k_norm", None), nn.Identity))
 
 
 def _pe_kinds(fam) -> dict[int, str]:
@@ -446,6 +473,28 @@ def attention_stats(
             plain = (q * rope[l].scale) @ k.transpose(-2, -1)
             stats.add_ratio(l, "logit_rope_change", logits - plain, logits)
 
+    split = pe_layers + ([0] if input_site is not None else [])  # the blocks whose logits are split
+    store: dict[str, torch.Tensor] = {}
+    done: set[int] = set()  # blocks of the batch in progress already split (from their own q and k)
+    own: dict[int, torch.Tensor] = {}  # the q a tapped block computed, until its k arrives
+
+    def split_block(l: int, q_k: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+        npre = fam.num_prefix_tokens
+        if l in pe_layers:
+            tok, pe = store[H.block_hook(l, H.TOK)], store[H.block_hook(l, H.PE)]
+        else:  # block 0 of a model with an input PE: through its LayerNorm, the per-token scale frozen
+            x0 = store[H.block_hook(0, H.RESID_PRE)]
+            pos = _pad_rows(store[input_site.name], x0.shape[1])
+            tok, pe = split_input_ln(fam.blocks[0].norm1, x0, pos.expand_as(x0))
+        stats.add_term_squares(l, logit_term_squares(mods[l], tok, pe, npre, q_k),
+                               tok.shape[0] * (tok.shape[1] - npre) ** 2)
+        done.add(l)
+
+    def own_k(l: int, k: torch.Tensor) -> None:
+        q = own.pop(l, None)
+        if q is not None:
+            split_block(l, (q, k))  # while the block runs: nothing of it is kept to the end of the batch
+
     handles = []
     with eval_inference(model):
         fixed = {name: fn() for name, fn in derived.items()}  # image-independent, before any hook exists
@@ -455,22 +504,22 @@ def attention_stats(
             for l, attn in rope.items():
                 handles.append(attn.q_norm.register_forward_hook(lambda m, a, out, l=l: qk.__setitem__((l, "q"), out)))
                 handles.append(attn.k_norm.register_forward_hook(lambda m, a, out, l=l: qk.__setitem__((l, "k"), out)))
-            with attention_logits(mods, sink), recording(fam, [x for x in names if x not in fixed]) as store, stream:
+            for l in split:
+                if own_qk(mods[l]):
+                    handles.append(mods[l].q_norm.register_forward_hook(
+                        lambda m, a, out, l=l: own.__setitem__(l, out)))
+                    handles.append(mods[l].k_norm.register_forward_hook(lambda m, a, out, l=l: own_k(l, out)))
+            with attention_logits(mods, sink), recording(fam, [x for x in names if x not in fixed]) as rec, stream:
+                store = rec
                 for images, _ in stream:
                     store.clear()
                     store.update(fixed)
+                    done.clear()
+                    own.clear()
                     fam.run(images)
-                    npre = fam.num_prefix_tokens
-                    for l in pe_layers:
-                        tok, pe = store[H.block_hook(l, H.TOK)], store[H.block_hook(l, H.PE)]
-                        stats.add_term_squares(l, logit_term_squares(mods[l], tok, pe, npre),
-                                               tok.shape[0] * (tok.shape[1] - npre) ** 2)
-                    if input_site is not None:
-                        x0 = store[H.block_hook(0, H.RESID_PRE)]
-                        pos = _pad_rows(store[input_site.name], x0.shape[1])
-                        content, position = split_input_ln(fam.blocks[0].norm1, x0, pos.expand_as(x0))
-                        stats.add_term_squares(0, logit_term_squares(mods[0], content, position, npre),
-                                               x0.shape[0] * (x0.shape[1] - npre) ** 2)
+                    for l in split:
+                        if l not in done:  # a block whose own q and k are not read: from its tokens
+                            split_block(l)
         finally:
             for h in handles:
                 h.remove()
