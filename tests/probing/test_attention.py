@@ -243,3 +243,43 @@ def test_no_host_read_between_the_first_and_the_last_batch():
     x = images(6)
     res = attention_stats(m, _batches(x, 2, NoSync()), progress=False)
     assert res.meta["n_images"] == 6 and res.meta["decomposed_layers"]
+
+
+@pytest.mark.parametrize("kind", ["mpvg", "vit"])
+def test_split_from_the_module_s_own_q_and_k_equals_the_split_from_the_tokens(kind, monkeypatch):
+    """timm Attention blocks hand their own q and k to the logit split (content = q - q_pos); other modules project
+    the tokens again. Both give the same rows, and for a vit's block 0 (input PE through its LayerNorm) they equal
+    numpy's float64 sums of squares of logit_terms on the captured content and position parts."""
+    import pe_probe.probing.attention as A
+
+    if kind == "mpvg":
+        m = strong("mpvg")
+    else:
+        m = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=16, patch_size=4, embed_dim=32,
+                              depth=2, num_heads=2, num_classes=3).eval()
+        with torch.no_grad():
+            m.pos_embed.normal_(0, 1)
+            m.blocks[0].attn.qkv.weight.mul_(4)
+    x = images(5)
+    calls = []
+    real = A.logit_term_squares
+    monkeypatch.setattr(A, "logit_term_squares", lambda *a, **k: calls.append(a[-1] is not None) or real(*a, **k))
+    tapped = {(l, h, k): v for _, _, l, h, k, v in attention_stats(m, x, batch_size=2, progress=False).rows}
+    assert calls and all(calls)  # every split read the module's own q and k
+    calls.clear()
+    monkeypatch.setattr(A, "own_qk", lambda attn: False)
+    projected = {(l, h, k): v for _, _, l, h, k, v in attention_stats(m, x, batch_size=2, progress=False).rows}
+    assert calls and not any(calls)
+    assert tapped.keys() == projected.keys()
+    split = [key for key in tapped if key[2].startswith("logit_")]
+    assert split
+    for key in split:
+        assert tapped[key] == pytest.approx(projected[key], rel=1e-5), key
+    if kind == "vit":
+        x0 = __import__("pe_probe").capture(m, x)["blocks.0.hook_resid_pre"]
+        content, pos = split_input_ln(m.blocks[0].norm1, x0, m.pos_embed.expand_as(x0))
+        with torch.no_grad():
+            terms = [t.double().numpy()[:, :, 1:, 1:] for t in logit_terms(m.blocks[0].attn, content, pos)]
+        for h in range(2):
+            for name, t in zip(("cc", "cp", "pc", "pp"), terms):
+                assert tapped[(0, h, f"logit_{name}_ms")] == pytest.approx((t[:, h] ** 2).mean(), rel=1e-5), (h, name)
