@@ -207,8 +207,8 @@ class AttentionStats:
         d = torch.mul(patch, self._dist_as, out=self._scratch.like(patch, "keys")).sum(-1) / mass
         if logits is not None and logits.shape == probs.shape:
             z = logits[:, :, npre:, :]
-            pz = torch.mul(p, z, out=self._scratch.like(p, "all")).nan_to_num_(0.0)  # 0 * -inf (a masked key) counts 0
-            ent = (z.amax(-1).to(p.dtype) - p.amax(-1).log()) - pz.sum(-1)
+            pz = torch.mul(p, z, out=self._scratch.like(p, "all"))
+            ent = (z.amax(-1).to(p.dtype) - p.amax(-1).log()) - torch.nansum(pz, -1)  # 0 * -inf (a masked key): 0
         else:
             ent = torch.special.entr(p).sum(-1)
         s = self._on(p.device)

@@ -283,3 +283,21 @@ def test_split_from_the_module_s_own_q_and_k_equals_the_split_from_the_tokens(ki
         for h in range(2):
             for name, t in zip(("cc", "cp", "pc", "pp"), terms):
                 assert tapped[(0, h, f"logit_{name}_ms")] == pytest.approx((t[:, h] ** 2).mean(), rel=1e-5), (h, name)
+
+
+def test_entropy_from_logits_counts_a_masked_key_as_zero():
+    """A key masked out (logit -inf, probability 0) adds nothing to the entropy computed from the logits
+    (H = lse - sum p z, where 0 * -inf would be NaN): equal to numpy's -sum p log p over the unmasked keys."""
+    g = torch.Generator().manual_seed(0)
+    stats = AttentionStats(depth=1, heads=2, grid=(2, 2), n_prefix=1)
+    logits = torch.randn(3, 2, 5, 5, generator=g) * 3
+    logits[..., 2] = -math.inf  # key 2 masked for every query
+    probs = logits.softmax(-1)
+    stats.add_probs(0, probs, logits)
+    p = probs.double().numpy()[:, :, 1:, :]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ent = -np.where(p > 0, p * np.log(p), 0.0).sum(-1)
+    got = {(l, h, k): v for _, _, l, h, k, v in stats.rows()}
+    for h in range(2):
+        assert math.isfinite(got[(0, h, "attn_entropy")])
+        assert got[(0, h, "attn_entropy")] == pytest.approx(ent[:, h].mean(), rel=1e-6)
