@@ -3,7 +3,9 @@ processes that die with the process that started them.
 
 - :class:`Terminated` is a :class:`KeyboardInterrupt`, so every clean-up that runs on Ctrl-C (a fresh run that
   saved nothing removes what it wrote, temporary files go, locks are released) runs on SIGTERM too.
-- :func:`terminate_as_interrupt` turns SIGTERM into :class:`Terminated` while a command runs (the CLI's ``main``).
+- :func:`terminate_as_interrupt` turns SIGTERM into :class:`Terminated` while a command runs (the CLI's ``main``),
+  and remembers it (and Ctrl-C) so that one swallowed where it was raised is raised again
+  (:func:`raise_if_interrupted`).
 - :func:`worker_init` is the initializer of every worker process pe-probe starts (``reproduce --jobs N``): the
   worker gets SIGTERM as soon as its parent dies (Linux ``prctl(PR_SET_PDEATHSIG)``), and SIGTERM is
   :class:`Terminated` there too.
@@ -38,25 +40,58 @@ class Terminated(KeyboardInterrupt):
 _busy = False
 
 
+#: The interrupt the last SIGINT / SIGTERM raised while :func:`terminate_as_interrupt` is active (None: none), kept so
+#: that one raised where Python swallows exceptions is not lost (:func:`raise_if_interrupted`).
+_received: KeyboardInterrupt | None = None
+
+
 def _raise_terminated(signum, frame) -> None:  # noqa: ARG001 - a signal handler's signature
+    global _received
     if _worker and not _busy:  # an idle worker has nothing to clean up
         _exit_worker()
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM during the clean-up ends the process
-    raise Terminated()
+    _received = Terminated()
+    raise _received
+
+
+def _raise_interrupt(signum, frame) -> None:  # noqa: ARG001 - a signal handler's signature
+    global _received
+    _received = KeyboardInterrupt()
+    raise _received
+
+
+def raise_if_interrupted() -> None:
+    """Raise again the interrupt a signal raised in this command (:func:`terminate_as_interrupt`), if any.
+
+    A signal handler's exception is raised wherever the main thread is; when that is a ``__del__``, a weakref or
+    garbage-collector callback, Python prints "Exception ignored" and goes on, so Ctrl-C or SIGTERM would be lost
+    and a long command (``reproduce`` waiting on its workers) would run to its end. Loops that wait call this
+    between waits."""
+    if _received is not None:
+        raise _received
 
 
 @contextlib.contextmanager
 def terminate_as_interrupt() -> Iterator[None]:
-    """Within the block SIGTERM raises :class:`Terminated` in the main thread (the previous handler is restored
-    after). Outside the main thread the block runs unchanged (only the main thread can handle signals)."""
+    """Within the block SIGTERM raises :class:`Terminated` and SIGINT :class:`KeyboardInterrupt` in the main thread,
+    both remembered for :func:`raise_if_interrupted` (the previous handlers are restored after). Outside the main
+    thread the block runs unchanged (only the main thread can handle signals)."""
+    global _received
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    _received = None
     old = signal.signal(signal.SIGTERM, _raise_terminated)
+    old_int = signal.getsignal(signal.SIGINT)
+    if old_int is signal.default_int_handler:  # Python's Ctrl-C (not one the caller installed, nor ignored)
+        signal.signal(signal.SIGINT, _raise_interrupt)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, old if old is not None else signal.SIG_DFL)
+        if old_int is signal.default_int_handler:
+            signal.signal(signal.SIGINT, old_int)
+        _received = None
 
 
 def exit_code(exc: KeyboardInterrupt) -> int:

@@ -12,7 +12,7 @@ import logging
 import multiprocessing
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -157,6 +157,7 @@ def reproduce(
     try:
         if jobs == 1:
             for p in pending:
+                signals.raise_if_interrupted()
                 bar.set_postfix_str(p.run.name)
                 result.trained.append(run_one(p.config, verbose=progress, **work))
                 bar.update(1)
@@ -167,11 +168,14 @@ def reproduce(
             pool = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=signals.worker_init,
                                        initargs=(os.getpid(),))
             try:
-                futures = [pool.submit(signals.in_worker, run_one, p.config, threads=threads, **work)
-                           for p in pending]
-                for fut in as_completed(futures):
-                    result.trained.append(fut.result())
-                    bar.update(1)
+                waiting = {pool.submit(signals.in_worker, run_one, p.config, threads=threads, **work)
+                           for p in pending}
+                while waiting:
+                    done, waiting = wait(waiting, timeout=0.5, return_when=FIRST_COMPLETED)
+                    signals.raise_if_interrupted()  # a Ctrl-C / SIGTERM swallowed where it was raised
+                    for fut in done:
+                        result.trained.append(fut.result())
+                        bar.update(1)
             except BaseException:  # an interrupt, SIGTERM or a failed run: stop every worker now
                 _stop_workers(pool)
                 raise

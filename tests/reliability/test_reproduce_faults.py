@@ -15,6 +15,7 @@ import pytest
 
 import pe_probe
 from pe_probe.cli import main
+from pe_probe.core import signals
 from pe_probe.pipeline.run import plan_runs
 
 from .common import env, pe_probe_cmd
@@ -141,3 +142,43 @@ def test_an_empty_image_folder_leaves_nothing(tmp_path, capsys):
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and "empty" in err[0], err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("sig, exc", [(signal.SIGINT, KeyboardInterrupt), (signal.SIGTERM, signals.Terminated)])
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_an_interrupt_swallowed_where_it_was_raised_is_raised_again(sig, exc):
+    """RP08 / RP09: a Ctrl-C or SIGTERM whose exception is raised inside a ``__del__`` is swallowed by Python
+    ("Exception ignored"); the command remembers it, and raise_if_interrupted raises it again."""
+
+    class Victim:
+        def __del__(self):
+            os.kill(os.getpid(), sig)
+            for _ in range(10_000):  # the handler runs here, inside __del__
+                pass
+
+    with signals.terminate_as_interrupt():
+        signals.raise_if_interrupted()  # nothing received yet
+        v = Victim()
+        del v  # the exception is printed as ignored, not raised
+        with pytest.raises(exc):
+            signals.raise_if_interrupted()
+    signals.raise_if_interrupted()  # forgotten once the command ends
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_reproduce_stops_on_an_interrupt_it_did_not_see_raised(jobs, tmp_path, monkeypatch):
+    """RP08: reproduce checks for a swallowed interrupt while it waits on its workers (and between runs with one
+    job): it stops within a second with KeyboardInterrupt, trains nothing and leaves no worker."""
+    monkeypatch.setattr(signals, "_received", KeyboardInterrupt())
+    out = tmp_path / "o"
+    t0 = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        pe_probe.reproduce(out, seeds=1, epochs=1, model_kwargs=dict(embed_dim=16, depth=2, num_heads=2),
+                           probe_every=1, probe_images=16, max_images=32, causal_tests=False, progress=False,
+                           device="cpu", jobs=jobs)
+    assert time.monotonic() - t0 < 60
+    assert _complete(out) == []
+    workers = [pid for pid in _alive(_descendants(os.getpid()))
+               if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]  # not the resource tracker
+    assert workers == [], "a worker outlived reproduce"
