@@ -30,8 +30,8 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from timm.layers import Attention as TimmAttention
+from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from ..core import hook_points as H
@@ -317,7 +317,7 @@ def logit_term_squares(attn: nn.Module, tok: torch.Tensor, pe: torch.Tensor, n_p
     1e-5 against numpy's float64 terms).
 
     ``qk``: the q and k (B, H, T, hd, biases included) the module itself computed from ``tok + pe`` (read at its
-    ``q_norm``/``k_norm``, :func:`qk_tap`): the content q and k are then ``q - q_pos`` (a subtraction instead of a
+    ``q_norm``/``k_norm``, :func:`own_qk`): the content q and k are then ``q - q_pos`` (a subtraction instead of a
     second projection of the tokens; the same terms to float32 rounding of ``q``)."""
     sl = slice(n_prefix, None)
     qp, kp = (t[:, :, sl] for t in _qk(attn, pe, False))
