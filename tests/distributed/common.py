@@ -40,7 +40,17 @@ def torchrun(*args: str, nproc: int = 2, timeout: float = 240) -> subprocess.Com
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "",
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", *args]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    if proc.returncode != 0 and GLOO_ABORT in proc.stderr and "Traceback" not in proc.stderr.split(GLOO_ABORT)[0]:
+        # a rank aborted in C++ with no Python error before it (seen once in a full suite on the 2-core machine:
+        # gloo's worker threads and interpreter teardown, pytorch/pytorch#179291): launched once more, and any
+        # other failure, or the same one twice, fails the test
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    return proc
+
+
+#: What libstdc++ prints when a process ends with a joinable thread left (std::terminate, SIGABRT).
+GLOO_ABORT = "terminate called without an active exception"
 
 
 def zoo_models() -> dict:
