@@ -462,7 +462,7 @@ def attention_stats(
     derived = {n: fn for n, fn in fam.derived().items() if n in names}
     stream = stream_data(data, fam, options, desc="attention", progress=progress, sharded=False, labels=False)
     terms: dict[int, torch.Tensor] = {}  # attention-bias terms of the forward in progress
-    qk: dict[tuple[int, str], torch.Tensor] = {}  # unrotated q and k of rotary blocks
+    qk: dict[tuple[int, str], torch.Tensor] = {}  # q and k of the forward in progress (rotary blocks: unrotated)
 
     def sink(l, logits, probs):
         stats.add_probs(l, probs, logits)
@@ -474,9 +474,9 @@ def attention_stats(
             stats.add_ratio(l, "logit_rope_change", logits - plain, logits)
 
     split = pe_layers + ([0] if input_site is not None else [])  # the blocks whose logits are split
+    own = {l for l in split if own_qk(mods[l])}  # split from the q and k the module computes (the rest: its tokens)
     store: dict[str, torch.Tensor] = {}
-    done: set[int] = set()  # blocks of the batch in progress already split (from their own q and k)
-    own: dict[int, torch.Tensor] = {}  # the q a tapped block computed, until its k arrives
+    done: set[int] = set()  # blocks of the batch in progress already split
 
     def split_block(l: int, q_k: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
         npre = fam.num_prefix_tokens
@@ -490,10 +490,13 @@ def attention_stats(
                                tok.shape[0] * (tok.shape[1] - npre) ** 2)
         done.add(l)
 
-    def own_k(l: int, k: torch.Tensor) -> None:
-        q = own.pop(l, None)
-        if q is not None:
-            split_block(l, (q, k))  # while the block runs: nothing of it is kept to the end of the batch
+    def got_k(l: int, k: torch.Tensor) -> None:
+        """A read block's k (its q came first): kept for the rotary ratio at the softmax, or used for the split now,
+        while the block runs (nothing of it kept to the end of the batch)."""
+        if l in own and (l, "q") in qk:
+            split_block(l, (qk[(l, "q")] if l in rope else qk.pop((l, "q")), k))
+        if l in rope:
+            qk[(l, "k")] = k
 
     handles = []
     with eval_inference(model):
@@ -501,21 +504,16 @@ def attention_stats(
         try:
             for l, s in bias.items():
                 handles.append(s.module.register_forward_hook(lambda m, a, out, l=l: terms.__setitem__(l, out)))
-            for l, attn in rope.items():
-                handles.append(attn.q_norm.register_forward_hook(lambda m, a, out, l=l: qk.__setitem__((l, "q"), out)))
-                handles.append(attn.k_norm.register_forward_hook(lambda m, a, out, l=l: qk.__setitem__((l, "k"), out)))
-            for l in split:
-                if own_qk(mods[l]):
-                    handles.append(mods[l].q_norm.register_forward_hook(
-                        lambda m, a, out, l=l: own.__setitem__(l, out)))
-                    handles.append(mods[l].k_norm.register_forward_hook(lambda m, a, out, l=l: own_k(l, out)))
+            for l in sorted(set(rope) | own):  # q and k read where the module computes them
+                handles.append(mods[l].q_norm.register_forward_hook(lambda m, a, out, l=l: qk.__setitem__((l, "q"), out)))
+                handles.append(mods[l].k_norm.register_forward_hook(lambda m, a, out, l=l: got_k(l, out)))
             with attention_logits(mods, sink), recording(fam, [x for x in names if x not in fixed]) as rec, stream:
                 store = rec
                 for images, _ in stream:
                     store.clear()
                     store.update(fixed)
                     done.clear()
-                    own.clear()
+                    qk.clear()
                     fam.run(images)
                     for l in split:
                         if l not in done:  # a block whose own q and k are not read: from its tokens
